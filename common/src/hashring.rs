@@ -40,7 +40,7 @@ impl<T> HashRing<T> {
                 (h.finalize().into(), v)
             })
             .collect();
-        scored.sort_by(|a, b| b.0.cmp(&a.0));
+        scored.sort_by_key(|s| std::cmp::Reverse(s.0));
         scored.into_iter().map(|(_, v)| v).collect()
     }
 

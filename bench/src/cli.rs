@@ -1,0 +1,166 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-bench",
+    version,
+    about = "Shoal benchmarks: blob distribution on a simulated network, supernode scale."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Distribute one blob to N simulated hosts (network namespaces joined by a bridge, every
+    /// link shaped with tc tbf) through shoal-peer, and optionally by direct registry pulls.
+    /// Needs root, iproute2 and Debian's docker-registry.
+    Cluster(ClusterArgs),
+    /// Drive one shoal-supernode on loopback with many simulated peers on one hot task and
+    /// measure scheduling latency and throughput.
+    Supernode(SupernodeArgs),
+    /// Remove namespaces (and the processes in them) and work directories left by a killed
+    /// run. Removes those of runs in progress too.
+    Cleanup(CleanupArgs),
+    /// Helpers the benchmarks run inside namespaces.
+    #[command(subcommand, hide = true)]
+    Internal(InternalCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Node hosts, each running one shoal-peer.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub nodes: u32,
+    /// Rate of every host link, up and down (Mbit/s, 10^6 bit/s).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate_mbit: u32,
+    /// Blob size in MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub size_mib: u64,
+    /// Piece size in bytes, passed to the peers when `shoal-peer run` supports `--piece-size`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    pub piece_size: Option<u64>,
+    /// Supernodes (all on the control host; peers get every one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub supernodes: u32,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// With the table: also print each round's link rates every 0.5 s (always in the JSON).
+    #[arg(long)]
+    pub timeline: bool,
+    /// Also run the baseline: every node pulls straight from the registry (default).
+    #[arg(long, overrides_with = "no_baseline")]
+    pub baseline: bool,
+    /// Skip the baseline.
+    #[arg(long, overrides_with = "baseline")]
+    pub no_baseline: bool,
+    /// Keep every process's log in DIR (created); by default logs are deleted with the run.
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
+    /// Directory with shoal-peer and shoal-supernode [default: the one holding shoal-bench].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Where the blob, registry storage, peer caches and copies go [default: /dev/shm when it
+    /// has room, else the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Passed to every peer as `--concurrent-pieces`.
+    #[arg(long)]
+    pub concurrent_pieces: Option<u32>,
+    /// Extra argument for every `shoal-peer run` (repeatable), e.g. `--peer-arg=--log-level=debug`.
+    #[arg(long = "peer-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub peer_args: Vec<String>,
+    /// Extra argument for every `shoal-supernode` (repeatable).
+    #[arg(long = "supernode-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub supernode_args: Vec<String>,
+    /// Give up on a round after this many seconds [default: 3 × the baseline's ideal + 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+
+impl ClusterArgs {
+    pub fn run_baseline(&self) -> bool {
+        !self.no_baseline
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SupernodeArgs {
+    /// Simulated peers.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub peers: u32,
+    /// Pieces of the hot task.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=(1 << 20)))]
+    pub pieces: u32,
+    /// Piece size of the hot task (bytes; only sizes the layout, no bytes move).
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    pub piece_size: u64,
+    /// Length of the measured phase in seconds (after every peer announced and registered).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// HTTP requests in flight at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// `capacity` of every schedule request.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub capacity: u32,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Drive this already running supernode instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub supernode_url: Option<String>,
+    /// Directory with shoal-supernode [default: the one holding shoal-bench].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Extra argument for `shoal-supernode` (repeatable).
+    #[arg(long = "supernode-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub supernode_args: Vec<String>,
+    /// Keep the supernode's log in DIR (created).
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Remove namespaces whose name starts with this.
+    #[arg(long, default_value = crate::netns::PREFIX)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// GET a URL into a file, verifying its sha256 (the baseline's client).
+    Fetch {
+        url: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        digest: shoal_common::Digest,
+    },
+    /// Push a file as a blob to a registry (monolithic upload).
+    Push {
+        #[arg(long)]
+        registry: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        digest: shoal_common::Digest,
+    },
+    /// GET a URL and print the body; fails unless the status is 2xx.
+    HttpGet {
+        url: String,
+        /// Print nothing.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}

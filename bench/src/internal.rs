@@ -1,0 +1,164 @@
+//! Small HTTP helpers that run *inside* a namespace (`ip netns exec NS shoal-bench internal …`),
+//! since the benchmark itself stays in the root namespace, which has no route to the
+//! simulated hosts. Also the functions that call them from the outside.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use shoal_common::{Digest, Sha256Hasher};
+use tokio::io::AsyncWriteExt;
+
+use crate::cli::InternalCommand;
+use crate::netns::Namespace;
+use crate::processes;
+
+pub async fn main(cmd: InternalCommand) -> Result<()> {
+    match cmd {
+        InternalCommand::Fetch {
+            url,
+            output,
+            digest,
+        } => fetch(&url, &output, &digest).await,
+        InternalCommand::Push {
+            registry,
+            repo,
+            file,
+            digest,
+        } => push(&registry, &repo, &file, &digest).await,
+        InternalCommand::HttpGet { url, quiet } => {
+            let body = http_get(&url).await?;
+            if !quiet {
+                print!("{body}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")
+}
+
+async fn http_get(url: &str) -> Result<String> {
+    let resp = client()?
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await.with_context(|| format!("GET {url}"))?;
+    if !status.is_success() {
+        bail!("GET {url}: HTTP {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// Downloads `url` to `output` (via a temporary file renamed at the end), failing unless the
+/// bytes have `digest`.
+async fn fetch(url: &str, output: &Path, digest: &Digest) -> Result<()> {
+    let resp = client()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("GET {url}: HTTP {}", resp.status());
+    }
+    let tmp = output.with_extension("part");
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut hasher = Sha256Hasher::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("reading {url}"))?;
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    drop(file);
+    let got = hasher.finish();
+    if got != *digest {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        bail!("{url}: got {got}, expected {digest}");
+    }
+    tokio::fs::rename(&tmp, output).await?;
+    Ok(())
+}
+
+/// Monolithic blob upload: `POST /v2/REPO/blobs/uploads/`, then `PUT <Location>&digest=…`.
+async fn push(registry: &str, repo: &str, file: &Path, digest: &Digest) -> Result<()> {
+    let client = client()?;
+    let start = format!("{registry}/v2/{repo}/blobs/uploads/");
+    let resp = client
+        .post(&start)
+        .send()
+        .await
+        .with_context(|| format!("POST {start}"))?;
+    if !resp.status().is_success() {
+        bail!("POST {start}: HTTP {}", resp.status());
+    }
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .context("the registry sent no upload Location")?;
+    let base = reqwest::Url::parse(&start)?;
+    let mut put = base
+        .join(location)
+        .with_context(|| format!("bad upload Location {location:?}"))?;
+    put.query_pairs_mut()
+        .append_pair("digest", &digest.to_string());
+    let bytes = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))?;
+    let resp = client
+        .put(put.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("PUT {put}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        bail!("PUT {put}: HTTP {status}: {}", body.trim());
+    }
+    let check = format!("{registry}/v2/{repo}/blobs/{digest}");
+    let resp = client.head(&check).send().await?;
+    if !resp.status().is_success() {
+        bail!("HEAD {check} after the push: HTTP {}", resp.status());
+    }
+    Ok(())
+}
+
+/// The body of `GET url` fetched from inside `ns`.
+pub async fn http_text_in(ns: &Namespace, url: &str) -> Result<String> {
+    let out = ns
+        .tokio_command(processes::self_exe()?)
+        .args(["internal", "http-get", url])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("GET {url} in {}", ns.name()))?;
+    if !out.status.success() {
+        bail!(
+            "in {}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// True when `GET url` from inside `ns` answers 2xx.
+pub async fn http_ok_in(ns: &Namespace, url: &str) -> bool {
+    http_text_in(ns, url).await.is_ok()
+}

@@ -1,0 +1,128 @@
+//! The origin: Debian's `docker-registry` serving one random blob.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+use shoal_common::{Digest, Sha256Hasher};
+
+use crate::internal;
+use crate::netns::Namespace;
+use crate::processes::{self, Daemon, Daemons};
+
+pub const PORT: u16 = 5000;
+pub const REPO: &str = "bench/blob";
+
+/// Writes `size` random bytes to `path` and returns their digest.
+pub fn generate_blob(path: &Path, size: u64) -> Result<Digest> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut rng = rand::rng();
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill_bytes(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(hasher.finish())
+}
+
+/// The blob's URL as peers and the baseline see it.
+pub fn blob_url(ip: Ipv4Addr, digest: &Digest) -> String {
+    format!("http://{ip}:{PORT}/v2/{REPO}/blobs/{digest}")
+}
+
+fn config(storage: &Path) -> String {
+    format!(
+        "version: 0.1\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: 0.0.0.0:{PORT}\n",
+        storage.display()
+    )
+}
+
+/// Starts the registry in `ns`, waits until it answers, and pushes `blob` over the
+/// namespace's loopback (so the push never shows in the link's counters).
+pub async fn start_with_blob(
+    ns: &Namespace,
+    work: &Path,
+    logs: &Path,
+    blob: &Path,
+    digest: &Digest,
+    daemons: &mut Daemons,
+) -> Result<()> {
+    let registry = processes::require_program("docker-registry", "docker-registry")?;
+    let storage = work.join("registry");
+    std::fs::create_dir_all(&storage)?;
+    let config_path = work.join("registry.yml");
+    std::fs::write(&config_path, config(&storage))?;
+    let mut cmd = ns.command(&registry);
+    cmd.arg("serve").arg(&config_path);
+    daemons.push(Daemon::spawn(
+        "docker-registry",
+        cmd,
+        &logs.join("registry.log"),
+    )?);
+    let local = format!("http://127.0.0.1:{PORT}");
+    let probe_url = format!("{local}/v2/");
+    processes::wait_until("docker-registry", Duration::from_secs(30), daemons, || {
+        internal::http_ok_in(ns, &probe_url)
+    })
+    .await?;
+    let out = ns
+        .tokio_command(processes::self_exe()?)
+        .args(["internal", "push", "--registry", &local, "--repo", REPO])
+        .arg("--file")
+        .arg(blob)
+        .arg("--digest")
+        .arg(digest.to_string())
+        .output()
+        .await
+        .context("running the push helper")?;
+    if !out.status.success() {
+        bail!(
+            "pushing the blob failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_is_random_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        let d = generate_blob(&p, (3 << 20) + 5).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes.len(), (3 << 20) + 5);
+        assert_eq!(Digest::of(&bytes), d);
+        assert_ne!(
+            generate_blob(&p, 1024).unwrap(),
+            generate_blob(&p, 1024).unwrap()
+        );
+    }
+
+    #[test]
+    fn urls_and_config() {
+        let d = Digest::of(b"x");
+        assert_eq!(
+            blob_url(Ipv4Addr::new(10, 77, 0, 1), &d),
+            format!("http://10.77.0.1:5000/v2/bench/blob/blobs/{d}")
+        );
+        assert!(config(Path::new("/s")).contains("rootdirectory: /s\n"));
+    }
+}

@@ -1,0 +1,354 @@
+//! Results of both benchmarks, as JSON (the stable form, parsed by the smoke tests) and as a
+//! table for people.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// Run id: the namespaces were named `shb-RUN-*`.
+    pub run: String,
+    pub nodes: u32,
+    pub rate_mbit: u32,
+    pub size_mib: u64,
+    pub size_bytes: u64,
+    /// Requested piece size; `None`: the supernode's default for the length.
+    pub piece_size: Option<u64>,
+    /// Whether the peers accepted `--piece-size` (false when unsupported or not asked).
+    pub piece_size_applied: bool,
+    pub supernodes: u32,
+    pub digest: String,
+    /// The qdisc on both ends of every link.
+    pub tbf: String,
+    /// `max(F/u_s, F/d, N·F/(u_s + N·u))` in seconds.
+    pub lower_bound_s: f64,
+    pub p2p: RoundReport,
+    pub baseline: Option<RoundReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundReport {
+    pub completed: u32,
+    pub failed: u32,
+    /// Time from the common start until the last node held a verified copy.
+    pub last_s: Option<f64>,
+    pub ratio_to_bound: Option<f64>,
+    pub p50_s: Option<f64>,
+    pub p99_s: Option<f64>,
+    /// Bytes the origin host's interface sent during the round (frames, headers included).
+    pub origin_egress_bytes: u64,
+    /// `origin_egress_bytes` ÷ blob size.
+    pub origin_egress_ratio: f64,
+    /// Share of the origin's uplink capacity used over the round (until the last node).
+    pub origin_uplink_busy: f64,
+    /// The same for the nodes' uplinks and downlinks, averaged over the nodes.
+    pub node_uplink_busy: f64,
+    pub node_downlink_busy: f64,
+    /// Link rates sampled every 0.5 s from the switch.
+    pub timeline: Vec<TimelinePoint>,
+    /// Totals from the peers' `/metrics` (P2P round only).
+    pub peers: Option<PeerTotals>,
+    pub node_results: Vec<NodeResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerTotals {
+    pub from_peers_bytes: u64,
+    pub from_origin_bytes: u64,
+    pub uploaded_bytes: u64,
+    /// from_peers ÷ (from_peers + from_origin).
+    pub p2p_share: f64,
+    /// Largest resident set of any peer daemon at the end of the round.
+    pub max_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeResult {
+    pub node: String,
+    pub ip: String,
+    pub ok: bool,
+    /// Seconds from the common start to a verified copy (or to the failure).
+    pub seconds: f64,
+    pub error: Option<String>,
+    /// Bytes the node's link carried up and down during the round (frames, from the switch).
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// End of the interval, seconds since the common start.
+    pub t_s: f64,
+    pub origin_up_mbit: f64,
+    /// Mean over the nodes.
+    pub node_down_mbit: f64,
+    pub node_up_mbit: f64,
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |s| format!("{s:.2}"))
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |r| format!("{r:.3}"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+impl ClusterReport {
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let piece = match (self.piece_size, self.piece_size_applied) {
+            (None, _) => "supernode default".to_owned(),
+            (Some(p), true) => format!("{p} bytes"),
+            (Some(p), false) => {
+                format!("{p} bytes requested, NOT applied (peer lacks --piece-size)")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "shoal-bench cluster: {} nodes, {} Mbit/s links up and down ({}), {} MiB blob, \
+             piece size: {piece}, {} supernode(s)",
+            self.nodes, self.rate_mbit, self.tbf, self.size_mib, self.supernodes
+        );
+        let _ = writeln!(
+            s,
+            "lower bound max(F/u_s, F/d, N·F/(u_s+N·u)) = {:.2} s\n",
+            self.lower_bound_s
+        );
+        let b = self.baseline.as_ref();
+        let row = |s: &mut String, name: &str, p2p: String, base: Option<String>| {
+            let _ = writeln!(
+                s,
+                "{name:<28}{p2p:>14}{:>16}",
+                base.unwrap_or_else(|| "-".into())
+            );
+        };
+        row(&mut s, "", "shoal p2p".into(), Some("direct pulls".into()));
+        let n = self.nodes;
+        row(
+            &mut s,
+            "nodes with a verified copy",
+            format!("{}/{n}", self.p2p.completed),
+            b.map(|b| format!("{}/{n}", b.completed)),
+        );
+        row(
+            &mut s,
+            "last node (s)",
+            secs(self.p2p.last_s),
+            b.map(|b| secs(b.last_s)),
+        );
+        row(
+            &mut s,
+            "  ÷ lower bound",
+            ratio(self.p2p.ratio_to_bound),
+            b.map(|b| ratio(b.ratio_to_bound)),
+        );
+        row(
+            &mut s,
+            "p50 node (s)",
+            secs(self.p2p.p50_s),
+            b.map(|b| secs(b.p50_s)),
+        );
+        row(
+            &mut s,
+            "p99 node (s)",
+            secs(self.p2p.p99_s),
+            b.map(|b| secs(b.p99_s)),
+        );
+        row(
+            &mut s,
+            "origin egress ÷ blob",
+            format!("{:.3}", self.p2p.origin_egress_ratio),
+            b.map(|b| format!("{:.3}", b.origin_egress_ratio)),
+        );
+        let pct = |v: f64| format!("{:.0}%", v * 100.0);
+        row(
+            &mut s,
+            "origin uplink busy",
+            pct(self.p2p.origin_uplink_busy),
+            b.map(|b| pct(b.origin_uplink_busy)),
+        );
+        row(
+            &mut s,
+            "node downlinks busy (mean)",
+            pct(self.p2p.node_downlink_busy),
+            b.map(|b| pct(b.node_downlink_busy)),
+        );
+        row(
+            &mut s,
+            "node uplinks busy (mean)",
+            pct(self.p2p.node_uplink_busy),
+            b.map(|b| pct(b.node_uplink_busy)),
+        );
+        if let Some(p) = &self.p2p.peers {
+            row(
+                &mut s,
+                "bytes from peers (share)",
+                format!("{:.1}%", p.p2p_share * 100.0),
+                None,
+            );
+            row(
+                &mut s,
+                "bytes from origin (peers)",
+                mib(p.from_origin_bytes),
+                None,
+            );
+            row(
+                &mut s,
+                "max peer RSS at the end",
+                mib(p.max_rss_bytes),
+                None,
+            );
+        }
+        for (name, round) in std::iter::once(("p2p", &self.p2p)).chain(b.map(|b| ("baseline", b))) {
+            for n in round.node_results.iter().filter(|n| !n.ok) {
+                let _ = writeln!(
+                    s,
+                    "{name}: {} ({}) failed after {:.1} s: {}",
+                    n.node,
+                    n.ip,
+                    n.seconds,
+                    n.error.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        s
+    }
+}
+
+impl ClusterReport {
+    pub fn timelines(&self) -> String {
+        let mut s = String::new();
+        let rounds = std::iter::once(("shoal p2p", &self.p2p))
+            .chain(self.baseline.as_ref().map(|b| ("direct pulls", b)));
+        for (name, round) in rounds {
+            let _ = writeln!(
+                s,
+                "\n{name}: link rates (Mbit/s; nodes: mean per node)\n{:>7} {:>10} {:>11} {:>9} {:>6}",
+                "t (s)", "origin up", "nodes down", "nodes up", "done"
+            );
+            for p in &round.timeline {
+                let done = round
+                    .node_results
+                    .iter()
+                    .filter(|n| n.ok && n.seconds <= p.t_s)
+                    .count();
+                let _ = writeln!(
+                    s,
+                    "{:>7.1} {:>10.1} {:>11.1} {:>9.1} {:>6}",
+                    p.t_s, p.origin_up_mbit, p.node_down_mbit, p.node_up_mbit, done
+                );
+            }
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupernodeReport {
+    pub peers: u32,
+    pub pieces: u32,
+    pub piece_size: u64,
+    pub concurrency: u32,
+    pub capacity: u32,
+    /// Announcing and registering every peer.
+    pub setup_s: f64,
+    pub setup_requests_per_s: f64,
+    pub duration_s: f64,
+    /// Requests completed in the measured phase (all kinds).
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub schedule_requests: u64,
+    pub report_requests: u64,
+    /// Re-announces and re-registrations (peers that finished the task join again).
+    pub other_requests: u64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    /// Client-side latency of schedule requests, milliseconds.
+    pub schedule_latency_ms: Latency,
+    pub pieces_assigned: u64,
+    pub origin_assignments: u64,
+    pub pieces_accepted: u64,
+    pub pieces_rejected: u64,
+    pub empty_schedules: u64,
+    pub peers_completed: u64,
+    /// CPU cores the supernode used on average in the measured phase (when started here).
+    pub supernode_cpu_cores: Option<f64>,
+    pub supernode_rss_bytes: Option<u64>,
+    pub target_p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl SupernodeReport {
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "shoal-bench supernode: {} simulated peers on one task of {} pieces, {} requests in \
+             flight, capacity {}",
+            self.peers, self.pieces, self.concurrency, self.capacity
+        );
+        let _ = writeln!(
+            s,
+            "setup (announce + register)   {:.2} s ({:.0} req/s)",
+            self.setup_s, self.setup_requests_per_s
+        );
+        let _ = writeln!(
+            s,
+            "measured phase                {:.1} s: {} requests = {:.0} req/s \
+             ({} schedule, {} report, {} other), {} errors",
+            self.duration_s,
+            self.requests,
+            self.requests_per_s,
+            self.schedule_requests,
+            self.report_requests,
+            self.other_requests,
+            self.errors
+        );
+        let l = &self.schedule_latency_ms;
+        let verdict = if l.p99 <= self.target_p99_ms {
+            "within"
+        } else {
+            "OVER"
+        };
+        let _ = writeln!(
+            s,
+            "schedule latency (ms)         p50 {:.2}  p99 {:.2}  max {:.2}  mean {:.2}  \
+             ({verdict} the {} ms p99 target)",
+            l.p50, l.p99, l.max, l.mean, self.target_p99_ms
+        );
+        let _ = writeln!(
+            s,
+            "pieces                        {} assigned ({} from origin), {} accepted, {} \
+             rejected, {} empty schedules, {} peers completed",
+            self.pieces_assigned,
+            self.origin_assignments,
+            self.pieces_accepted,
+            self.pieces_rejected,
+            self.empty_schedules,
+            self.peers_completed
+        );
+        if let (Some(cpu), Some(rss)) = (self.supernode_cpu_cores, self.supernode_rss_bytes) {
+            let _ = writeln!(
+                s,
+                "supernode process             {cpu:.2} cores busy on average, RSS {}",
+                mib(rss)
+            );
+        }
+        for e in &self.error_samples {
+            let _ = writeln!(s, "error: {e}");
+        }
+        s
+    }
+}

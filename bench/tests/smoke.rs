@@ -1,0 +1,142 @@
+//! Smoke runs of both benchmarks, small enough for CI, so the harness cannot rot.
+//!
+//! They need root, iproute2, Debian's docker-registry and the shoal-peer / shoal-supernode
+//! binaries beside shoal-bench (`cargo build --workspace --bins`, as `.ci/test` does). A
+//! missing prerequisite fails the test with a message saying what to do: CI has them all, so
+//! a silent skip would only hide breakage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_shoal-bench");
+
+fn bin_dir() -> PathBuf {
+    Path::new(BENCH)
+        .parent()
+        .expect("the bench binary has a directory")
+        .to_owned()
+}
+
+fn require_binaries(names: &[&str]) {
+    for name in names {
+        let path = bin_dir().join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: run `cargo build --workspace --bins` before the tests",
+            path.display()
+        );
+    }
+}
+
+fn require_cluster_prerequisites() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the cluster smoke test needs root (network namespaces, tc); CI runs as root"
+    );
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for (program, package) in [
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("docker-registry", "docker-registry"),
+    ] {
+        assert!(
+            std::env::split_paths(&path).any(|d| d.join(program).is_file()),
+            "`{program}` is not on PATH: install the Debian package {package} (.ci/run does)"
+        );
+    }
+    require_binaries(&["shoal-peer", "shoal-supernode"]);
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(BENCH)
+        .args(args)
+        .output()
+        .expect("running shoal-bench");
+    let stderr = String::from_utf8_lossy(&stderr);
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(
+        status.success(),
+        "shoal-bench {args:?} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
+}
+
+fn num(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+}
+
+#[test]
+fn cluster_three_nodes() {
+    require_cluster_prerequisites();
+    let r = run_json(&[
+        "cluster",
+        "--nodes",
+        "3",
+        "--size-mib",
+        "8",
+        "--rate-mbit",
+        "200",
+        "--no-baseline",
+        "--timeout",
+        "120",
+        "--json",
+    ]);
+    assert_eq!(num(&r, "nodes"), 3.0);
+    assert_eq!(num(&r, "p2p.completed"), 3.0, "{r:#}");
+    assert_eq!(num(&r, "p2p.failed"), 0.0, "{r:#}");
+    // F/u_s = 8 MiB × 8 / 200 Mbit/s.
+    let bound = num(&r, "lower_bound_s");
+    assert!((bound - 0.3355).abs() < 0.001, "{bound}");
+    let last = num(&r, "p2p.last_s");
+    assert!(last > 0.0 && last < 120.0, "{last}");
+    let ratio = num(&r, "p2p.ratio_to_bound");
+    assert!(ratio >= 0.95, "faster than physically possible: {ratio}");
+    assert!(num(&r, "p2p.p50_s") <= last);
+    let egress = num(&r, "p2p.origin_egress_ratio");
+    assert!(
+        (0.95..=1.5).contains(&egress),
+        "origin egress ÷ blob = {egress}"
+    );
+    let nodes = r["p2p"]["node_results"].as_array().expect("node results");
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["ok"] == Value::Bool(true)), "{r:#}");
+    assert!(r["baseline"].is_null());
+    // The namespaces are gone.
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let pid = r.get("run").and_then(Value::as_str).unwrap_or("");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !pid.is_empty() && !list.contains(&format!("shb-{pid}-")),
+        "leftover namespaces:\n{list}"
+    );
+}
+
+#[test]
+fn supernode_two_hundred_peers() {
+    require_binaries(&["shoal-supernode"]);
+    let r = run_json(&["supernode", "--peers", "200", "--duration", "3", "--json"]);
+    assert_eq!(num(&r, "peers"), 200.0);
+    assert!(num(&r, "schedule_requests") > 0.0, "{r:#}");
+    assert!(num(&r, "report_requests") > 0.0, "{r:#}");
+    assert!(num(&r, "requests_per_s") > 0.0, "{r:#}");
+    assert_eq!(num(&r, "errors"), 0.0, "{r:#}");
+    assert!(num(&r, "pieces_accepted") > 0.0, "{r:#}");
+    assert_eq!(num(&r, "pieces_rejected"), 0.0, "{r:#}");
+    let l = num(&r, "schedule_latency_ms.p99");
+    assert!(l > 0.0 && l <= num(&r, "schedule_latency_ms.max"), "{r:#}");
+}

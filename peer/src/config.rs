@@ -1,0 +1,198 @@
+//! The peer's configuration: one struct, read from a TOML file, then overridden by `SHOAL_*`
+//! environment variables and flags (in the binary), then validated once and used as is.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_common::{ByteRate, ByteSize};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Supernode base URLs. Empty: run an embedded supernode (single node).
+    pub supernodes: Vec<Url>,
+    /// Stable name of this peer; default: `<hostname>-<random>`, persisted in `data_dir`.
+    pub peer_id: Option<String>,
+    /// Where cached blobs live.
+    pub data_dir: PathBuf,
+    /// Disk quota for cached blobs (bytes; `10GiB` style accepted).
+    pub cache_size: ByteSize,
+    /// Registry mirror and local API (`shoal-peer get`). Local only by default: it serves what
+    /// it holds to whoever asks.
+    pub mirror_listen: SocketAddr,
+    /// Piece server for other peers.
+    pub p2p_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_listen: SocketAddr,
+    /// Address announced to the supernode for the piece server: an IP (port taken from
+    /// `p2p_listen`) or IP:port. Default: the local address used to reach the supernode.
+    pub advertise_addr: Option<String>,
+    /// Labels announced to the supernode (e.g. `zone = "a"`): nearby parents are preferred.
+    pub labels: BTreeMap<String, String>,
+    /// Upload limit for serving other peers (bytes per second; `100Mbit` style; 0 = unlimited).
+    pub upload_rate: ByteRate,
+    /// Download limit for fetching pieces (bytes per second; 0 = unlimited).
+    pub download_rate: ByteRate,
+    /// Registries reached over plain http instead of https (`host` or `host:port`).
+    pub insecure_registries: Vec<String>,
+    /// Pieces fetched at once per task.
+    pub concurrent_pieces: u32,
+    /// Give up on one piece transfer from one source after this long.
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+    /// Connecting to a parent or origin times out after this long.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Settings of the embedded supernode (used only when `supernodes` is empty).
+    pub embedded_supernode: shoal_supernode::SupernodeConfig,
+    /// Log filter (`info`, `shoal_peer=debug`, ...).
+    pub log_level: String,
+    /// Test-only fault injection: serve corrupted bytes to other peers.
+    #[serde(skip)]
+    pub fault_corrupt_uploads: bool,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            supernodes: Vec::new(),
+            peer_id: None,
+            data_dir: PathBuf::from("/var/lib/shoal"),
+            cache_size: ByteSize(20 << 30),
+            mirror_listen: SocketAddr::from(([127, 0, 0, 1], 65001)),
+            p2p_listen: SocketAddr::from(([0, 0, 0, 0], 65002)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 65003)),
+            advertise_addr: None,
+            labels: BTreeMap::new(),
+            upload_rate: ByteRate(0),
+            download_rate: ByteRate(0),
+            insecure_registries: Vec::new(),
+            concurrent_pieces: 16,
+            piece_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            embedded_supernode: shoal_supernode::SupernodeConfig::default(),
+            log_level: "info".into(),
+            fault_corrupt_uploads: false,
+        }
+    }
+}
+
+impl PeerConfig {
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.cache_size.0 < (16 << 20) {
+            return bad(format!(
+                "cache_size {} is too small (minimum 16MiB)",
+                self.cache_size
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty".into());
+        }
+        if !(1..=256).contains(&self.concurrent_pieces) {
+            return bad(format!(
+                "concurrent_pieces {} must be between 1 and 256",
+                self.concurrent_pieces
+            ));
+        }
+        if self.piece_timeout < Duration::from_secs(1) || self.connect_timeout.is_zero() {
+            return bad("piece_timeout must be at least 1s and connect_timeout above 0".into());
+        }
+        for url in &self.supernodes {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return bad(format!(
+                    "supernode {url} must be an http(s) URL with a host"
+                ));
+            }
+        }
+        if let Some(id) = &self.peer_id {
+            shoal_common::api::validate_peer_id(id).map_err(Error::Config)?;
+        }
+        if let Some(addr) = &self.advertise_addr {
+            parse_advertise(addr, self.p2p_listen.port())?;
+        }
+        for host in &self.insecure_registries {
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                return bad(format!(
+                    "insecure registry {host:?} must be a host or host:port"
+                ));
+            }
+        }
+        self.embedded_supernode
+            .validate()
+            .map_err(|e| Error::Config(format!("embedded_supernode: {e}")))?;
+        Ok(())
+    }
+}
+
+/// `IP` or `IP:PORT`; the port defaults to the piece server's.
+pub fn parse_advertise(addr: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    addr.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| {
+            Error::Config(format!(
+                "advertise_addr {addr:?} must be an IP address or IP:port"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        PeerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown() {
+        let c = PeerConfig::from_toml(
+            "cache_size = \"1GiB\"\nupload_rate = \"100Mbit\"\npiece_timeout = \"10s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache_size.0, 1 << 30);
+        assert_eq!(c.upload_rate.0, 12_500_000);
+        assert_eq!(c.piece_timeout, Duration::from_secs(10));
+        let err = PeerConfig::from_toml("cache_sise = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache_sise"), "{err}");
+        assert!(PeerConfig::from_toml("cache_size = \"lots\"").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let c = PeerConfig {
+            cache_size: ByteSize(10),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("cache_size"));
+        let c = PeerConfig {
+            advertise_addr: Some("not-an-ip".into()),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("advertise_addr"));
+        assert_eq!(
+            parse_advertise("10.0.0.1", 65002).unwrap(),
+            "10.0.0.1:65002".parse().unwrap()
+        );
+    }
+}

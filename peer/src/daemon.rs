@@ -1,0 +1,320 @@
+//! `shoal-peer run`: wires storage, supernode client, engine and servers together, keeps the
+//! peer announced, and shuts everything down in order.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use shoal_common::api::{Heartbeat, PeerAnnounce};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use crate::config::{parse_advertise, PeerConfig};
+use crate::engine::{Engine, EngineShared, Reporter};
+use crate::error::{Error, Result};
+use crate::metrics::PeerMetrics;
+use crate::ratelimit::RateLimit;
+use crate::server::{self, health, local, p2p};
+use crate::source::HttpFetcher;
+use crate::storage::{Storage, StorageMetrics};
+use crate::supernode_client::SupernodeClient;
+
+/// The daemon's listeners, bound before anything else so port conflicts fail fast (and tests
+/// can bind port 0 and read the ports back).
+pub struct Listeners {
+    pub mirror: TcpListener,
+    pub p2p: TcpListener,
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &PeerConfig) -> Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Config(format!("cannot listen on {addr} ({what}): {e}")))
+        };
+        Ok(Listeners {
+            mirror: bind(config.mirror_listen, "mirror_listen").await?,
+            p2p: bind(config.p2p_listen, "p2p_listen").await?,
+            metrics: bind(config.metrics_listen, "metrics_listen").await?,
+        })
+    }
+}
+
+/// Runs the peer until `cancel` fires.
+pub async fn run(
+    config: PeerConfig,
+    listeners: Listeners,
+    cancel: CancellationToken,
+) -> Result<()> {
+    config.validate()?;
+    let registry = Registry::new();
+    let metrics = PeerMetrics::new(&registry)
+        .map_err(|e| Error::Config(format!("metrics registration: {e}")))?;
+    let tracker = TaskTracker::new();
+
+    let supernodes = if config.supernodes.is_empty() {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| Error::Config(format!("embedded supernode: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Config(format!("embedded supernode: {e}")))?;
+        let sn = shoal_supernode::Supernode::new(config.embedded_supernode.clone(), &registry)
+            .map_err(|e| Error::Config(format!("embedded supernode: {e}")))?;
+        let c = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = sn.serve(listener, c).await {
+                tracing::error!(error = %e, "embedded supernode stopped");
+            }
+        });
+        tracing::info!(%addr, "running an embedded supernode (single-node mode)");
+        vec![Url::parse(&format!("http://{addr}"))
+            .map_err(|e| Error::Config(format!("embedded supernode url: {e}")))?]
+    } else {
+        config.supernodes.clone()
+    };
+
+    let storage = Arc::new(Storage::open(
+        &config.data_dir,
+        config.cache_size.0,
+        StorageMetrics {
+            used_bytes: metrics.cache_bytes.clone(),
+            evictions: metrics.cache_evictions.clone(),
+        },
+    )?);
+    metrics.cache_quota_bytes.set(config.cache_size.0 as i64);
+
+    let p2p_addr = listeners
+        .p2p
+        .local_addr()
+        .map_err(|e| Error::Config(format!("p2p listener: {e}")))?;
+    let advertise = advertise_addr(&config, &supernodes[0], p2p_addr).await?;
+    let peer_id = peer_id(&config)?;
+    tracing::info!(%peer_id, %advertise, "peer identity");
+    let client = Arc::new(SupernodeClient::new(
+        supernodes,
+        PeerAnnounce {
+            peer_id,
+            addr: advertise,
+            upload_capacity: config.upload_rate.0,
+            labels: config.labels.clone(),
+        },
+    ));
+    let http = HttpFetcher::new(
+        config.connect_timeout,
+        config.piece_timeout,
+        Arc::new(RateLimit::new(config.download_rate)),
+    );
+    let reporter = Reporter::spawn(client.clone(), metrics.clone(), &tracker, cancel.clone());
+    let engine = Engine::new(EngineShared {
+        storage: storage.clone(),
+        client: client.clone(),
+        http,
+        metrics: metrics.clone(),
+        reporter,
+        concurrent_pieces: config.concurrent_pieces,
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+    });
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let servers = [
+        (
+            "p2p",
+            listeners.p2p,
+            p2p::router(p2p::P2pState {
+                storage: storage.clone(),
+                metrics: metrics.clone(),
+                upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
+                corrupt: config.fault_corrupt_uploads,
+            }),
+        ),
+        (
+            "local",
+            listeners.mirror,
+            local::router(local::LocalState {
+                engine: engine.clone(),
+                metrics: metrics.clone(),
+            }),
+        ),
+        (
+            "metrics",
+            listeners.metrics,
+            health::router(health::HealthState {
+                registry: registry.clone(),
+                ready: ready.clone(),
+            }),
+        ),
+    ];
+    for (name, listener, router) in servers {
+        let c = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = server::serve(name, listener, router, c).await {
+                tracing::error!(server = name, error = %e, "server failed");
+            }
+        });
+    }
+
+    tracker.spawn(keep_announced(
+        client.clone(),
+        engine.clone(),
+        metrics.clone(),
+        ready,
+        cancel.clone(),
+    ));
+
+    cancel.cancelled().await;
+    tracing::info!("shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 10s");
+    }
+    Ok(())
+}
+
+/// Announces (retrying until it works), re-registers the cache, then heartbeats; announces
+/// again whenever a supernode has forgotten this peer.
+async fn keep_announced(
+    client: Arc<SupernodeClient>,
+    engine: Engine,
+    metrics: PeerMetrics,
+    ready: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let mut interval = Duration::from_secs(3);
+    let mut announced = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if !announced {
+            match client.announce().await {
+                Ok(reply) => {
+                    interval =
+                        Duration::from_millis(reply.heartbeat_interval_ms.clamp(200, 60_000));
+                    engine.announce_cache().await;
+                    announced = true;
+                    backoff = Duration::from_millis(200);
+                    ready.store(true, Ordering::Release);
+                    tracing::info!("announced to the supernode");
+                }
+                Err(e) => {
+                    metrics.supernode_errors.inc();
+                    tracing::warn!(error = %e, "announce failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let hb = Heartbeat {
+            active_uploads: metrics.uploads_active.get().max(0) as u32,
+            upload_rate: 0,
+        };
+        match client.heartbeat(&hb).await {
+            Ok(()) => {}
+            Err(Error::Supernode {
+                unknown_peer: true, ..
+            }) => {
+                tracing::info!("a supernode forgot this peer; announcing again");
+                announced = false;
+            }
+            Err(e) => {
+                metrics.supernode_errors.inc();
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+}
+
+/// The address other peers use to reach our piece server.
+async fn advertise_addr(
+    config: &PeerConfig,
+    supernode: &Url,
+    p2p: SocketAddr,
+) -> Result<SocketAddr> {
+    if let Some(a) = &config.advertise_addr {
+        return parse_advertise(a, p2p.port());
+    }
+    if !p2p.ip().is_unspecified() {
+        return Ok(p2p);
+    }
+    // The local address of the route to the supernode (a UDP "connect" sends nothing).
+    let host = supernode.host_str().unwrap_or("127.0.0.1");
+    let port = supernode.port_or_known_default().unwrap_or(8002);
+    let target = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next());
+    let ip = match target {
+        Some(t) => {
+            let bind: IpAddr = if t.is_ipv4() {
+                IpAddr::from([0, 0, 0, 0])
+            } else {
+                IpAddr::from([0u16; 8])
+            };
+            let sock = std::net::UdpSocket::bind((bind, 0))
+                .and_then(|s| s.connect(t).map(|_| s))
+                .and_then(|s| s.local_addr());
+            sock.map(|a| a.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        }
+        None => IpAddr::from([127, 0, 0, 1]),
+    };
+    Ok(SocketAddr::new(ip, p2p.port()))
+}
+
+/// The configured id, or one generated once and kept in the data dir so restarts keep it.
+fn peer_id(config: &PeerConfig) -> Result<String> {
+    if let Some(id) = &config.peer_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("peer-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_owned();
+        if shoal_common::api::validate_peer_id(&id).is_ok() {
+            return Ok(id);
+        }
+    }
+    let host = hostname();
+    let id = format!("{host}-{:08x}", rand::random::<u32>());
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+    write_atomic(&path, id.as_bytes())?;
+    Ok(id)
+}
+
+fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let clean: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(100)
+        .collect();
+    if clean.is_empty() {
+        "peer".into()
+    } else {
+        clean
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

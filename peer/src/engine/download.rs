@@ -1,0 +1,230 @@
+//! The download loop of one task: keep up to N pieces in flight, asking the supernode (by
+//! long-poll) what to fetch next, until every piece is stored. If the supernode cannot be
+//! reached the peer degrades to fetching from the origin itself: a pull must never fail only
+//! because the scheduler is down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest};
+use shoal_common::Sha256Hasher;
+use tokio::task::JoinSet;
+
+use super::piece::PieceContext;
+use super::EngineShared;
+use crate::error::{Error, Result};
+use crate::storage::TaskFile;
+
+/// Long-poll length asked of the supernode.
+const WAIT_MS: u64 = 5_000;
+/// A download that makes no progress for this long gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes in flight per task, to bound memory: pieces are buffered whole before verification.
+const INFLIGHT_BYTES: u64 = 48 << 20;
+/// Consecutive supernode failures before fetching from the origin alone.
+const DEGRADE_AFTER: u32 = 3;
+
+pub(super) async fn register(shared: &EngineShared, file: &TaskFile) -> Result<()> {
+    let body = RegisterTask {
+        peer_id: shared.client.peer_id().to_owned(),
+        url: file.meta().url.clone(),
+        layout: Some(file.layout()),
+        have: Some(file.have()),
+        digests: file.digests(),
+    };
+    match shared.client.register(&file.id(), &body).await? {
+        Some(info) if info.layout != file.layout() => Err(Error::Supernode {
+            url: String::new(),
+            message: format!(
+                "task {} has layout {:?} at the supernode, {:?} here",
+                file.id(),
+                info.layout,
+                file.layout()
+            ),
+            unknown_peer: false,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs until the task is complete and verified.
+pub(super) async fn run(
+    shared: Arc<EngineShared>,
+    ctx: Arc<PieceContext>,
+    mut degraded: bool,
+) -> Result<()> {
+    let file = ctx.file.clone();
+    let task = file.id();
+    let layout = file.layout();
+    let max_inflight =
+        (shared.concurrent_pieces as u64).min((INFLIGHT_BYTES / layout.piece_size).max(2)) as usize;
+    let mut inflight: JoinSet<(u32, Result<()>)> = JoinSet::new();
+    let mut inflight_set: HashSet<u32> = HashSet::new();
+    let mut schedule: Option<BoxFuture<'static, Result<ScheduleReply>>> = None;
+    let mut errors = 0u32;
+    let mut last_progress = Instant::now();
+    let mut progress_mark = file.have().count();
+
+    let spawn = |inflight: &mut JoinSet<(u32, Result<()>)>,
+                 inflight_set: &mut HashSet<u32>,
+                 a: Assignment| {
+        if file.has_piece(a.piece) || !inflight_set.insert(a.piece) {
+            return;
+        }
+        let ctx = ctx.clone();
+        inflight.spawn(async move {
+            let piece = a.piece;
+            (piece, ctx.fetch(a).await)
+        });
+    };
+
+    loop {
+        if file.is_complete() && inflight.is_empty() {
+            break;
+        }
+        let count = file.have().count();
+        if count != progress_mark {
+            progress_mark = count;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL_TIMEOUT {
+            return Err(Error::DownloadFailed {
+                task,
+                message: format!("no progress for {STALL_TIMEOUT:?}"),
+            });
+        }
+        let capacity = max_inflight.saturating_sub(inflight.len());
+        if capacity > 0 && schedule.is_none() && !file.is_complete() {
+            if degraded {
+                let missing: Vec<u32> = file
+                    .have()
+                    .missing()
+                    .filter(|p| !inflight_set.contains(p))
+                    .take(capacity)
+                    .collect();
+                for piece in missing {
+                    let a = Assignment {
+                        piece,
+                        sha256: None,
+                        parents: Vec::new(),
+                        origin: true,
+                    };
+                    spawn(&mut inflight, &mut inflight_set, a);
+                }
+            } else {
+                let client = shared.client.clone();
+                let req = ScheduleRequest {
+                    peer_id: client.peer_id().to_owned(),
+                    capacity: capacity as u32,
+                    wait_ms: WAIT_MS,
+                    avoid: ctx.avoid.lock().iter().cloned().collect(),
+                };
+                schedule = Some(Box::pin(async move { client.schedule(&task, &req).await }));
+            }
+        }
+        tokio::select! {
+            Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
+                let (piece, result) = joined.map_err(|e| Error::DownloadFailed {
+                    task,
+                    message: format!("piece worker crashed: {e}"),
+                })?;
+                inflight_set.remove(&piece);
+                if let Err(e) = result {
+                    // Only the origin refusing outright (404, 401, ...) ends the download;
+                    // anything else is retried from wherever the supernode says next.
+                    if matches!(e, Error::Origin { .. }) && !e.is_retryable() {
+                        return Err(e);
+                    }
+                    tracing::debug!(%task, piece, error = %e, "piece failed, will retry");
+                    if degraded {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            reply = async {
+                match schedule.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if schedule.is_some() => {
+                schedule = None;
+                match reply {
+                    Ok(reply) => {
+                        errors = 0;
+                        if reply.done && !file.is_complete() && inflight.is_empty() {
+                            tracing::warn!(%task, "supernode thinks we hold pieces we lack; fetching them from the origin");
+                            degraded = true;
+                        }
+                        for a in reply.assignments {
+                            spawn(&mut inflight, &mut inflight_set, a);
+                        }
+                    }
+                    Err(Error::Supernode { unknown_peer: true, .. }) => {
+                        shared.metrics.supernode_errors.inc();
+                        tracing::info!(%task, "supernode forgot us; announcing again");
+                        let again = async {
+                            shared.client.announce().await?;
+                            register(&shared, &file).await
+                        };
+                        if let Err(e) = again.await {
+                            errors += 1;
+                            tracing::warn!(%task, error = %e, "re-announce failed");
+                        }
+                    }
+                    Err(e) => {
+                        shared.metrics.supernode_errors.inc();
+                        errors += 1;
+                        tracing::warn!(%task, error = %e, attempt = errors, "schedule failed");
+                        if errors >= DEGRADE_AFTER {
+                            tracing::warn!(%task, "supernode unreachable: fetching from the origin directly");
+                            degraded = true;
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(errors))).await;
+                        }
+                    }
+                }
+            }
+            _ = shared.cancel.cancelled() => return Err(Error::Cancelled),
+        }
+    }
+    verify_blob(&file).await
+}
+
+/// The whole-blob check when the task id promises a digest.
+async fn verify_blob(file: &Arc<TaskFile>) -> Result<()> {
+    let Some(expected) = file.id().content_digest() else {
+        return Ok(());
+    };
+    let file = file.clone();
+    let actual = tokio::task::spawn_blocking(move || -> Result<_> {
+        let mut hasher = Sha256Hasher::new();
+        let len = file.layout().length;
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(4 << 20) as usize;
+            hasher.update(&file.read_at(off, n)?);
+            off += n as u64;
+        }
+        Ok(hasher.finish())
+    })
+    .await
+    .map_err(|e| Error::DownloadFailed {
+        task: shoal_common::TaskId::Content(expected),
+        message: e.to_string(),
+    })??;
+    if actual != expected {
+        return Err(Error::BlobDigest {
+            task: shoal_common::TaskId::Content(expected),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The per-task set of parents given up on, shared by its piece fetches.
+pub(super) fn new_avoid_set() -> Arc<Mutex<HashSet<String>>> {
+    Arc::new(Mutex::new(HashSet::new()))
+}

@@ -1,0 +1,204 @@
+//! Fetching one piece: try the parents the supernode named, best first, then the origin if
+//! allowed. Every byte is checked against the piece's sha256 before it is stored; a parent
+//! that fails or lies is reported and avoided for the rest of the task.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use shoal_common::api::{Assignment, FailReason, PeerId, PieceDone, PieceFailed};
+use shoal_common::Digest;
+
+use super::reporter::{ReportItem, Reporter};
+use crate::error::{Error, Result};
+use crate::metrics::{PeerMetrics, Source};
+use crate::source::{HttpFetcher, Origin, ParentPeer, PieceSource};
+use crate::storage::TaskFile;
+
+/// Everything a piece fetch needs, shared by the fetches of one task.
+pub struct PieceContext {
+    pub file: Arc<TaskFile>,
+    pub origin: Origin,
+    pub http: HttpFetcher,
+    pub metrics: PeerMetrics,
+    pub reporter: Reporter,
+    pub avoid: Arc<Mutex<HashSet<PeerId>>>,
+}
+
+impl PieceContext {
+    fn fail(&self, piece: u32, parent: Option<PeerId>, reason: FailReason) {
+        let source = if parent.is_some() {
+            Source::Peer
+        } else {
+            Source::Origin
+        };
+        let reason_label = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.metrics
+            .piece_failures
+            .with_label_values(&[source.label(), &reason_label])
+            .inc();
+        self.reporter.send(
+            self.file.id(),
+            ReportItem::Failed(PieceFailed {
+                piece,
+                parent,
+                reason,
+            }),
+        );
+    }
+
+    /// Verifies and stores bytes from `source`; `Ok(false)` when they did not match.
+    async fn accept(
+        &self,
+        piece: u32,
+        bytes: bytes::Bytes,
+        expected: Option<Digest>,
+        from: Option<PeerId>,
+        started: Instant,
+    ) -> Result<bool> {
+        let source = if from.is_some() {
+            Source::Peer
+        } else {
+            Source::Origin
+        };
+        let file = self.file.clone();
+        let len = bytes.len();
+        let stored = tokio::task::spawn_blocking(move || {
+            let sha = Digest::of(&bytes);
+            if expected.is_some_and(|e| e != sha) {
+                return Ok(None);
+            }
+            file.write_piece(piece, &bytes, sha).map(|_| Some(sha))
+        })
+        .await
+        .map_err(|e| Error::io(self.file.dir(), std::io::Error::other(e)))??;
+        let Some(sha256) = stored else {
+            self.metrics
+                .pieces_rejected
+                .with_label_values(&[source.label()])
+                .inc();
+            tracing::warn!(task = %self.file.id(), piece, from = ?from, "piece digest mismatch, discarded");
+            return Ok(false);
+        };
+        self.metrics
+            .pieces_verified
+            .with_label_values(&[source.label()])
+            .inc();
+        self.metrics
+            .download_bytes
+            .with_label_values(&[source.label()])
+            .inc_by(len as u64);
+        self.metrics
+            .piece_duration
+            .with_label_values(&[source.label()])
+            .observe(started.elapsed().as_secs_f64());
+        self.reporter.send(
+            self.file.id(),
+            ReportItem::Done(PieceDone {
+                piece,
+                sha256,
+                from,
+                millis: started.elapsed().as_millis() as u64,
+            }),
+        );
+        Ok(true)
+    }
+
+    /// Fetches one assigned piece; the error is the last source's.
+    pub async fn fetch(&self, a: Assignment) -> Result<()> {
+        let layout = self.file.layout();
+        let range = layout.range(a.piece).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "supernode assigned piece {} past the end of task {}",
+                a.piece,
+                self.file.id()
+            ))
+        })?;
+        let mut last_err = None;
+        for parent in &a.parents {
+            if self.avoid.lock().contains(&parent.peer_id) {
+                continue;
+            }
+            let Some(expected) = a.sha256 else {
+                // Without a digest we could not verify a peer's bytes: never accept them.
+                break;
+            };
+            let started = Instant::now();
+            let src = ParentPeer::new(
+                parent.peer_id.clone(),
+                parent.addr,
+                &self.file.id(),
+                layout.length,
+                self.http.clone(),
+            );
+            match src.fetch(range.clone()).await {
+                Ok(bytes) => {
+                    if self
+                        .accept(
+                            a.piece,
+                            bytes,
+                            Some(expected),
+                            Some(parent.peer_id.clone()),
+                            started,
+                        )
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                    self.avoid.lock().insert(parent.peer_id.clone());
+                    self.fail(a.piece, Some(parent.peer_id.clone()), FailReason::Corrupt);
+                    last_err = Some(Error::Parent {
+                        peer: parent.peer_id.clone(),
+                        message: format!("piece {} did not match its digest", a.piece),
+                        reason: FailReason::Corrupt,
+                    });
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        Error::Parent { reason, .. } => *reason,
+                        _ => FailReason::Unreachable,
+                    };
+                    if reason == FailReason::Unreachable {
+                        self.avoid.lock().insert(parent.peer_id.clone());
+                    }
+                    tracing::debug!(task = %self.file.id(), piece = a.piece, error = %e, "parent failed");
+                    self.fail(a.piece, Some(parent.peer_id.clone()), reason);
+                    last_err = Some(e);
+                }
+            }
+        }
+        if a.origin {
+            let started = Instant::now();
+            match self.origin.fetch(range).await {
+                Ok(bytes) => {
+                    if self.accept(a.piece, bytes, a.sha256, None, started).await? {
+                        return Ok(());
+                    }
+                    self.fail(a.piece, None, FailReason::Corrupt);
+                    return Err(Error::Origin {
+                        url: self.origin.url().to_string(),
+                        message: format!("piece {} differs from the digest on record", a.piece),
+                        status: None,
+                    });
+                }
+                Err(e) => {
+                    self.fail(a.piece, None, FailReason::Unreachable);
+                    return Err(e);
+                }
+            }
+        }
+        if last_err.is_none() {
+            // Nothing was tried (every parent avoided): release the assignment anyway.
+            let parent = a.parents.first().map(|p| p.peer_id.clone());
+            self.fail(a.piece, parent, FailReason::Abandoned);
+        }
+        Err(last_err.unwrap_or_else(|| Error::DownloadFailed {
+            task: self.file.id(),
+            message: format!("no usable source for piece {}", a.piece),
+        }))
+    }
+}

@@ -1,0 +1,84 @@
+//! Reading a task in order while it downloads: each read waits for the piece it needs, so a
+//! client receives bytes as soon as they are verified rather than when the blob is complete.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::storage::{TaskFile, TaskStatus};
+
+/// Largest read handed to the client at once.
+const READ_CHUNK: u64 = 1 << 20;
+
+struct State {
+    file: Arc<TaskFile>,
+    status: watch::Receiver<TaskStatus>,
+    pos: u64,
+    end: u64,
+}
+
+/// Streams `range` of the task (clamped to its length), waiting for pieces as needed.
+pub fn stream_range(
+    file: Arc<TaskFile>,
+    range: Range<u64>,
+) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    let end = range.end.min(file.layout().length);
+    let status = file.subscribe();
+    let state = State {
+        file,
+        status,
+        pos: range.start.min(end),
+        end,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.pos >= st.end {
+            return None;
+        }
+        let layout = st.file.layout();
+        let piece = (st.pos / layout.piece_size) as u32;
+        loop {
+            if st.file.has_piece(piece) {
+                break;
+            }
+            let failed = st.status.borrow_and_update().failed.clone();
+            if let Some(msg) = failed {
+                st.pos = st.end;
+                return Some((
+                    Err(Error::DownloadFailed {
+                        task: st.file.id(),
+                        message: msg,
+                    }),
+                    st,
+                ));
+            }
+            if st.status.changed().await.is_err() {
+                st.pos = st.end;
+                return Some((Err(Error::Cancelled), st));
+            }
+        }
+        // Read up to the end of this piece (it is present), at most READ_CHUNK.
+        let piece_end = layout.range(piece).map(|r| r.end).unwrap_or(st.end);
+        let len = (piece_end.min(st.end) - st.pos).min(READ_CHUNK);
+        let file = st.file.clone();
+        let pos = st.pos;
+        let read = tokio::task::spawn_blocking(move || file.read_at(pos, len as usize)).await;
+        match read {
+            Ok(Ok(buf)) => {
+                st.pos += len;
+                Some((Ok(Bytes::from(buf)), st))
+            }
+            Ok(Err(e)) => {
+                st.pos = st.end;
+                Some((Err(e), st))
+            }
+            Err(e) => {
+                st.pos = st.end;
+                Some((Err(Error::io(st.file.dir(), std::io::Error::other(e))), st))
+            }
+        }
+    })
+}

@@ -1,0 +1,119 @@
+//! The peer library's one error type. Every variant carries what was being worked on (task,
+//! piece, peer, path) so a log line is enough to act on, and says whether retrying elsewhere
+//! or later can help.
+
+use std::path::PathBuf;
+
+use shoal_common::{Digest, ParseError, TaskId};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
+    #[error("task {task} is not in the cache")]
+    TaskNotFound { task: TaskId },
+
+    #[error("task {task}: bytes {start}-{end} are not held here")]
+    RangeNotHeld { task: TaskId, start: u64, end: u64 },
+
+    #[error("task {task}: range {range:?} starts past the end ({length} bytes)")]
+    RangeNotSatisfiable {
+        task: TaskId,
+        range: String,
+        length: u64,
+    },
+
+    #[error("storage {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("task {task} needs {needed} bytes but the cache quota is {quota} bytes and {pinned} bytes are in use")]
+    CacheFull {
+        task: TaskId,
+        needed: u64,
+        quota: u64,
+        pinned: u64,
+    },
+
+    #[error("origin {url}: {message}")]
+    Origin {
+        url: String,
+        message: String,
+        /// HTTP status from the origin, when it answered.
+        status: Option<u16>,
+    },
+
+    #[error("peer {peer}: {message}")]
+    Parent {
+        peer: String,
+        message: String,
+        /// How to report it to the supernode.
+        reason: shoal_common::api::FailReason,
+    },
+
+    #[error("task {task} piece {piece}: expected {expected}, got {actual}")]
+    PieceDigest {
+        task: TaskId,
+        piece: u32,
+        expected: Digest,
+        actual: Digest,
+    },
+
+    #[error("task {task}: whole blob has digest {actual}, expected {expected}")]
+    BlobDigest {
+        task: TaskId,
+        expected: Digest,
+        actual: Digest,
+    },
+
+    #[error("supernode {url}: {message}")]
+    Supernode {
+        url: String,
+        message: String,
+        /// The supernode forgot us (restart, expiry): announce again.
+        unknown_peer: bool,
+    },
+
+    #[error("task {task}: download failed: {message}")]
+    DownloadFailed { task: TaskId, message: String },
+
+    #[error("shutting down")]
+    Cancelled,
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Could the same operation succeed if tried again (later or from another source)?
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Origin { status, .. } => match status {
+                None => true,
+                Some(s) => *s == 408 || *s == 429 || *s >= 500,
+            },
+            Error::Parent { .. }
+            | Error::PieceDigest { .. }
+            | Error::Supernode { .. }
+            | Error::CacheFull { .. } => true,
+            Error::Io { .. } => false,
+            _ => false,
+        }
+    }
+}

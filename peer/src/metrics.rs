@@ -1,0 +1,178 @@
+//! The peer's Prometheus metrics, registered into the registry the daemon passes in. Names are
+//! catalogued in `docs/metrics.md`.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Where a piece came from, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Peer,
+    Origin,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Peer => "peer",
+            Source::Origin => "origin",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PeerMetrics {
+    pub download_bytes: IntCounterVec,
+    pub upload_bytes: IntCounter,
+    pub pieces_verified: IntCounterVec,
+    pub pieces_rejected: IntCounterVec,
+    pub piece_failures: IntCounterVec,
+    pub piece_duration: HistogramVec,
+    pub tasks_active: IntGauge,
+    pub downloads: IntCounterVec,
+    pub uploads_active: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_quota_bytes: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub supernode_errors: IntCounter,
+    pub local_bytes_served: IntCounter,
+    pub download_duration: Histogram,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: T,
+) -> prometheus::Result<T> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl PeerMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let piece_buckets = prometheus::exponential_buckets(0.005, 2.0, 14)?;
+        Ok(PeerMetrics {
+            download_bytes: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_download_bytes_total",
+                        "Verified piece bytes downloaded, by source (peer or origin).",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            upload_bytes: reg(
+                registry,
+                IntCounter::new(
+                    "shoal_peer_upload_bytes_total",
+                    "Bytes served to other peers.",
+                )?,
+            )?,
+            pieces_verified: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_pieces_verified_total",
+                        "Pieces whose sha256 matched, by source.",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            pieces_rejected: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_pieces_rejected_total",
+                        "Pieces thrown away because their sha256 did not match, by source.",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            piece_failures: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_piece_fetch_failures_total",
+                        "Piece transfers that failed, by source and reason.",
+                    ),
+                    &["source", "reason"],
+                )?,
+            )?,
+            piece_duration: reg(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "shoal_peer_piece_duration_seconds",
+                        "Time to fetch and verify one piece, by source.",
+                    )
+                    .buckets(piece_buckets),
+                    &["source"],
+                )?,
+            )?,
+            tasks_active: reg(
+                registry,
+                IntGauge::new("shoal_peer_tasks_active", "Downloads in progress.")?,
+            )?,
+            downloads: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_downloads_total",
+                        "Finished downloads (whole blobs), by result.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            uploads_active: reg(
+                registry,
+                IntGauge::new(
+                    "shoal_peer_uploads_active",
+                    "Range requests from other peers being served.",
+                )?,
+            )?,
+            cache_bytes: reg(
+                registry,
+                IntGauge::new(
+                    "shoal_peer_cache_bytes",
+                    "Bytes reserved by cached blobs on disk.",
+                )?,
+            )?,
+            cache_quota_bytes: reg(
+                registry,
+                IntGauge::new("shoal_peer_cache_quota_bytes", "Configured cache quota.")?,
+            )?,
+            cache_evictions: reg(
+                registry,
+                IntCounter::new(
+                    "shoal_peer_cache_evictions_total",
+                    "Blobs evicted from the cache to stay under the quota.",
+                )?,
+            )?,
+            supernode_errors: reg(
+                registry,
+                IntCounter::new(
+                    "shoal_peer_supernode_errors_total",
+                    "Failed requests to a supernode.",
+                )?,
+            )?,
+            local_bytes_served: reg(
+                registry,
+                IntCounter::new(
+                    "shoal_peer_client_bytes_total",
+                    "Blob bytes streamed to local clients (shoal-peer get, containerd).",
+                )?,
+            )?,
+            download_duration: reg(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "shoal_peer_download_duration_seconds",
+                        "Time to complete a whole blob download.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.05, 2.0, 14)?),
+                )?,
+            )?,
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! The peer's HTTP servers. Handlers decode the request, call the engine or storage, and
+//! encode the answer; nothing here knows how pieces are fetched.
+//!
+//! - [`p2p`]: byte ranges for other peers (`--p2p-listen`).
+//! - [`local`]: the local download API (`--mirror-listen`).
+//! - [`health`]: metrics and probes (`--metrics-listen`).
+//! - [`error`]: the one error type at these edges.
+//! - [`range`]: Range header parsing.
+
+pub mod error;
+pub mod health;
+pub mod local;
+pub mod p2p;
+pub mod range;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `router` on a bound listener until `cancel` fires.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(server = name, %addr, "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}

@@ -1,0 +1,399 @@
+//! One cached blob on disk: `meta.json` (id, url, layout), `data` (the blob, sparse until
+//! filled) and `pieces.log` (an append-only record per stored piece: index + sha256 + check).
+//!
+//! Crash safety comes from ordering: a piece's bytes are written and `fdatasync`ed before its
+//! record is appended and synced, and on load only records with a valid check are believed.
+//! So a piece is never "present" with bytes that were not durably written.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shoal_common::api::PieceDigest;
+use shoal_common::{Digest, PieceLayout, PieceSet, TaskId};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+
+const META: &str = "meta.json";
+const DATA: &str = "data";
+const LOG: &str = "pieces.log";
+const RECORD: usize = 4 + 32 + 4;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskMeta {
+    pub task_id: TaskId,
+    pub url: String,
+    pub layout: PieceLayout,
+}
+
+/// What waiters (streaming readers, the download loop) watch.
+#[derive(Debug, Clone, Default)]
+pub struct TaskStatus {
+    /// Pieces stored so far.
+    pub pieces: u32,
+    /// Set when the download gave up; readers stop waiting and report it.
+    pub failed: Option<String>,
+}
+
+struct Pieces {
+    have: PieceSet,
+    digests: Vec<Option<Digest>>,
+}
+
+pub struct TaskFile {
+    meta: TaskMeta,
+    dir: PathBuf,
+    data: File,
+    log: Mutex<File>,
+    pieces: Mutex<Pieces>,
+    status: watch::Sender<TaskStatus>,
+}
+
+impl std::fmt::Debug for TaskFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFile")
+            .field("task", &self.meta.task_id)
+            .field("pieces", &self.pieces.lock().have)
+            .finish()
+    }
+}
+
+fn record_check(body: &[u8]) -> [u8; 4] {
+    let d = Digest::of(body);
+    let b = d.as_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
+impl TaskFile {
+    /// Creates the files for a new task (or truncates leftovers of an unusable one).
+    pub fn create(dir: &Path, meta: TaskMeta) -> Result<Self> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| Error::io(p, e)
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let data_path = dir.join(DATA);
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&data_path)
+            .map_err(io(&data_path))?;
+        data.set_len(meta.layout.length).map_err(io(&data_path))?;
+        let log_path = dir.join(LOG);
+        let log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
+        log.set_len(0).map_err(io(&log_path))?;
+        // meta.json last, atomically: a directory without it is debris and is removed on scan.
+        let meta_path = dir.join(META);
+        let tmp = dir.join("meta.json.tmp");
+        let json = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::io(&meta_path, std::io::Error::other(e)))?;
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&json).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &meta_path).map_err(io(&meta_path))?;
+        Ok(Self::assemble(dir, meta, data, log, Vec::new()))
+    }
+
+    /// Loads a task written earlier; pieces whose record is torn or invalid are dropped.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| Error::io(p, e)
+        };
+        let meta_path = dir.join(META);
+        let text = fs::read(&meta_path).map_err(io(&meta_path))?;
+        let meta: TaskMeta = serde_json::from_slice(&text)
+            .map_err(|e| Error::io(&meta_path, std::io::Error::other(e)))?;
+        meta.layout
+            .validate()
+            .map_err(|e| Error::io(&meta_path, std::io::Error::other(e)))?;
+        let data_path = dir.join(DATA);
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data_path)
+            .map_err(io(&data_path))?;
+        let len = data.metadata().map_err(io(&data_path))?.len();
+        if len != meta.layout.length {
+            return Err(Error::io(
+                &data_path,
+                std::io::Error::other(format!(
+                    "data is {len} bytes, expected {}",
+                    meta.layout.length
+                )),
+            ));
+        }
+        let log_path = dir.join(LOG);
+        let mut log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
+        let mut raw = Vec::new();
+        log.read_to_end(&mut raw).map_err(io(&log_path))?;
+        let mut records = Vec::new();
+        let mut valid = 0;
+        for rec in raw.chunks_exact(RECORD) {
+            let (body, check) = rec.split_at(RECORD - 4);
+            if record_check(body) != check {
+                break;
+            }
+            let mut idx = [0u8; 4];
+            idx.copy_from_slice(&body[..4]);
+            let mut sha = [0u8; 32];
+            sha.copy_from_slice(&body[4..]);
+            let piece = u32::from_le_bytes(idx);
+            if piece >= meta.layout.piece_count() {
+                break;
+            }
+            records.push((piece, Digest::from_bytes(sha)));
+            valid += RECORD;
+        }
+        if valid != raw.len() {
+            // A torn tail from a crash: cut it so later appends stay aligned.
+            log.set_len(valid as u64).map_err(io(&log_path))?;
+        }
+        Ok(Self::assemble(dir, meta, data, log, records))
+    }
+
+    fn assemble(
+        dir: &Path,
+        meta: TaskMeta,
+        data: File,
+        log: File,
+        records: Vec<(u32, Digest)>,
+    ) -> Self {
+        let count = meta.layout.piece_count();
+        let mut have = PieceSet::new(count);
+        let mut digests = vec![None; count as usize];
+        for (piece, sha) in records {
+            have.insert(piece);
+            if let Some(slot) = digests.get_mut(piece as usize) {
+                *slot = Some(sha);
+            }
+        }
+        let (status, _) = watch::channel(TaskStatus {
+            pieces: have.count(),
+            failed: None,
+        });
+        TaskFile {
+            meta,
+            dir: dir.to_path_buf(),
+            data,
+            log: Mutex::new(log),
+            pieces: Mutex::new(Pieces { have, digests }),
+            status,
+        }
+    }
+
+    pub fn id(&self) -> TaskId {
+        self.meta.task_id
+    }
+
+    pub fn meta(&self) -> &TaskMeta {
+        &self.meta
+    }
+
+    pub fn layout(&self) -> PieceLayout {
+        self.meta.layout
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn has_piece(&self, piece: u32) -> bool {
+        self.pieces.lock().have.contains(piece)
+    }
+
+    pub fn have(&self) -> PieceSet {
+        self.pieces.lock().have.clone()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.pieces.lock().have.is_complete()
+    }
+
+    /// Digests of the pieces held (for re-announcing after a restart).
+    pub fn digests(&self) -> Vec<PieceDigest> {
+        let p = self.pieces.lock();
+        p.digests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| {
+                d.map(|sha256| PieceDigest {
+                    piece: i as u32,
+                    sha256,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether every piece overlapping `start..end` is stored.
+    pub fn has_range(&self, start: u64, end: u64) -> bool {
+        let p = self.pieces.lock();
+        self.meta
+            .layout
+            .pieces_for(start..end)
+            .all(|i| p.have.contains(i))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<TaskStatus> {
+        self.status.subscribe()
+    }
+
+    /// Marks the download as failed so that waiting readers give up.
+    pub fn set_failed(&self, message: String) {
+        self.status.send_modify(|s| s.failed = Some(message));
+    }
+
+    /// Clears a previous failure when a new download attempt starts.
+    pub fn clear_failed(&self) {
+        self.status.send_if_modified(|s| s.failed.take().is_some());
+    }
+
+    /// Stores a verified piece durably (blocking I/O: call from a blocking thread).
+    pub fn write_piece(&self, piece: u32, bytes: &[u8], sha256: Digest) -> Result<()> {
+        let range = self
+            .meta
+            .layout
+            .range(piece)
+            .ok_or(Error::BadRequest(format!(
+                "task {}: piece {piece} is past the end",
+                self.meta.task_id
+            )))?;
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(Error::BadRequest(format!(
+                "task {}: piece {piece} is {} bytes, expected {}",
+                self.meta.task_id,
+                bytes.len(),
+                range.end - range.start
+            )));
+        }
+        if self.has_piece(piece) {
+            return Ok(());
+        }
+        let data_path = || self.dir.join(DATA);
+        self.data
+            .write_all_at(bytes, range.start)
+            .map_err(|e| Error::io(data_path(), e))?;
+        self.data
+            .sync_data()
+            .map_err(|e| Error::io(data_path(), e))?;
+        let mut rec = Vec::with_capacity(RECORD);
+        rec.extend_from_slice(&piece.to_le_bytes());
+        rec.extend_from_slice(sha256.as_bytes());
+        let check = record_check(&rec);
+        rec.extend_from_slice(&check);
+        {
+            let mut log = self.log.lock();
+            log.write_all(&rec)
+                .and_then(|_| log.sync_data())
+                .map_err(|e| Error::io(self.dir.join(LOG), e))?;
+        }
+        let count = {
+            let mut p = self.pieces.lock();
+            p.have.insert(piece);
+            if let Some(slot) = p.digests.get_mut(piece as usize) {
+                *slot = Some(sha256);
+            }
+            p.have.count()
+        };
+        self.status.send_modify(|s| s.pieces = count);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` (blocking I/O). Callers check `has_range` first.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.data
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io(self.dir.join(DATA), e))?;
+        Ok(buf)
+    }
+
+    /// An independent handle on the data file, for streaming it.
+    pub fn data_file(&self) -> Result<File> {
+        self.data
+            .try_clone()
+            .map_err(|e| Error::io(self.dir.join(DATA), e))
+    }
+
+    /// Marks the task recently used (persisted as meta.json's mtime for LRU across restarts).
+    pub fn touch(&self) {
+        if let Ok(f) = File::options().write(true).open(self.dir.join(META)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    pub(crate) fn last_used(dir: &Path) -> std::time::SystemTime {
+        fs::metadata(dir.join(META))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(len: u64) -> TaskMeta {
+        TaskMeta {
+            task_id: TaskId::Content(Digest::of(b"t")),
+            url: "http://x/y".into(),
+            layout: PieceLayout::new(len, 4096).unwrap(),
+        }
+    }
+
+    #[test]
+    fn pieces_survive_reopen_and_torn_records_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TaskFile::create(dir.path(), meta(10_000)).unwrap();
+        let p0 = vec![1u8; 4096];
+        t.write_piece(0, &p0, Digest::of(&p0)).unwrap();
+        assert!(t.write_piece(1, &p0[..10], Digest::of(&p0)).is_err());
+        assert!(t.write_piece(9, &p0, Digest::of(&p0)).is_err());
+        let last = vec![2u8; 10_000 - 8192];
+        t.write_piece(2, &last, Digest::of(&last)).unwrap();
+        drop(t);
+        // Simulate a crash in the middle of appending a record.
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG))
+            .unwrap();
+        log.write_all(&[1, 0, 0, 0, 9, 9]).unwrap();
+        drop(log);
+        let t = TaskFile::open(dir.path()).unwrap();
+        assert_eq!(t.have().iter().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(t.read_at(8192, 4).unwrap(), vec![2; 4]);
+        assert!(t.has_range(0, 4096) && !t.has_range(0, 4097));
+        let p1 = vec![3u8; 4096];
+        t.write_piece(1, &p1, Digest::of(&p1)).unwrap();
+        assert!(t.is_complete());
+        drop(t);
+        let t = TaskFile::open(dir.path()).unwrap();
+        assert!(t.is_complete());
+        assert_eq!(t.digests()[1].sha256, Digest::of(&p1));
+    }
+
+    #[test]
+    fn corrupt_meta_or_short_data_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        TaskFile::create(dir.path(), meta(10_000)).unwrap();
+        fs::write(dir.path().join(DATA), b"short").unwrap();
+        assert!(TaskFile::open(dir.path()).is_err());
+        fs::write(dir.path().join(META), b"{garbage").unwrap();
+        assert!(TaskFile::open(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! The supernode's configuration: one struct, read from a TOML file, overridden by `SHOAL_*`
+//! environment variables and flags (in the binary), checked by [`SupernodeConfig::validate`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Everything the supernode can be told. Durations are written the humantime way (`"15s"`,
+/// `"10m"`); every field has a default, and unknown fields are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupernodeConfig {
+    /// Address the API, `/metrics`, `/healthz` and `/readyz` are served on.
+    pub listen: SocketAddr,
+    /// A peer silent for this long is forgotten with all its pieces, assignments and leases.
+    #[serde(with = "humantime_serde")]
+    pub peer_ttl: Duration,
+    /// How often peers are told to send a heartbeat; well below `peer_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A piece assigned to a peer (from a parent) counts as in flight for at most this long.
+    #[serde(with = "humantime_serde")]
+    pub assignment_timeout: Duration,
+    /// A peer allowed to fetch a piece from the origin keeps that exclusive lease this long.
+    #[serde(with = "humantime_serde")]
+    pub origin_lease_timeout: Duration,
+    /// At most this many live peers per task may go back to the origin (count).
+    pub max_origin_peers_per_task: u32,
+    /// Parents offered per assignment, best first (count).
+    pub max_parents: u32,
+    /// Assignments in flight to one parent (per task) before it counts as saturated (count).
+    pub max_uploads_per_parent: u32,
+    /// A task with no peers for this long is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub task_gc_after: Duration,
+    /// Log filter: a level (`info`) or a `tracing` directive list (`shoal_supernode=debug`).
+    /// `RUST_LOG`, when set, wins.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?} is not \"text\" or \"json\"")),
+        }
+    }
+}
+
+impl Default for SupernodeConfig {
+    fn default() -> Self {
+        SupernodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            peer_ttl: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(3),
+            assignment_timeout: Duration::from_secs(30),
+            origin_lease_timeout: Duration::from_secs(60),
+            max_origin_peers_per_task: 2,
+            max_parents: 3,
+            max_uploads_per_parent: 8,
+            task_gc_after: Duration::from_secs(600),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Upper bound for the counts, to keep a typo from turning into a denial of service.
+const MAX_COUNT: u32 = 1024;
+
+impl SupernodeConfig {
+    /// Reads a TOML file (missing fields take their defaults). Does not validate.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::ConfigParse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The config as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> Result<String, Error> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(format!("cannot print: {e}")))
+    }
+
+    /// Checks the values make sense together; the error names the field and the problem.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        for (name, d) in [
+            ("peer_ttl", self.peer_ttl),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("assignment_timeout", self.assignment_timeout),
+            ("origin_lease_timeout", self.origin_lease_timeout),
+            ("task_gc_after", self.task_gc_after),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be longer than 0s"));
+            }
+            if d > Duration::from_secs(7 * 24 * 3600) {
+                return bad(format!("{name} must be at most a week"));
+            }
+        }
+        if self.heartbeat_interval * 2 > self.peer_ttl {
+            return bad(format!(
+                "heartbeat_interval ({}) must be at most half of peer_ttl ({}), or peers expire between heartbeats",
+                humantime::format_duration(self.heartbeat_interval),
+                humantime::format_duration(self.peer_ttl)
+            ));
+        }
+        for (name, n) in [
+            ("max_origin_peers_per_task", self.max_origin_peers_per_task),
+            ("max_parents", self.max_parents),
+            ("max_uploads_per_parent", self.max_uploads_per_parent),
+        ] {
+            if n == 0 || n > MAX_COUNT {
+                return bad(format!("{name} must be between 1 and {MAX_COUNT}, not {n}"));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return bad(format!("log_level {:?}: {e}", self.log_level));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_roundtrip() {
+        let c = SupernodeConfig::default();
+        c.validate().unwrap();
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("peer_ttl = \"15s\""), "{text}");
+        let back: SupernodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn partial_files_and_unknown_fields() {
+        let c: SupernodeConfig = toml::from_str("peer_ttl = \"1m\"\nmax_parents = 5\n").unwrap();
+        assert_eq!(c.peer_ttl, Duration::from_secs(60));
+        assert_eq!(c.max_parents, 5);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(3));
+        assert!(toml::from_str::<SupernodeConfig>("peer_tll = \"1m\"").is_err());
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let mut c = SupernodeConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("heartbeat_interval"));
+        c = SupernodeConfig {
+            max_parents: 0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_parents"));
+        c = SupernodeConfig {
+            log_level: "[[[".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

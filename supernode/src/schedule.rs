@@ -1,0 +1,324 @@
+//! The scheduling policy: which pieces a peer should fetch next and from whom.
+//!
+//! 1. Pieces some usable parent holds, rarest first (ties rotated per request so that peers
+//!    spread over different pieces), each with up to `max_parents` parents ranked by a
+//!    [`ParentSelector`]. A piece whose best parent is saturated (`max_uploads_per_parent`
+//!    assignments in flight) is skipped; saturated parents only appear as backups.
+//! 2. Pieces nobody holds and nobody has leased: from the origin, but only for one of the
+//!    task's few origin peers, one exclusive lease per piece, in ascending order.
+//!
+//! The work per request is O(missing pieces) plus a bounded sample of holders per assigned
+//! piece, never O(peers × pieces).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use shoal_common::api::{Assignment, Parent};
+
+use crate::config::SupernodeConfig;
+use crate::state::task::{Inflight, Lease, ParentRef, Slot, Task};
+
+/// Upper bound on assignments per request, whatever capacity a peer claims.
+const MAX_CAPACITY: u32 = 256;
+/// Unsaturated holders looked at per piece: enough to find lightly loaded parents among
+/// thousands of holders without scanning them all.
+const PARENT_SAMPLE: usize = 16;
+
+/// The peer asking for work, as a [`ParentSelector`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    pub peer_id: &'a str,
+    pub zone: Option<&'a str>,
+}
+
+/// A holder of the piece that could serve it.
+#[derive(Debug, Clone)]
+pub struct Candidate<'a> {
+    pub peer_id: &'a str,
+    /// Assignments in flight with this peer as first parent (for this task).
+    pub uploads: u32,
+    /// `uploads` reached `max_uploads_per_parent`.
+    pub saturated: bool,
+    /// Recent failures reported against it (decaying; about one per failure in the last minute).
+    pub failures: f64,
+    /// Measured bytes per millisecond as a parent; 0 when unknown.
+    pub throughput: f64,
+    /// Same `zone` label as the requester.
+    pub same_zone: bool,
+    pub(crate) slot: Slot,
+}
+
+/// Ranks the parents offered for a piece. The scheduler offers the first few, best first, and
+/// counts the assignment against the first.
+pub trait ParentSelector: Send + Sync + 'static {
+    fn rank(&self, requester: &Requester<'_>, candidates: &mut [Candidate<'_>]);
+}
+
+/// Unsaturated first, then fewest uploads in flight, then fewest recent failures, then the
+/// requester's zone, then the highest throughput.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastLoaded;
+
+impl ParentSelector for LeastLoaded {
+    fn rank(&self, _requester: &Requester<'_>, candidates: &mut [Candidate<'_>]) {
+        candidates.sort_by(|a, b| {
+            a.saturated
+                .cmp(&b.saturated)
+                .then(a.uploads.cmp(&b.uploads))
+                .then((a.failures.floor()).total_cmp(&b.failures.floor()))
+                .then(b.same_zone.cmp(&a.same_zone))
+                .then(b.throughput.total_cmp(&a.throughput))
+        });
+    }
+}
+
+/// The knobs of the policy, from the config.
+pub(crate) struct Policy {
+    pub max_parents: usize,
+    pub max_uploads: u32,
+    pub max_origin_peers: usize,
+    pub assignment_timeout: Duration,
+    pub lease_timeout: Duration,
+    pub selector: Arc<dyn ParentSelector>,
+}
+
+impl Policy {
+    pub fn new(config: &SupernodeConfig, selector: Arc<dyn ParentSelector>) -> Self {
+        Policy {
+            max_parents: config.max_parents as usize,
+            max_uploads: config.max_uploads_per_parent,
+            max_origin_peers: config.max_origin_peers_per_task as usize,
+            assignment_timeout: config.assignment_timeout,
+            lease_timeout: config.origin_lease_timeout,
+            selector,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// The peer holds every piece.
+    Done,
+    /// Nothing to do right now.
+    Empty,
+    Assigned {
+        assignments: Vec<Assignment>,
+        from_origin: usize,
+    },
+}
+
+/// Computes (and records as in flight) up to `capacity` assignments for member `slot`.
+pub(crate) fn schedule(
+    task: &mut Task,
+    slot: Slot,
+    capacity: u32,
+    avoid: &[String],
+    policy: &Policy,
+    now: Instant,
+) -> Outcome {
+    task.expire_member(slot, now);
+    let Some(me) = task.member(slot) else {
+        return Outcome::Empty;
+    };
+    if me.held.is_complete() {
+        return Outcome::Done;
+    }
+    let cap = capacity.min(MAX_CAPACITY) as usize;
+    if cap == 0 {
+        return Outcome::Empty;
+    }
+    let avoid: HashSet<Slot> = avoid.iter().filter_map(|id| task.slot_of(id)).collect();
+    let n = task.piece_count();
+    let mut rng = rand::rng();
+    let offset = rng.random_range(0..n);
+
+    // (holders, rotated index, piece): sorting gives rarest first, rotated ties.
+    let mut from_peers: Vec<(usize, u32, u32)> = Vec::new();
+    let mut from_origin: Vec<u32> = Vec::new();
+    for p in me.held.missing() {
+        if me.inflight.contains_key(&p) {
+            continue;
+        }
+        let ps = &task.pieces[p as usize];
+        if ps.holders.is_empty() {
+            let leased = ps.lease.is_some_and(|l| l.expires > now);
+            if !leased && from_origin.len() < cap {
+                from_origin.push(p);
+            }
+        } else if ps.digest.is_some() {
+            let rotated = if p >= offset {
+                p - offset
+            } else {
+                p + (n - offset)
+            };
+            from_peers.push((ps.holders.len(), rotated, p));
+        }
+    }
+
+    let mut out = Vec::new();
+    // Sort only as much as is likely needed: most pieces end up assigned from the first few.
+    let head = (4 * cap + 32).min(from_peers.len());
+    if head < from_peers.len() {
+        from_peers.select_nth_unstable(head);
+    }
+    from_peers[..head].sort_unstable();
+    let mut tail_sorted = head == from_peers.len();
+    let mut i = 0;
+    while i < from_peers.len() && out.len() < cap {
+        if i == head && !tail_sorted {
+            from_peers[head..].sort_unstable();
+            tail_sorted = true;
+        }
+        let piece = from_peers[i].2;
+        i += 1;
+        if let Some(a) = assign_from_peers(task, slot, piece, &avoid, policy, now, &mut rng) {
+            out.push(a);
+        }
+    }
+    let peer_count = out.len();
+
+    if out.len() < cap && !from_origin.is_empty() && may_use_origin(task, slot, policy) {
+        for piece in from_origin.into_iter().take(cap - out.len()) {
+            let expires = now + policy.lease_timeout;
+            task.pieces[piece as usize].lease = Some(Lease { slot, expires });
+            if let Some(me) = task.member_mut(slot) {
+                me.inflight.insert(
+                    piece,
+                    Inflight {
+                        parent: None,
+                        expires,
+                    },
+                );
+            }
+            out.push(Assignment {
+                piece,
+                sha256: task.pieces[piece as usize].digest,
+                parents: Vec::new(),
+                origin: true,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Outcome::Empty;
+    }
+    let from_origin = out.len() - peer_count;
+    Outcome::Assigned {
+        assignments: out,
+        from_origin,
+    }
+}
+
+/// Whether `slot` is, or may become, one of the task's origin peers.
+fn may_use_origin(task: &mut Task, slot: Slot, policy: &Policy) -> bool {
+    if task.origin_peers.contains(&slot) {
+        return true;
+    }
+    if task.origin_peers.len() < policy.max_origin_peers {
+        task.origin_peers.push(slot);
+        return true;
+    }
+    false
+}
+
+/// Picks parents for one piece and records the assignment; `None` when no usable parent has
+/// a free upload slot.
+fn assign_from_peers(
+    task: &mut Task,
+    slot: Slot,
+    piece: u32,
+    avoid: &HashSet<Slot>,
+    policy: &Policy,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Option<Assignment> {
+    let me = task.member(slot)?;
+    let requester = Requester {
+        peer_id: &me.id,
+        zone: me.zone.as_deref(),
+    };
+    let ps = &task.pieces[piece as usize];
+    let holders = &ps.holders;
+    let h = holders.len();
+    if h == 0 {
+        return None;
+    }
+    let start = rng.random_range(0..h);
+    let mut candidates = Vec::new();
+    let (mut fresh, mut saturated) = (0, 0);
+    for k in 0..h {
+        let Some(&s) = holders.get_index((start + k) % h) else {
+            continue;
+        };
+        if s == slot || avoid.contains(&s) {
+            continue;
+        }
+        let Some(m) = task.member(s) else {
+            continue;
+        };
+        let is_saturated = m.uploads >= policy.max_uploads;
+        if is_saturated {
+            if saturated >= policy.max_parents {
+                continue;
+            }
+            saturated += 1;
+        } else {
+            fresh += 1;
+        }
+        candidates.push(Candidate {
+            peer_id: &m.id,
+            uploads: m.uploads,
+            saturated: is_saturated,
+            failures: m.failures.get(now),
+            throughput: m.throughput,
+            same_zone: requester.zone.is_some() && m.zone.as_deref() == requester.zone,
+            slot: s,
+        });
+        if fresh >= PARENT_SAMPLE {
+            break;
+        }
+    }
+    if fresh == 0 {
+        return None;
+    }
+    policy.selector.rank(&requester, &mut candidates);
+    candidates.truncate(policy.max_parents);
+    let first = candidates.first()?;
+    if first.saturated {
+        // A custom selector preferred a saturated parent: respect the limit anyway.
+        return None;
+    }
+    let first = first.slot;
+    let parents: Vec<Parent> = candidates
+        .iter()
+        .filter_map(|c| {
+            task.member(c.slot).map(|m| Parent {
+                peer_id: m.id.to_string(),
+                addr: m.addr,
+            })
+        })
+        .collect();
+    let sha256 = ps.digest;
+    drop(candidates);
+
+    let parent = task.member_mut(first)?;
+    parent.uploads += 1;
+    let parent = ParentRef {
+        slot: first,
+        serial: parent.serial,
+    };
+    task.member_mut(slot)?.inflight.insert(
+        piece,
+        Inflight {
+            parent: Some(parent),
+            expires: now + policy.assignment_timeout,
+        },
+    );
+    Some(Assignment {
+        piece,
+        sha256,
+        parents,
+        origin: false,
+    })
+}

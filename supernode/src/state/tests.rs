@@ -1,0 +1,445 @@
+//! Scheduling policy tests, driven through the domain operations (no HTTP).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_common::api::{
+    FailReason, PeerAnnounce, PieceDigest, PieceDone, PieceFailed, PieceReport, RegisterTask,
+    ReportReply, ScheduleReply, ScheduleRequest,
+};
+use shoal_common::{Digest, PieceLayout, PieceSet, TaskId};
+use tokio_util::sync::CancellationToken;
+
+use super::State;
+use crate::config::SupernodeConfig;
+use crate::metrics::Metrics;
+use crate::schedule::LeastLoaded;
+
+const PIECES: u32 = 8;
+
+fn state(config: SupernodeConfig) -> Arc<State> {
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    Arc::new(State::new(config, metrics, Arc::new(LeastLoaded)))
+}
+
+fn task() -> TaskId {
+    TaskId::Content(Digest::of(b"blob"))
+}
+
+fn digest(piece: u32) -> Digest {
+    Digest::of(&piece.to_le_bytes())
+}
+
+fn addr(id: &str) -> SocketAddr {
+    let port = 10_000 + id.bytes().map(u16::from).sum::<u16>();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Announces and registers `id`, holding `have` (with the right digests).
+fn join(s: &State, id: &str, have: &[u32]) {
+    join_with(s, id, have, PIECES, None);
+}
+
+fn join_with(s: &State, id: &str, have: &[u32], pieces: u32, zone: Option<&str>) {
+    let labels = zone
+        .map(|z| [("zone".to_owned(), z.to_owned())].into())
+        .unwrap_or_default();
+    s.announce(&PeerAnnounce {
+        peer_id: id.into(),
+        addr: addr(id),
+        upload_capacity: 0,
+        labels,
+    })
+    .unwrap();
+    let mut set = PieceSet::new(pieces);
+    for &p in have {
+        set.insert(p);
+    }
+    s.register(
+        &task(),
+        &RegisterTask {
+            peer_id: id.into(),
+            url: "https://registry.example/v2/x/blobs/y".into(),
+            layout: Some(PieceLayout::new(u64::from(pieces) * 4096, 4096).unwrap()),
+            have: Some(set),
+            digests: have
+                .iter()
+                .map(|&p| PieceDigest {
+                    piece: p,
+                    sha256: digest(p),
+                })
+                .collect(),
+        },
+    )
+    .unwrap();
+}
+
+async fn sched(s: &State, id: &str, capacity: u32) -> ScheduleReply {
+    sched_avoid(s, id, capacity, &[]).await
+}
+
+async fn sched_avoid(s: &State, id: &str, capacity: u32, avoid: &[&str]) -> ScheduleReply {
+    let req = ScheduleRequest {
+        peer_id: id.into(),
+        capacity,
+        wait_ms: 0,
+        avoid: avoid.iter().map(|a| a.to_string()).collect(),
+    };
+    s.schedule(&task(), &req, &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+fn done(s: &State, id: &str, piece: u32, from: Option<&str>, sha: Digest) -> ReportReply {
+    s.report(
+        &task(),
+        &PieceReport {
+            peer_id: id.into(),
+            done: vec![PieceDone {
+                piece,
+                sha256: sha,
+                from: from.map(str::to_owned),
+                millis: 10,
+            }],
+            failed: vec![],
+        },
+    )
+    .unwrap()
+}
+
+fn failed(s: &State, id: &str, piece: u32, parent: &str, reason: FailReason) {
+    s.report(
+        &task(),
+        &PieceReport {
+            peer_id: id.into(),
+            done: vec![],
+            failed: vec![PieceFailed {
+                piece,
+                parent: Some(parent.into()),
+                reason,
+            }],
+        },
+    )
+    .unwrap();
+}
+
+fn pieces(r: &ScheduleReply) -> Vec<u32> {
+    r.assignments.iter().map(|a| a.piece).collect()
+}
+
+#[tokio::test]
+async fn origin_leases_are_exclusive_and_limited() {
+    let s = state(SupernodeConfig::default());
+    for id in ["a", "b", "c"] {
+        join(&s, id, &[]);
+    }
+    let a = sched(&s, "a", 3).await;
+    let b = sched(&s, "b", 3).await;
+    let c = sched(&s, "c", 3).await;
+    assert!(a
+        .assignments
+        .iter()
+        .all(|x| x.origin && x.parents.is_empty()));
+    assert!(b.assignments.iter().all(|x| x.origin));
+    assert_eq!(pieces(&a), vec![0, 1, 2]);
+    assert_eq!(pieces(&b), vec![3, 4, 5]);
+    // Two origin peers already: c may not go to the origin although 6 and 7 are free.
+    assert!(c.assignments.is_empty() && !c.done);
+    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
+    // a asks again: only the unleased pieces, never b's.
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![6, 7]);
+
+    // a finishes piece 0: c now gets it from a, with the recorded digest.
+    assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
+    let c = sched(&s, "c", 3).await;
+    assert_eq!(pieces(&c), vec![0]);
+    assert_eq!(c.assignments[0].parents[0].peer_id, "a");
+    assert_eq!(c.assignments[0].sha256, Some(digest(0)));
+    assert!(!c.assignments[0].origin);
+}
+
+#[tokio::test]
+async fn one_origin_peer_when_configured() {
+    let s = state(SupernodeConfig {
+        max_origin_peers_per_task: 1,
+        ..Default::default()
+    });
+    join(&s, "a", &[]);
+    join(&s, "b", &[]);
+    assert_eq!(sched(&s, "a", 2).await.assignments.len(), 2);
+    assert!(sched(&s, "b", 2).await.assignments.is_empty());
+}
+
+#[tokio::test]
+async fn rarest_pieces_first() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    join(&s, "b", &[0, 1, 2, 4, 5, 6, 7]);
+    join(&s, "c", &[0, 1, 2, 4, 5, 7]);
+    // Piece 3 has one holder, 6 two, the rest three.
+    for i in 0..10 {
+        let id = format!("r{i}");
+        join(&s, &id, &[]);
+        let r = sched(&s, &id, 2).await;
+        assert_eq!(pieces(&r), vec![3, 6], "{id}");
+        assert_eq!(r.assignments[0].parents.len(), 1);
+        s.unregister(&task(), &id).unwrap(); // frees a's upload slots
+    }
+}
+
+#[tokio::test]
+async fn ties_are_spread_over_pieces() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let mut firsts = HashSet::new();
+    for i in 0..40 {
+        let id = format!("r{i}");
+        join(&s, &id, &[]);
+        firsts.insert(pieces(&sched(&s, &id, 1).await)[0]);
+        s.unregister(&task(), &id).unwrap();
+    }
+    assert!(firsts.len() >= 4, "{firsts:?}");
+}
+
+#[tokio::test]
+async fn parents_ranked_by_load_and_saturation_respected() {
+    let s = state(SupernodeConfig {
+        max_uploads_per_parent: 2,
+        ..Default::default()
+    });
+    join(&s, "a", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    join(&s, "b", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    join(&s, "c", &[]);
+    let r = sched(&s, "c", 8).await;
+    // Two parents with two upload slots each: four assignments, spread evenly.
+    assert_eq!(r.assignments.len(), 4);
+    let mut first: HashMap<String, usize> = HashMap::new();
+    for a in &r.assignments {
+        assert_eq!(a.parents.len(), 2);
+        *first.entry(a.parents[0].peer_id.clone()).or_default() += 1;
+    }
+    assert_eq!(first.get("a"), Some(&2));
+    assert_eq!(first.get("b"), Some(&2));
+    // Saturated: nothing more for anyone until something is released.
+    join(&s, "d", &[]);
+    assert!(sched(&s, "d", 4).await.assignments.is_empty());
+    let p = r.assignments[0].piece;
+    let from = r.assignments[0].parents[0].peer_id.clone();
+    done(&s, "c", p, Some(&from), digest(p));
+    // The freed slot and c (holding one piece) are parents now.
+    assert_eq!(sched(&s, "d", 4).await.assignments.len(), 2);
+}
+
+#[tokio::test]
+async fn avoided_parents_are_not_offered() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0]);
+    join(&s, "b", &[0]);
+    join(&s, "c", &[]);
+    let r = sched_avoid(&s, "c", 1, &["a"]).await;
+    assert_eq!(r.assignments[0].parents.len(), 1);
+    assert_eq!(r.assignments[0].parents[0].peer_id, "b");
+}
+
+#[tokio::test]
+async fn same_zone_preferred() {
+    let s = state(SupernodeConfig::default());
+    join_with(&s, "far", &[0], PIECES, Some("z2"));
+    join_with(&s, "near", &[0], PIECES, Some("z1"));
+    join_with(&s, "me", &[], PIECES, Some("z1"));
+    let r = sched(&s, "me", 1).await;
+    assert_eq!(r.assignments[0].parents[0].peer_id, "near");
+}
+
+#[tokio::test]
+async fn corrupt_parents_are_blacklisted() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "bad", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    join(&s, "c", &[]);
+    for p in 0..3 {
+        failed(&s, "c", p, "bad", FailReason::Corrupt);
+    }
+    let t = &s.list_tasks()[0];
+    assert_eq!(t.blacklisted, vec!["bad"]);
+    // Its corrupt pieces are gone, the rest are no longer offered either.
+    assert_eq!(t.pieces_available, 0);
+    join(&s, "d", &[]);
+    let r = sched(&s, "d", 8).await;
+    assert!(r
+        .assignments
+        .iter()
+        .all(|a| a.parents.is_empty() && a.origin));
+}
+
+#[tokio::test]
+async fn not_found_drops_the_holding() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0]);
+    join(&s, "c", &[]);
+    failed(&s, "c", 0, "a", FailReason::NotFound);
+    assert_eq!(s.list_tasks()[0].pieces_available, 0);
+    let t = s.list_tasks();
+    let a = t[0].peers.iter().find(|p| p.peer_id == "a").unwrap();
+    assert_eq!(a.pieces, 0);
+}
+
+#[tokio::test]
+async fn digests_are_checked() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[]);
+    join(&s, "b", &[]);
+    join(&s, "c", &[]);
+    sched(&s, "a", 1).await; // a: origin lease on 0
+    sched(&s, "b", 1).await; // b: origin peer too
+                             // c is no origin peer: its claim to have fetched piece 1 from the origin is refused.
+    assert_eq!(done(&s, "c", 1, None, digest(1)).rejected, vec![1]);
+    assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
+    // A different digest for a recorded piece is refused, whoever it came from.
+    assert_eq!(done(&s, "b", 0, None, digest(99)).rejected, vec![0]);
+    assert_eq!(done(&s, "c", 0, Some("a"), digest(99)).rejected, vec![0]);
+    assert_eq!(done(&s, "c", 0, Some("a"), digest(0)).accepted, 1);
+    // A re-registering peer's wrong digest is not believed.
+    join(&s, "d", &[]);
+    s.register(
+        &task(),
+        &RegisterTask {
+            peer_id: "d".into(),
+            url: String::new(),
+            layout: None,
+            have: Some(PieceSet::full(PIECES)),
+            digests: vec![PieceDigest {
+                piece: 0,
+                sha256: digest(42),
+            }],
+        },
+    )
+    .unwrap();
+    let t = s.list_tasks();
+    let d = t[0].peers.iter().find(|p| p.peer_id == "d").unwrap();
+    assert_eq!(d.pieces, 0);
+}
+
+#[tokio::test]
+async fn done_when_everything_is_held() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    let r = sched(&s, "a", 4).await;
+    assert!(r.done && r.assignments.is_empty());
+    join(&s, "b", &[]);
+    for _ in 0..PIECES {
+        let r = sched(&s, "b", 1).await;
+        assert!(!r.done);
+        let p = pieces(&r)[0];
+        done(&s, "b", p, Some("a"), digest(p));
+    }
+    assert!(sched(&s, "b", 1).await.done);
+    assert!(s.list_tasks()[0].peers.iter().all(|p| p.completed));
+}
+
+#[tokio::test]
+async fn empty_blobs_are_done_at_once() {
+    let s = state(SupernodeConfig::default());
+    join_with(&s, "a", &[], 0, None);
+    assert!(sched(&s, "a", 4).await.done);
+}
+
+#[tokio::test]
+async fn expiry_releases_leases_assignments_and_holdings() {
+    let s = state(SupernodeConfig {
+        assignment_timeout: Duration::from_secs(5),
+        ..Default::default()
+    });
+    join(&s, "a", &[]);
+    join(&s, "b", &[]);
+    assert_eq!(pieces(&sched(&s, "a", 4).await), vec![0, 1, 2, 3]);
+    assert_eq!(pieces(&sched(&s, "b", 4).await), vec![4, 5, 6, 7]);
+    done(&s, "a", 0, None, digest(0));
+    join(&s, "c", &[]);
+    assert_eq!(pieces(&sched(&s, "c", 1).await), vec![0]); // from a
+                                                           // c goes quiet about piece 0: after the assignment timeout it may be assigned again.
+    s.sweep(Instant::now() + Duration::from_secs(6));
+    assert_eq!(s.list_tasks()[0].peers[0].uploading, 0);
+    // a and b vanish (c keeps heartbeating): their leases and pieces go with them,
+    // and c becomes an origin peer.
+    s.remove_peer("a").unwrap();
+    s.remove_peer("b").unwrap();
+    let t = &s.list_tasks()[0];
+    assert_eq!((t.pieces_available, t.origin_peers.len()), (0, 0));
+    let r = sched(&s, "c", 8).await;
+    assert_eq!(pieces(&r), (0..8).collect::<Vec<_>>());
+    assert!(r.assignments.iter().all(|a| a.origin));
+    assert_eq!(r.assignments[0].sha256, Some(digest(0)));
+    // Silence expires peers too.
+    s.sweep(Instant::now() + Duration::from_secs(16));
+    assert!(s.list_peers().is_empty());
+    assert!(s.list_tasks()[0].peers.is_empty());
+    // And a task without peers is forgotten after a while.
+    s.sweep(Instant::now() + Duration::from_secs(3600));
+    assert!(s.list_tasks().is_empty());
+}
+
+#[tokio::test]
+async fn long_poll_wakes_few_of_many_waiters() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[]);
+    assert_eq!(sched(&s, "a", 1).await.assignments.len(), 1);
+    join(&s, "b", &[]);
+    sched(&s, "b", PIECES).await; // b takes every other piece from the origin
+    let mut waiters = Vec::new();
+    for i in 0..100 {
+        let id = format!("w{i}");
+        join(&s, &id, &[]);
+        let s = s.clone();
+        waiters.push(tokio::spawn(async move {
+            let req = ScheduleRequest {
+                peer_id: id,
+                capacity: 1,
+                wait_ms: 2_000,
+                avoid: vec![],
+            };
+            let start = Instant::now();
+            let r = s.schedule(&task(), &req, &CancellationToken::new()).await;
+            (r.unwrap(), start.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.list_tasks()[0].waiting, 100);
+    done(&s, "a", 0, None, digest(0));
+    let mut fast = 0;
+    for w in waiters {
+        let (r, took) = w.await.unwrap();
+        if !r.assignments.is_empty() {
+            assert!(took < Duration::from_millis(1_000), "{took:?}");
+            fast += 1;
+        }
+    }
+    // a has 8 upload slots: 8 waiters got piece 0 from it at once, the rest timed out.
+    assert_eq!(fast, 8);
+}
+
+#[tokio::test]
+async fn hot_task_schedules_quickly() {
+    // 2,000 peers on a 128-piece task, every peer holding a random half: each schedule
+    // must stay far from O(peers × pieces). Debug builds are slow; the bound is generous.
+    let s = state(SupernodeConfig {
+        max_uploads_per_parent: 1_000,
+        ..Default::default()
+    });
+    let n = 128;
+    for i in 0..2_000u32 {
+        let have: Vec<u32> = (0..n).filter(|p| (p * 7 + i) % 2 == 0).collect();
+        join_with(&s, &format!("p{i}"), &have, n, None);
+    }
+    let mut times = Vec::new();
+    for i in 0..500 {
+        let start = Instant::now();
+        let r = sched(&s, &format!("p{}", i * 4), 4).await;
+        times.push(start.elapsed());
+        assert_eq!(r.assignments.len(), 4);
+    }
+    times.sort();
+    let p99 = times[times.len() * 99 / 100];
+    assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
+}
