@@ -233,6 +233,12 @@ fn read_meta(entry: &mut tar::Entry<'_, &mut dyn Read>) -> Result<Meta> {
         let key = ext.key_bytes();
         let value = ext.value_bytes();
         if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            // POSIX: an empty PAX value deletes the keyword, so an empty xattr cannot be
+            // expressed in a layer (Go's archive/tar, and so umoci and containerd, agree).
+            if value.is_empty() {
+                meta.xattrs.remove(name);
+                continue;
+            }
             if !name.is_empty()
                 && name.len() <= crate::codec::MAX_XATTR_NAME
                 && value.len() <= crate::codec::MAX_XATTR_VALUE
