@@ -144,3 +144,45 @@ fn layer_compression_does_not_matter() {
     assert_eq!(digests[0], digests[1]);
     assert_eq!(digests[1], digests[2]);
 }
+
+/// An image built the usual daemonless way (umoci new/unpack/repack, rootless), with a
+/// second layer deleting, replacing and hardlinking files.
+#[test]
+fn umoci_built_image_round_trip() {
+    if !is_root() || !have("umoci") {
+        eprintln!("SKIP: needs root and umoci");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("img");
+    let image = format!("{}:t", img.display());
+    let sh = |script: &str| {
+        let st = Command::new("sh").arg("-ec").arg(script).status().unwrap();
+        assert!(st.success(), "{script}");
+    };
+    let b = tmp.path().join("b");
+    let b = b.display();
+    sh(&format!(
+        "umoci init --layout {img}; umoci new --image {image}; umoci unpack --rootless --image {image} {b}
+         r={b}/rootfs; mkdir -p $r/etc $r/usr/lib/app $r/var/cache/x
+         printf 'hello\\n' > $r/etc/hello; : > $r/etc/empty
+         head -c 3000000 /usr/bin/umoci > $r/usr/lib/app/blob; ln $r/usr/lib/app/blob $r/usr/lib/app/blob.hl
+         ln -s ../lib/app/blob $r/usr/lib/app/sym; printf x > $r/var/cache/x/1; printf y > $r/var/cache/x/2
+         printf 'ü' > \"$r/etc/ünï 名\"; setfattr -n user.k -v v $r/etc/hello 2>/dev/null || python3 -c \"import os; os.setxattr('$r/etc/hello','user.k',b'v')\"
+         umoci repack --image {image} {b}
+         rm $r/etc/empty; rm -rf $r/var/cache/x; mkdir $r/var/cache/x; printf z > $r/var/cache/x/3
+         printf changed > $r/etc/hello; ln $r/etc/hello $r/etc/hello.hl; chmod 0600 $r/usr/lib/app/blob
+         umoci repack --image {image} {b}",
+        img = img.display()
+    ));
+    let reference = tmp.path().join("ref");
+    sh(&format!("umoci unpack --image {image} {}", reference.display()));
+    let expected = snapshot(&reference.join("rootfs"));
+    assert!(!expected.contains_key("etc/empty") && !expected.contains_key("var/cache/x/1"));
+
+    let out = tmp.path().join("lz");
+    run_ok(&["convert", "-q", &format!("oci:{image}"), &format!("oci:{}:lz", out.display())]);
+    let unpacked = tmp.path().join("unpacked");
+    run_ok(&["unpack", &format!("oci:{}:lz", out.display()), unpacked.to_str().unwrap()]);
+    assert_same_tree(&expected, &snapshot(&unpacked));
+}
