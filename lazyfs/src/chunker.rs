@@ -374,3 +374,30 @@ impl WriterState {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Files above the in-memory limit are cut by the streaming chunker; both must agree
+    /// or a file's chunks would depend on how it was read.
+    #[test]
+    fn streaming_and_in_memory_cuts_agree() {
+        let mut s = 0x1234_5678_9abc_def1u64;
+        let data: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u8
+            })
+            .collect();
+        let (min, avg, max) = (16 * 1024, 64 * 1024, 256 * 1024);
+        let mem: Vec<(u64, usize)> = fastcdc::v2020::FastCDC::new(&data, min, avg, max)
+            .map(|c| (c.offset as u64, c.length))
+            .collect();
+        let stream: Vec<(u64, usize)> = fastcdc::v2020::StreamCDC::new(&data[..], min, avg, max)
+            .map(|c| c.map(|c| (c.offset, c.length)).unwrap())
+            .collect();
+        assert_eq!(mem, stream);
+        assert!(mem.len() > 10);
+    }
+}

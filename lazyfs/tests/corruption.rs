@@ -24,11 +24,21 @@ fn make(tmp: &Path) -> Image {
         fs::write(p, prng_bytes(i, 10_000 + i as usize * 120_000, true)).unwrap();
     }
     let dir = tmp.join("lz");
-    run_ok(&["convert", "-q", &format!("dir:{}", src.display()), &format!("oci:{}:t", dir.display())]);
+    run_ok(&[
+        "convert",
+        "-q",
+        &format!("dir:{}", src.display()),
+        &format!("oci:{}:t", dir.display()),
+    ]);
     let inspect = run_ok(&["inspect", &format!("oci:{}:t", dir.display())]);
     let digest_after = |prefix: &str| -> PathBuf {
         let line = inspect.lines().find(|l| l.starts_with(prefix)).unwrap();
-        let d: Digest = line.split_whitespace().nth(if prefix == "blob" { 2 } else { 1 }).unwrap().parse().unwrap();
+        let d: Digest = line
+            .split_whitespace()
+            .nth(if prefix == "blob" { 2 } else { 1 })
+            .unwrap()
+            .parse()
+            .unwrap();
         dir.join("blobs/sha256").join(d.hex())
     };
     Image {
@@ -42,7 +52,11 @@ fn check(img: &Image) -> (bool, String) {
     let out = run(&["check", &format!("oci:{}:t", img.dir.display())]);
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -62,7 +76,11 @@ fn flipped_byte_in_a_chunk_is_named() {
     assert!(out.contains(&format!("chunk #{victim} ")), "{out}");
     assert!(out.contains("/dir"), "names a file: {out}");
     // unpack refuses to write wrong bytes
-    let u = run(&["unpack", &format!("oci:{}:t", img.dir.display()), tmp.path().join("u").to_str().unwrap()]);
+    let u = run(&[
+        "unpack",
+        &format!("oci:{}:t", img.dir.display()),
+        tmp.path().join("u").to_str().unwrap(),
+    ]);
     assert!(!u.status.success());
 }
 
@@ -111,5 +129,8 @@ fn structurally_invalid_index_names_the_entry() {
     index.names[e.name.start as usize] = b'/';
     let bytes = codec::encode(&index, 3).unwrap();
     let err = codec::decode(&bytes).unwrap_err().to_string();
-    assert!(err.contains("entry #5") && err.contains("contains /"), "{err}");
+    assert!(
+        err.contains("entry #5") && err.contains("contains /"),
+        "{err}"
+    );
 }

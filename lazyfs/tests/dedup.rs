@@ -14,15 +14,34 @@ fn file_set() -> Vec<(String, Vec<u8>)> {
             1 => 400_000,
             _ => 2_000 + (i as usize) * 311,
         };
-        v.push((format!("usr/share/pkg{}/file{i}", i % 7), prng_bytes(100 + i, len, i % 3 != 0)));
+        v.push((
+            format!("usr/share/pkg{}/file{i}", i % 7),
+            prng_bytes(100 + i, len, i % 3 != 0),
+        ));
     }
     v
 }
 
 fn new_bytes(stderr: &str) -> (u64, u64) {
     // "... N entries, TOTAL bytes of file data ... ; K new chunks (NEW bytes, ..."
-    let total = stderr.split(" bytes of file data").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
-    let new = stderr.split(" new chunks (").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let total = stderr
+        .split(" bytes of file data")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let new = stderr
+        .split(" new chunks (")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     (new, total)
 }
 
@@ -37,7 +56,10 @@ fn second_image_reuses_the_first_images_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let files = file_set();
     let entries = |range: std::ops::Range<usize>, rev: bool| {
-        let mut v: Vec<E> = files[range].iter().map(|(p, d)| E::File(p.clone(), 0o644, d.clone())).collect();
+        let mut v: Vec<E> = files[range]
+            .iter()
+            .map(|(p, d)| E::File(p.clone(), 0o644, d.clone()))
+            .collect();
         if rev {
             v.reverse();
         }
@@ -48,7 +70,10 @@ fn second_image_reuses_the_first_images_chunks() {
     write_oci_image(
         &a,
         "t",
-        &[(layer_tar(&entries(0..30, false), 1), Comp::Gzip), (layer_tar(&entries(30..60, false), 1), Comp::Gzip)],
+        &[
+            (layer_tar(&entries(0..30, false), 1), Comp::Gzip),
+            (layer_tar(&entries(30..60, false), 1), Comp::Gzip),
+        ],
     );
     let b = tmp.path().join("b");
     write_oci_image(
@@ -61,7 +86,12 @@ fn second_image_reuses_the_first_images_chunks() {
         ],
     );
     let lz = tmp.path().join("lz");
-    let (new_a, total) = convert(&["convert", "-q", &format!("oci:{}:t", a.display()), &format!("oci:{}:a", lz.display())]);
+    let (new_a, total) = convert(&[
+        "convert",
+        "-q",
+        &format!("oci:{}:t", a.display()),
+        &format!("oci:{}:a", lz.display()),
+    ]);
     assert!(new_a > 0 && total > 0);
     let dict = format!("oci:{}:a", lz.display());
     let (new_b, total_b) = convert(&[
@@ -72,7 +102,10 @@ fn second_image_reuses_the_first_images_chunks() {
         &format!("oci:{}:t", b.display()),
         &format!("oci:{}:b", lz.display()),
     ]);
-    eprintln!("image B: {new_b} new bytes of {total_b} ({:.2} %)", new_b as f64 * 100.0 / total_b as f64);
+    eprintln!(
+        "image B: {new_b} new bytes of {total_b} ({:.2} %)",
+        new_b as f64 * 100.0 / total_b as f64
+    );
     assert!(new_b * 10 <= total_b, "{new_b} new bytes of {total_b}");
     run_ok(&["check", &format!("oci:{}:b", lz.display())]);
 
@@ -80,9 +113,17 @@ fn second_image_reuses_the_first_images_chunks() {
     let mut edited = files.clone();
     let big = &mut edited[0].1;
     let mid = big.len() / 2;
-    big.splice(mid..mid, b"an inserted sentence that shifts every later byte".iter().copied());
+    big.splice(
+        mid..mid,
+        b"an inserted sentence that shifts every later byte"
+            .iter()
+            .copied(),
+    );
     let c = tmp.path().join("c");
-    let all: Vec<E> = edited.iter().map(|(p, d)| E::File(p.clone(), 0o644, d.clone())).collect();
+    let all: Vec<E> = edited
+        .iter()
+        .map(|(p, d)| E::File(p.clone(), 0o644, d.clone()))
+        .collect();
     write_oci_image(&c, "t", &[(layer_tar(&all, 3), Comp::Gzip)]);
     let (new_c, total_c) = convert(&[
         "convert",
@@ -95,6 +136,10 @@ fn second_image_reuses_the_first_images_chunks() {
     eprintln!("image C (one edit): {new_c} new bytes of {total_c}");
     assert!(new_c <= 4 * 1024 * 1024, "an edit re-stored {new_c} bytes");
     let out = tmp.path().join("unpacked");
-    run_ok(&["unpack", &format!("oci:{}:c", lz.display()), out.to_str().unwrap()]);
+    run_ok(&[
+        "unpack",
+        &format!("oci:{}:c", lz.display()),
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(out.join(&edited[0].0)).unwrap(), edited[0].1);
 }

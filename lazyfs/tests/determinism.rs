@@ -19,7 +19,10 @@ fn files() -> Vec<(String, Vec<u8>)> {
             2 => 90_000 + i * 1000,
             _ => 1_500_000 + i * 10_000,
         };
-        v.push((format!("d{}/sub{}/f{i}", i % 3, i % 2), prng_bytes(i as u64, len, i % 2 == 0)));
+        v.push((
+            format!("d{}/sub{}/f{i}", i % 3, i % 2),
+            prng_bytes(i as u64, len, i % 2 == 0),
+        ));
     }
     v
 }
@@ -35,7 +38,8 @@ fn write_tree(root: &Path, reverse: bool, mtime: u64) {
         fs::write(&path, data).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let f = fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime)).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime))
+            .unwrap();
     }
     symlink("../d1/sub1/f1", root.join("d0/link")).unwrap();
     fs::hard_link(root.join("d2/sub1/f5"), root.join("d0/hl")).unwrap();
@@ -63,7 +67,10 @@ fn same_tree_same_digests() {
     let d2 = convert_dir(&a, &tmp.path().join("o2"), &[]);
     let d3 = convert_dir(&b, &tmp.path().join("o3"), &[]);
     assert_eq!(d1, d2, "converting twice differs");
-    assert_eq!(d1, d3, "a copy written in another order with other mtimes differs");
+    assert_eq!(
+        d1, d3,
+        "a copy written in another order with other mtimes differs"
+    );
     // The blob directories hold byte-identical files.
     let blobs = |o: &str| {
         let mut v: Vec<_> = fs::read_dir(tmp.path().join(o).join("blobs/sha256"))
@@ -102,7 +109,12 @@ fn images_with_different_tar_order_and_times_give_the_same_index() {
         let img = tmp.path().join(format!("img{n}"));
         write_oci_image(&img, "t", &[(layer_tar(&entries(rev), mtime), Comp::Gzip)]);
         let out = tmp.path().join(format!("out{n}"));
-        run_ok(&["convert", "-q", &format!("oci:{}:t", img.display()), &format!("oci:{}:t", out.display())]);
+        run_ok(&[
+            "convert",
+            "-q",
+            &format!("oci:{}:t", img.display()),
+            &format!("oci:{}:t", out.display()),
+        ]);
         let inspect = run_ok(&["inspect", &format!("oci:{}:t", out.display())]);
         let keep: Vec<String> = inspect
             .lines()

@@ -101,7 +101,10 @@ fn round_trip_and_lookups() {
     assert_eq!(back, index);
     let e = back.resolve(b"d1/\xc3\xa91/f1").expect("lookup");
     let hl = back.resolve(b"hl").unwrap();
-    assert_eq!(back.entries[e as usize].inode, back.entries[hl as usize].inode, "hardlinks share an inode");
+    assert_eq!(
+        back.entries[e as usize].inode, back.entries[hl as usize].inode,
+        "hardlinks share an inode"
+    );
     assert_eq!(back.nlink[back.entries[e as usize].inode as usize], 2);
     assert_eq!(back.prefetch, vec![back.entries[e as usize].inode]);
     // byte range → chunks → runs
@@ -114,7 +117,10 @@ fn round_trip_and_lookups() {
     assert!(mid[0].file_offset <= size / 2);
     let runs = back.blob_runs(&all, u64::MAX);
     assert!(runs.len() <= all.len());
-    assert_eq!(runs.iter().map(|r| r.chunks.len()).sum::<usize>(), all.len());
+    assert_eq!(
+        runs.iter().map(|r| r.chunks.len()).sum::<usize>(),
+        all.len()
+    );
 }
 
 #[test]
@@ -150,7 +156,8 @@ fn crafted_violations_are_rejected() {
 
     let mut ix = good.clone();
     let r = ix.entries[4].name.clone();
-    ix.names.splice(r.start as usize..r.end as usize, b"..".iter().copied());
+    ix.names
+        .splice(r.start as usize..r.end as usize, b"..".iter().copied());
     ix.entries[4].name = r.start..r.start + 2;
     // keep later names valid by recomputing offsets
     let delta = (r.end - r.start) as i64 - 2;
@@ -177,7 +184,11 @@ fn crafted_violations_are_rejected() {
     reject(&ix, "entry #");
 
     let mut ix = good.clone();
-    let file = ix.inodes.iter().position(|i| i.kind == shoal_lazyfs::Kind::File).unwrap();
+    let file = ix
+        .inodes
+        .iter()
+        .position(|i| i.kind == shoal_lazyfs::Kind::File)
+        .unwrap();
     ix.prefetch = vec![0];
     let _ = file;
     reject(&ix, "prefetch #0");

@@ -18,7 +18,10 @@ pub fn bin() -> PathBuf {
 
 /// Run the binary; returns the output (the caller checks status).
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(bin()).args(args).output().expect("run shoal-lazyfs");
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run shoal-lazyfs");
     if !out.status.success() {
         eprintln!(
             "shoal-lazyfs {:?} -> {:?}\nstdout: {}\nstderr: {}",
@@ -46,7 +49,7 @@ pub fn prng_bytes(seed: u64, len: usize, compressible: bool) -> Vec<u8> {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
-        if compressible && s % 4 != 0 {
+        if compressible && s & 3 != 0 {
             let b = (s >> 40) as u8 % 16 + b'a';
             out.extend_from_slice(&[b; 8]);
         } else {
@@ -62,7 +65,14 @@ pub enum E {
     Dir(&'static str, u32),
     File(String, u32, Vec<u8>),
     /// path, mode, uid, gid, xattrs, data
-    FileX(String, u32, u32, u32, Vec<(&'static str, &'static [u8])>, Vec<u8>),
+    FileX(
+        String,
+        u32,
+        u32,
+        u32,
+        Vec<(&'static str, &'static [u8])>,
+        Vec<u8>,
+    ),
     Symlink(&'static str, &'static str),
     Hardlink(&'static str, &'static str),
     Fifo(&'static str),
@@ -95,8 +105,12 @@ pub fn layer_tar(entries: &[E], mtime: u64) -> Vec<u8> {
                 b.append_data(&mut h, p, &data[..]).unwrap();
             }
             E::FileX(p, mode, uid, gid, xattrs, data) => {
-                let pax: Vec<(String, &[u8])> = xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
-                b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v))).unwrap();
+                let pax: Vec<(String, &[u8])> = xattrs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                    .collect();
+                b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .unwrap();
                 let mut h = hdr(tar::EntryType::Regular, *mode);
                 h.set_uid(u64::from(*uid));
                 h.set_gid(u64::from(*gid));
@@ -127,7 +141,8 @@ pub fn layer_tar(entries: &[E], mtime: u64) -> Vec<u8> {
             }
             E::Opaque(dir) => {
                 let mut h = hdr(tar::EntryType::Regular, 0o644);
-                b.append_data(&mut h, format!("{dir}/.wh..wh..opq"), &[][..]).unwrap();
+                b.append_data(&mut h, format!("{dir}/.wh..wh..opq"), &[][..])
+                    .unwrap();
             }
         }
     }
@@ -162,9 +177,15 @@ pub fn write_oci_image(dir: &Path, tag: &str, layers: &[(Vec<u8>, Comp)]) {
             Comp::Gzip => {
                 let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 e.write_all(tar).unwrap();
-                (e.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+                (
+                    e.finish().unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
             }
-            Comp::Zstd => (zstd::encode_all(&tar[..], 1).unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd"),
+            Comp::Zstd => (
+                zstd::encode_all(&tar[..], 1).unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
         };
         let (d, s) = write_blob(dir, &bytes);
         descs.push(serde_json::json!({"mediaType": mt, "digest": d, "size": s}));
@@ -230,7 +251,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Info> {
         let md = fs::symlink_metadata(p).unwrap();
         let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
         if !md.is_dir() && md.nlink() > 1 {
-            groups.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone());
+            groups
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.clone());
         }
     }
     for p in paths {
@@ -267,13 +290,20 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Info> {
                 mode: md.mode() & 0o7777,
                 uid: md.uid(),
                 gid: md.gid(),
-                content: ft.is_file().then(|| Digest::of(&fs::read(&p).unwrap()).to_string()),
+                content: ft
+                    .is_file()
+                    .then(|| Digest::of(&fs::read(&p).unwrap()).to_string()),
                 target: ft
                     .is_symlink()
                     .then(|| fs::read_link(&p).unwrap().to_string_lossy().into_owned()),
-                rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
+                rdev: if ft.is_char_device() || ft.is_block_device() {
+                    md.rdev()
+                } else {
+                    0
+                },
                 xattrs,
-                link_group: (!md.is_dir() && md.nlink() > 1).then(|| groups[&(md.dev(), md.ino())].clone()),
+                link_group: (!md.is_dir() && md.nlink() > 1)
+                    .then(|| groups[&(md.dev(), md.ino())].clone()),
             },
         );
     }
@@ -286,7 +316,9 @@ pub fn assert_same_tree(expected: &BTreeMap<String, Info>, actual: &BTreeMap<Str
     for (k, v) in expected {
         match actual.get(k) {
             None => diffs.push(format!("missing {k}")),
-            Some(a) if a != v => diffs.push(format!("differs {k}:\n  expected {v:?}\n  actual   {a:?}")),
+            Some(a) if a != v => {
+                diffs.push(format!("differs {k}:\n  expected {v:?}\n  actual   {a:?}"))
+            }
             _ => {}
         }
     }
@@ -295,7 +327,17 @@ pub fn assert_same_tree(expected: &BTreeMap<String, Info>, actual: &BTreeMap<Str
             diffs.push(format!("unexpected {k}"));
         }
     }
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 pub fn have(tool: &str) -> bool {
@@ -308,5 +350,7 @@ pub fn have(tool: &str) -> bool {
 }
 
 pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
