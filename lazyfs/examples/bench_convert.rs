@@ -45,14 +45,12 @@ fn fill(seed: u64, len: usize, out: &mut Vec<u8>) {
                 out.extend_from_slice(&s.to_le_bytes());
             }
         } else {
-            while out.len() % 4096 != 0 || out.is_empty() {
+            let end = out.len() + 4096;
+            while out.len() < end {
                 s ^= s << 13;
                 s ^= s >> 7;
                 s ^= s << 17;
                 out.extend_from_slice(words[(s % 8) as usize]);
-                if out.len() > len + 4096 {
-                    break;
-                }
             }
         }
     }
