@@ -1,2 +1,57 @@
-//! lazyfs: converts images into a seekable, deduplicated format and mounts them lazily.
-//! (The format and mount land with their own issues.)
+//! lazyfs: Shoal's seekable, deduplicated, reproducible image format and its converter.
+//! The byte layout is specified in `FORMAT.md`; this crate is a map of small modules:
+//!
+//! Format
+//! - [`index`]: the in-memory index and the queries a reader needs (lookup, chunk ranges).
+//! - [`codec`]: index bytes ⇄ [`Index`], validating untrusted input.
+//! - [`media`]: media types and annotations of the OCI artifact.
+//! - [`artifact`]: the artifact's manifest and config; opening a lazyfs image.
+//!
+//! Building
+//! - [`tree`]: the filesystem tree assembled before chunking.
+//! - [`layer`]: applying OCI layer tars (whiteouts, opaque dirs, hardlinks, xattrs).
+//! - [`dirsrc`]: reading a plain directory.
+//! - [`image`]: reading a regular container image's manifest and layers.
+//! - [`chunker`]: content-defined chunking, dedup, compression, data blob writing.
+//! - [`builder`]: tree → index + data blob, deterministically.
+//! - [`convert`]: the whole conversion.
+//!
+//! Storage
+//! - [`reference`]: `HOST/REPO:TAG`, `oci:DIR:TAG`, `dir:PATH`.
+//! - [`store`]: the [`BlobSource`]/[`BlobSink`] traits and verified reads.
+//! - [`ocidir`]: OCI image layout directories.
+//! - [`registry`]: the OCI distribution client.
+//!
+//! Reading back
+//! - [`check`]: full verification naming bad chunks and entries.
+//! - [`unpack`]: materializing the tree in a directory.
+//! - [`inspect`]: statistics and listings.
+//!
+//! Errors are one enum, [`Error`].
+
+pub mod artifact;
+pub mod builder;
+pub mod check;
+pub mod chunker;
+pub mod codec;
+pub mod convert;
+pub mod dirsrc;
+pub mod error;
+pub mod image;
+pub mod index;
+pub mod inspect;
+pub mod layer;
+pub mod media;
+pub mod ocidir;
+pub mod reference;
+pub mod registry;
+pub mod store;
+pub mod tree;
+pub mod unpack;
+
+pub use artifact::LazyImage;
+pub use error::{Error, Result};
+pub use index::{ChunkParams, Index, Kind};
+pub use reference::ImageRef;
+pub use registry::RegistryOptions;
+pub use store::{BlobSink, BlobSource};

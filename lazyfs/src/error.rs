@@ -1,0 +1,165 @@
+//! The one error type of the library. Every variant carries what a user needs to find the
+//! problem (a path, a blob, a chunk, an index position) because most of them end up as the
+//! only line `check` or `convert` prints.
+
+use shoal_common::Digest;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The index blob does not parse or breaks a structural rule. `at` names the section and
+    /// item (e.g. `entry #12 (usr/bin)`, `chunk #7`) so a corrupt index points at the culprit.
+    #[error("invalid index: {at}: {reason}")]
+    Index { at: String, reason: String },
+
+    /// A chunk's stored bytes are wrong: bad zstd frame, wrong size or wrong digest.
+    #[error("chunk #{chunk} (blob {blob} offset {offset}, file {path}): {reason}")]
+    Chunk {
+        chunk: u32,
+        blob: Digest,
+        offset: u64,
+        path: String,
+        reason: String,
+    },
+
+    /// A whole blob does not match the digest it is named by, or is missing.
+    #[error("blob {digest}: {reason}")]
+    Blob { digest: Digest, reason: String },
+
+    /// An entry of a source layer (or source directory) cannot be applied.
+    #[error("layer {layer}: entry {entry:?}: {reason}")]
+    Layer {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+
+    /// A manifest, image index or config is not what we expect.
+    #[error("manifest {what}: {reason}")]
+    Manifest { what: String, reason: String },
+
+    /// An image reference (`oci:DIR:TAG`, `HOST/REPO:TAG`, `dir:PATH`) does not parse.
+    #[error("reference {input:?}: {reason}")]
+    Reference { input: String, reason: String },
+
+    /// The registry answered with an unexpected HTTP status.
+    #[error("registry {url}: HTTP {status}: {message}")]
+    Registry {
+        url: String,
+        status: u16,
+        message: String,
+    },
+
+    /// The registry could not be reached or the transfer broke.
+    #[error("registry {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// A caller asked for something this build cannot do (bad option values, unsupported
+    /// source kinds).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn index(at: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Index {
+            at: at.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn layer(
+        layer: impl Into<String>,
+        entry: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Layer {
+            layer: layer.into(),
+            entry: entry.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn manifest(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Manifest {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether trying again later may succeed: network trouble and server-side failures are
+    /// transient; corrupt data and bad input are not.
+    pub fn is_retryable(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                Interrupted
+                    | TimedOut
+                    | WouldBlock
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+            ),
+            Error::Http { source, .. } => {
+                source.is_timeout()
+                    || source.is_connect()
+                    || source.is_request()
+                    || source.is_body()
+            }
+            Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Attach a context string to `io::Result`s without a closure at every call site.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_classification() {
+        let timeout = Error::io("x", std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(timeout.is_retryable());
+        let notfound = Error::io("x", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(!notfound.is_retryable());
+        let busy = Error::Registry {
+            url: "u".into(),
+            status: 503,
+            message: String::new(),
+        };
+        assert!(busy.is_retryable());
+        assert!(!Error::index("entry #1", "bad").is_retryable());
+    }
+}

@@ -1,0 +1,190 @@
+//! Push and pull through a real `docker-registry` on 127.0.0.1: a regular image pushed with
+//! skopeo is converted registry → registry, then inspected, checked and unpacked from the
+//! registry; a chunk-dictionary conversion into another repository copies the shared blob.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct RegistryProc(Child);
+
+impl Drop for RegistryProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_registry(dir: &std::path::Path) -> Option<(RegistryProc, String)> {
+    if !have("docker-registry") {
+        eprintln!("SKIP: docker-registry is not installed");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.join("config.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc_ = RegistryProc(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::blocking::get(format!("http://{addr}/v2/"))
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Some((proc_, addr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("registry did not start on {addr}");
+}
+
+#[test]
+fn registry_push_pull_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((_registry, addr)) = start_registry(tmp.path()) else {
+        return;
+    };
+    let files: Vec<E> = (0..20u64)
+        .map(|i| {
+            E::File(
+                format!("opt/f{i}"),
+                0o644,
+                prng_bytes(i, 50_000 + (i as usize) * 40_000, i % 2 == 0),
+            )
+        })
+        .chain([
+            E::Symlink("opt/link", "f1"),
+            E::Hardlink("opt/hl", "opt/f2"),
+        ])
+        .collect();
+    let img = tmp.path().join("img");
+    write_oci_image(
+        &img,
+        "t",
+        &[
+            (layer_tar(&files, 1), Comp::Gzip),
+            (layer_tar(&[E::Whiteout("opt/.wh.f3")], 1), Comp::Gzip),
+        ],
+    );
+
+    // Reference conversion from the layout.
+    let local = tmp.path().join("local");
+    run_ok(&[
+        "convert",
+        "-q",
+        &format!("oci:{}:t", img.display()),
+        &format!("oci:{}:t", local.display()),
+    ]);
+    let local_unpacked = tmp.path().join("u0");
+    run_ok(&[
+        "unpack",
+        &format!("oci:{}:t", local.display()),
+        local_unpacked.to_str().unwrap(),
+    ]);
+
+    let insecure = ["--insecure-registry", addr.as_str()];
+    let src_ref = format!("{addr}/plain/img:t");
+    let lz_ref = format!("{addr}/lazy/img:lz");
+    if have("skopeo") {
+        let st = Command::new("skopeo")
+            .args([
+                "copy",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:t", img.display()),
+                &format!("docker://{src_ref}"),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "skopeo push failed");
+        // Registry → registry.
+        let mut args = vec!["convert", "-q", src_ref.as_str(), lz_ref.as_str()];
+        args.extend_from_slice(&insecure);
+        run_ok(&args);
+    } else {
+        eprintln!("skopeo missing: pushing the converted layout instead");
+        let mut args = vec!["convert", "-q"];
+        let s = format!("oci:{}:t", img.display());
+        args.push(&s);
+        args.push(&lz_ref);
+        args.extend_from_slice(&insecure);
+        run_ok(&args);
+    }
+    let with = |cmd: &[&str]| {
+        let mut v: Vec<&str> = cmd.to_vec();
+        v.extend_from_slice(&insecure);
+        run(&v)
+    };
+    assert!(with(&["check", &lz_ref]).status.success());
+    let inspect = with(&["inspect", &lz_ref]);
+    assert!(inspect.status.success());
+    let from_registry = tmp.path().join("u1");
+    assert!(with(&["unpack", &lz_ref, from_registry.to_str().unwrap()])
+        .status
+        .success());
+    assert_same_tree(&snapshot(&local_unpacked), &snapshot(&from_registry));
+
+    // The manifest is an OCI manifest with Shoal media types.
+    let m: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("http://{addr}/v2/lazy/img/manifests/lz"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.shoal.lazyfs.config.v1+json"
+    );
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.shoal.lazyfs.index.v1+zstd"
+    );
+    assert_eq!(
+        m["layers"][1]["mediaType"],
+        "application/vnd.shoal.lazyfs.data.v1"
+    );
+
+    // Dictionary in the registry, destination in another repository: the dictionary's data
+    // blob must be copied there, and the result must check.
+    let other = format!("{addr}/other/img:v2");
+    let mut args = vec!["convert", "-q", "--chunk-dict", lz_ref.as_str()];
+    let s = format!("oci:{}:t", img.display());
+    args.push(&s);
+    args.push(&other);
+    args.extend_from_slice(&insecure);
+    let out = run(&args);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(" 0 new chunks"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(with(&["check", &other]).status.success());
+
+    // Plain http is refused unless the host is declared insecure.
+    let out = run(&["inspect", &lz_ref]);
+    assert!(!out.status.success());
+}
