@@ -41,6 +41,10 @@ pub struct PeerConfig {
     pub download_rate: ByteRate,
     /// Registries reached over plain http instead of https (`host` or `host:port`).
     pub insecure_registries: Vec<String>,
+    /// Registry mirror: upstream registry host (`host` or `host:port`) for requests without
+    /// `?ns=HOST` (containerd always sends it; other clients may not). None: such requests
+    /// are refused.
+    pub default_upstream: Option<String>,
     /// Pieces fetched at once per task.
     pub concurrent_pieces: u32,
     /// Give up on one piece transfer from one source after this long.
@@ -73,6 +77,7 @@ impl Default for PeerConfig {
             upload_rate: ByteRate(0),
             download_rate: ByteRate(0),
             insecure_registries: Vec::new(),
+            default_upstream: None,
             concurrent_pieces: 16,
             piece_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
@@ -125,6 +130,13 @@ impl PeerConfig {
             if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
                 return bad(format!(
                     "insecure registry {host:?} must be a host or host:port"
+                ));
+            }
+        }
+        if let Some(host) = &self.default_upstream {
+            if !crate::upstream::valid_host(host) {
+                return bad(format!(
+                    "default_upstream {host:?} must be a host or host:port"
                 ));
             }
         }

@@ -19,7 +19,7 @@ use crate::engine::{Engine, EngineShared, Reporter};
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
-use crate::server::{self, health, local, p2p};
+use crate::server::{self, health, local, mirror, p2p};
 use crate::source::HttpFetcher;
 use crate::storage::{Storage, StorageMetrics};
 use crate::supernode_client::SupernodeClient;
@@ -142,7 +142,16 @@ pub async fn run(
             local::router(local::LocalState {
                 engine: engine.clone(),
                 metrics: metrics.clone(),
-            }),
+            })
+            .merge(mirror::router(mirror::MirrorState {
+                engine: engine.clone(),
+                metrics: metrics.clone(),
+                upstream: Arc::new(crate::upstream::Upstream::new(
+                    config.insecure_registries.clone(),
+                    config.connect_timeout,
+                )?),
+                default_upstream: config.default_upstream.clone(),
+            })),
         ),
         (
             "metrics",

@@ -12,9 +12,12 @@
 //! - [`supernode_client`]: the supernode protocol, with several supernodes by hashing.
 //! - [`server`]: HTTP servers (piece server, local API, metrics and probes).
 //! - [`get`]: the `shoal-peer get` client.
+//! - [`upstream`]: upstream registries for the mirror (URL mapping, bearer-token auth).
+//! - [`containerd`]: `shoal-peer containerd-config` (hosts.toml files).
 //! - [`ratelimit`], [`metrics`], [`error`].
 
 pub mod config;
+pub mod containerd;
 pub mod daemon;
 pub mod engine;
 pub mod error;
@@ -25,6 +28,7 @@ pub mod server;
 pub mod source;
 pub mod storage;
 pub mod supernode_client;
+pub mod upstream;
 
 pub use config::PeerConfig;
 pub use error::{Error, Result};

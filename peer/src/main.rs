@@ -33,6 +33,45 @@ enum Command {
     Get(GetArgs),
     /// Load and validate a configuration, print it resolved.
     CheckConfig(RunArgs),
+    /// Point containerd at this peer's registry mirror (writes certs.d hosts.toml files).
+    ContainerdConfig(ContainerdArgs),
+}
+
+#[derive(Args)]
+struct ContainerdArgs {
+    /// Registry host (or host:port) to mirror (repeatable), e.g. docker.io.
+    #[arg(long = "registry", required = true)]
+    registries: Vec<String>,
+    /// containerd's hosts directory (`config_path` of the CRI registry config).
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    config_path: PathBuf,
+    /// The peer's mirror URL.
+    #[arg(long, default_value = "http://127.0.0.1:65001")]
+    mirror: String,
+    /// The registries themselves are reached over plain http.
+    #[arg(long)]
+    insecure: bool,
+    /// Put back the files that were there before (or remove ours).
+    #[arg(long)]
+    restore: bool,
+}
+
+fn containerd_config(args: ContainerdArgs) -> anyhow::Result<()> {
+    let opts = shoal_peer::containerd::ContainerdOptions {
+        registries: args.registries,
+        config_path: args.config_path,
+        mirror: args.mirror,
+        insecure: args.insecure,
+    };
+    let files = if args.restore {
+        shoal_peer::containerd::restore(&opts)?
+    } else {
+        shoal_peer::containerd::write(&opts)?
+    };
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
 }
 
 /// Every setting of the config file, overridable by flag or `SHOAL_*` environment variable.
@@ -234,6 +273,7 @@ async fn main() -> ExitCode {
         Command::Run(a) => run(a).await,
         Command::Get(a) => get_cmd(a).await,
         Command::CheckConfig(a) => check_config(a),
+        Command::ContainerdConfig(a) => containerd_config(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

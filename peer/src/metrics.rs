@@ -38,6 +38,9 @@ pub struct PeerMetrics {
     pub supernode_errors: IntCounter,
     pub local_bytes_served: IntCounter,
     pub download_duration: Histogram,
+    pub mirror_requests: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -171,6 +174,38 @@ impl PeerMetrics {
                         "Time to complete a whole blob download.",
                     )
                     .buckets(prometheus::exponential_buckets(0.05, 2.0, 14)?),
+                )?,
+            )?,
+            mirror_requests: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_mirror_requests_total",
+                        "Registry mirror requests, by kind (base, manifest, blob, other) and \
+                         HTTP status.",
+                    ),
+                    &["kind", "status"],
+                )?,
+            )?,
+            upstream_requests: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_upstream_requests_total",
+                        "Requests the mirror sent to upstream registries, by kind.",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            upstream_failures: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shoal_peer_upstream_failures_total",
+                        "Mirror requests to upstream registries that failed (unreachable, 5xx, \
+                         bad body), by kind.",
+                    ),
+                    &["kind"],
                 )?,
             )?,
         })

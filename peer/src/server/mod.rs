@@ -3,6 +3,7 @@
 //!
 //! - [`p2p`]: byte ranges for other peers (`--p2p-listen`).
 //! - [`local`]: the local download API (`--mirror-listen`).
+//! - [`mirror`]: the OCI registry mirror (`--mirror-listen`, same listener as `local`).
 //! - [`health`]: metrics and probes (`--metrics-listen`).
 //! - [`error`]: the one error type at these edges.
 //! - [`range`]: Range header parsing.
@@ -10,6 +11,7 @@
 pub mod error;
 pub mod health;
 pub mod local;
+pub mod mirror;
 pub mod p2p;
 pub mod range;
 
