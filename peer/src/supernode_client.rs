@@ -23,6 +23,28 @@ pub struct SupernodeClient {
     announce: PeerAnnounce,
 }
 
+/// A failed supernode call, and whether the request reached the supernode at all: only calls
+/// that never arrived may be repeated on the next supernode of the ring.
+struct Failed {
+    error: Error,
+    reached: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed {
+            error,
+            reached: true,
+        }
+    }
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Self {
+        f.error
+    }
+}
+
 /// How long a non-long-poll call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,7 +84,7 @@ impl SupernodeClient {
         path: &str,
         body: Option<&B>,
         timeout: Duration,
-    ) -> Result<Option<R>> {
+    ) -> std::result::Result<Option<R>, Failed> {
         let url = Self::join(base, path);
         let mut req = self
             .http
@@ -77,7 +99,15 @@ impl SupernodeClient {
             message,
             unknown_peer,
         };
-        let resp = req.send().await.map_err(|e| err(error_chain(&e), false))?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Failed {
+                    error: err(error_chain(&e), false),
+                    reached: false,
+                })
+            }
+        };
         let status = resp.status();
         if status.is_success() {
             if status == StatusCode::NO_CONTENT {
@@ -92,7 +122,7 @@ impl SupernodeClient {
             }
             return serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| err(format!("bad reply to {path}: {e}"), false));
+                .map_err(|e| err(format!("bad reply to {path}: {e}"), false).into());
         }
         let body: Option<ErrorBody> = resp.json().await.ok();
         if status == StatusCode::NOT_FOUND {
@@ -101,14 +131,14 @@ impl SupernodeClient {
                     return Ok(None);
                 }
                 if b.code == codes::PEER_UNKNOWN {
-                    return Err(err(b.message.clone(), true));
+                    return Err(err(b.message.clone(), true).into());
                 }
             }
         }
         let msg = body
             .map(|b| format!("{}: {}", b.code, b.message))
             .unwrap_or_default();
-        Err(err(format!("{path}: HTTP {status} {msg}"), false))
+        Err(err(format!("{path}: HTTP {status} {msg}"), false).into())
     }
 
     /// Calls the task's owner, failing over to the next supernode when it is unreachable.
@@ -123,18 +153,11 @@ impl SupernodeClient {
         let mut last = None;
         for base in self.ring.ranked(&task.to_string()) {
             match self.call(base, method.clone(), path, body, timeout).await {
-                Err(Error::Supernode {
-                    unknown_peer: false,
-                    ref message,
-                    ..
-                }) if message.contains("error sending request") => {
-                    last = Some(Error::Supernode {
-                        url: base.to_string(),
-                        message: message.clone(),
-                        unknown_peer: false,
-                    });
-                }
-                other => return other,
+                Err(Failed {
+                    error,
+                    reached: false,
+                }) => last = Some(error),
+                other => return other.map_err(Error::from),
             }
         }
         Err(last.unwrap_or(Error::Supernode {
@@ -161,9 +184,9 @@ impl SupernodeClient {
             {
                 Ok(Some(r)) => first_ok = first_ok.or(Some(r)),
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(supernode = %base, error = %e, "announce failed");
-                    last_err = Some(e);
+                Err(Failed { error, .. }) => {
+                    tracing::warn!(supernode = %base, %error, "announce failed");
+                    last_err = Some(error);
                 }
             }
         }
@@ -183,7 +206,7 @@ impl SupernodeClient {
         let path = format!("{}/heartbeat", api::peer_path(&self.announce.peer_id));
         let mut result = Ok(());
         for base in self.ring.members() {
-            if let Err(e) = self
+            if let Err(Failed { error, .. }) = self
                 .call::<_, HeartbeatReply>(
                     base,
                     reqwest::Method::POST,
@@ -193,7 +216,7 @@ impl SupernodeClient {
                 )
                 .await
             {
-                result = Err(e);
+                result = Err(error);
             }
         }
         result

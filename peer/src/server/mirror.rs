@@ -269,8 +269,19 @@ fn upstream_failed(st: &MirrorState, kind: &str, e: Error, unknown: &'static str
     MirrorError::from_error(e, unknown)
 }
 
-/// Maps a non-success upstream status to an OCI error.
-fn upstream_status(status: reqwest::StatusCode, unknown: &'static str, what: &str) -> MirrorError {
+/// Maps a non-success upstream status to an OCI error, counting upstream server errors.
+fn upstream_status(
+    st: &MirrorState,
+    status: reqwest::StatusCode,
+    unknown: &'static str,
+    what: &str,
+) -> MirrorError {
+    if status.is_server_error() {
+        st.metrics
+            .upstream_failures
+            .with_label_values(&[what])
+            .inc();
+    }
     let (s, code) = match status.as_u16() {
         401 => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
         403 => (StatusCode::FORBIDDEN, "DENIED"),
@@ -328,13 +339,7 @@ async fn manifest(
     let resp = answer.response;
     let status = resp.status();
     if !status.is_success() {
-        if status.is_server_error() {
-            st.metrics
-                .upstream_failures
-                .with_label_values(&["manifest"])
-                .inc();
-        }
-        return Err(upstream_status(status, "MANIFEST_UNKNOWN", "manifest"));
+        return Err(upstream_status(st, status, "MANIFEST_UNKNOWN", "manifest"));
     }
     let mut out = HeaderMap::new();
     for h in [
@@ -416,13 +421,7 @@ async fn blob(
             .map_err(|e| upstream_failed(st, "blob", e, "BLOB_UNKNOWN"))?;
         let status = answer.response.status();
         if !status.is_success() {
-            if status.is_server_error() {
-                st.metrics
-                    .upstream_failures
-                    .with_label_values(&["blob"])
-                    .inc();
-            }
-            return Err(upstream_status(status, "BLOB_UNKNOWN", "blob"));
+            return Err(upstream_status(st, status, "BLOB_UNKNOWN", "blob"));
         }
         if method == Method::HEAD {
             let mut out = HeaderMap::new();
