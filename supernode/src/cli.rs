@@ -55,6 +55,14 @@ pub struct Options {
         value_name = "N"
     )]
     pub max_origin_peers_per_task: Option<u32>,
+    /// Origin leases in flight per task, over all its origin peers.
+    #[arg(
+        long,
+        env = "SHOAL_MAX_ORIGIN_PIECES_IN_FLIGHT",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_origin_pieces_in_flight: Option<u32>,
     /// Parents offered per assignment.
     #[arg(long, env = "SHOAL_MAX_PARENTS", global = true, value_name = "N")]
     pub max_parents: Option<u32>,
@@ -97,6 +105,10 @@ impl Options {
         set(
             &mut c.max_origin_peers_per_task,
             &self.max_origin_peers_per_task,
+        );
+        set(
+            &mut c.max_origin_pieces_in_flight,
+            &self.max_origin_pieces_in_flight,
         );
         set(&mut c.max_parents, &self.max_parents);
         set(&mut c.max_uploads_per_parent, &self.max_uploads_per_parent);

@@ -30,6 +30,11 @@ pub struct SupernodeConfig {
     pub origin_lease_timeout: Duration,
     /// At most this many live peers per task may go back to the origin (count).
     pub max_origin_peers_per_task: u32,
+    /// Origin leases in flight per task, over all its origin peers (count). Few pieces at a
+    /// time means each finishes quickly and peers can pass it on while the origin sends the
+    /// next ones; many pieces at once share the origin's uplink and all finish late. Each
+    /// origin peer gets an equal share of these (at least one).
+    pub max_origin_pieces_in_flight: u32,
     /// Parents offered per assignment, best first (count).
     pub max_parents: u32,
     /// Assignments in flight to one parent (per task) before it counts as saturated (count).
@@ -74,7 +79,8 @@ impl Default for SupernodeConfig {
             heartbeat_interval: Duration::from_secs(3),
             assignment_timeout: Duration::from_secs(30),
             origin_lease_timeout: Duration::from_secs(60),
-            max_origin_peers_per_task: 2,
+            max_origin_peers_per_task: 16,
+            max_origin_pieces_in_flight: 8,
             max_parents: 3,
             max_uploads_per_parent: 8,
             task_gc_after: Duration::from_secs(600),
@@ -131,6 +137,10 @@ impl SupernodeConfig {
         }
         for (name, n) in [
             ("max_origin_peers_per_task", self.max_origin_peers_per_task),
+            (
+                "max_origin_pieces_in_flight",
+                self.max_origin_pieces_in_flight,
+            ),
             ("max_parents", self.max_parents),
             ("max_uploads_per_parent", self.max_uploads_per_parent),
         ] {

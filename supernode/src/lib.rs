@@ -11,6 +11,7 @@
 //! - [`status`]: the listing endpoints' JSON (`GET /api/v1/peers`, `GET /api/v1/tasks`).
 //! - `metrics`: Prometheus metrics (`shoal_supernode_*`).
 //! - `supernode`: [`Supernode`], tying it together and serving it.
+//! - `ui`: the live status page `GET /ui` and its JSON, `GET /api/v1/status` ([`StatusSummary`]).
 
 mod api;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod schedule;
 mod state;
 pub mod status;
 mod supernode;
+mod ui;
 
 pub use api::MAX_BODY_BYTES;
 pub use config::{LogFormat, SupernodeConfig};
@@ -27,3 +29,4 @@ pub use error::Error;
 pub use schedule::{Candidate, LeastLoaded, ParentSelector, Requester};
 pub use status::{PeerStatus, TaskPeerStatus, TaskStatus};
 pub use supernode::Supernode;
+pub use ui::{BytesBySource, StatusSummary, TaskSummary};

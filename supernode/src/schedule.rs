@@ -5,7 +5,11 @@
 //!    [`ParentSelector`]. A piece whose best parent is saturated (`max_uploads_per_parent`
 //!    assignments in flight) is skipped; saturated parents only appear as backups.
 //! 2. Pieces nobody holds and nobody has leased: from the origin, but only for one of the
-//!    task's few origin peers, one exclusive lease per piece, in ascending order.
+//!    task's origin peers, one exclusive lease per piece, in ascending order. Only
+//!    `max_origin_pieces_in_flight` leases run at once per task, shared evenly among the
+//!    origin peers: the origin's uplink then finishes a few pieces quickly, one after the
+//!    other, at different peers, and every peer can forward its share while the origin sends
+//!    the next ones (the origin sends each byte once and peers' uplinks carry the rest).
 //!
 //! The work per request is O(missing pieces) plus a bounded sample of holders per assigned
 //! piece, never O(peers × pieces).
@@ -79,6 +83,7 @@ pub(crate) struct Policy {
     pub max_parents: usize,
     pub max_uploads: u32,
     pub max_origin_peers: usize,
+    pub max_origin_inflight: usize,
     pub assignment_timeout: Duration,
     pub lease_timeout: Duration,
     pub selector: Arc<dyn ParentSelector>,
@@ -90,6 +95,7 @@ impl Policy {
             max_parents: config.max_parents as usize,
             max_uploads: config.max_uploads_per_parent,
             max_origin_peers: config.max_origin_peers_per_task as usize,
+            max_origin_inflight: config.max_origin_pieces_in_flight as usize,
             assignment_timeout: config.assignment_timeout,
             lease_timeout: config.origin_lease_timeout,
             selector,
@@ -180,7 +186,8 @@ pub(crate) fn schedule(
     let peer_count = out.len();
 
     if out.len() < cap && !from_origin.is_empty() && may_use_origin(task, slot, policy) {
-        for piece in from_origin.into_iter().take(cap - out.len()) {
+        let room = origin_room(task, slot, policy, now);
+        for piece in from_origin.into_iter().take(room.min(cap - out.len())) {
             let expires = now + policy.lease_timeout;
             task.pieces[piece as usize].lease = Some(Lease { slot, expires });
             if let Some(me) = task.member_mut(slot) {
@@ -220,6 +227,38 @@ fn may_use_origin(task: &mut Task, slot: Slot, policy: &Policy) -> bool {
         return true;
     }
     false
+}
+
+/// How many more origin leases `slot` may take now: what is left of the task's
+/// `max_origin_inflight`, and at most an even share of it per origin peer (so that the pieces
+/// being fetched from the origin are at different peers, whose uplinks then pass them on).
+/// O(pieces + members), like the rest of a schedule.
+fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize {
+    let leased = |l: &Lease| l.expires > now;
+    let busy = task
+        .pieces
+        .iter()
+        .filter(|ps| ps.lease.as_ref().is_some_and(leased))
+        .count();
+    let mine = task
+        .pieces
+        .iter()
+        .filter(|ps| {
+            ps.lease
+                .as_ref()
+                .is_some_and(|l| l.slot == slot && leased(l))
+        })
+        .count();
+    let wanting = task
+        .members()
+        .filter(|(_, m)| !m.held.is_complete())
+        .count()
+        .clamp(1, policy.max_origin_peers.max(1));
+    let share = policy.max_origin_inflight.div_ceil(wanting).max(1);
+    policy
+        .max_origin_inflight
+        .saturating_sub(busy)
+        .min(share.saturating_sub(mine))
 }
 
 /// Picks parents for one piece and records the assignment; `None` when no usable parent has

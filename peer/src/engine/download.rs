@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest};
-use shoal_common::Sha256Hasher;
 use tokio::task::JoinSet;
 
 use super::piece::PieceContext;
+use super::verify::BlobHasher;
 use super::EngineShared;
 use crate::error::{Error, Result};
 use crate::storage::TaskFile;
@@ -67,6 +67,7 @@ pub(super) async fn run(
     let mut errors = 0u32;
     let mut last_progress = Instant::now();
     let mut progress_mark = file.have().count();
+    let hasher = BlobHasher::start(&file);
 
     let spawn = |inflight: &mut JoinSet<(u32, Result<()>)>,
                  inflight_set: &mut HashSet<u32>,
@@ -189,39 +190,10 @@ pub(super) async fn run(
             _ = shared.cancel.cancelled() => return Err(Error::Cancelled),
         }
     }
-    verify_blob(&file).await
-}
-
-/// The whole-blob check when the task id promises a digest.
-async fn verify_blob(file: &Arc<TaskFile>) -> Result<()> {
-    let Some(expected) = file.id().content_digest() else {
-        return Ok(());
-    };
-    let file = file.clone();
-    let actual = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut hasher = Sha256Hasher::new();
-        let len = file.layout().length;
-        let mut off = 0;
-        while off < len {
-            let n = (len - off).min(4 << 20) as usize;
-            hasher.update(&file.read_at(off, n)?);
-            off += n as u64;
-        }
-        Ok(hasher.finish())
-    })
-    .await
-    .map_err(|e| Error::DownloadFailed {
-        task: shoal_common::TaskId::Content(expected),
-        message: e.to_string(),
-    })??;
-    if actual != expected {
-        return Err(Error::BlobDigest {
-            task: shoal_common::TaskId::Content(expected),
-            expected,
-            actual,
-        });
+    match hasher {
+        Some(h) => h.finish().await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The per-task set of parents given up on, shared by its piece fetches.

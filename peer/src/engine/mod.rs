@@ -6,11 +6,13 @@
 //! - [`piece`]: fetching and verifying one piece from parents or the origin.
 //! - [`reporter`]: batching piece reports to the supernode.
 //! - [`stream`]: reading a task in order as its pieces arrive.
+//! - [`verify`]: the whole-blob digest, hashed in order while the pieces arrive.
 
 mod download;
 mod piece;
 mod reporter;
 mod stream;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;

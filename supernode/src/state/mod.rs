@@ -34,6 +34,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::{self, Outcome, ParentSelector, Policy};
 use crate::status::{PeerStatus, TaskPeerStatus, TaskStatus};
+use crate::ui::SourceBytes;
 
 type TaskRef = Arc<Mutex<Task>>;
 
@@ -43,6 +44,8 @@ pub(crate) struct State {
     peers: Peers,
     tasks: RwLock<HashMap<TaskId, TaskRef>>,
     pub metrics: Metrics,
+    /// Piece bytes reported fetched, by source (for the status page).
+    pub bytes: SourceBytes,
 }
 
 fn check_peer_id(id: &str) -> Result<(), Error> {
@@ -65,6 +68,7 @@ impl State {
             peers: Peers::default(),
             tasks: RwLock::new(HashMap::new()),
             metrics,
+            bytes: SourceBytes::default(),
         }
     }
 
@@ -321,7 +325,10 @@ impl State {
         check_peer_id(&r.peer_id)?;
         let max_uploads = self.policy.max_uploads;
         let outcome = self.with_member(task_id, &r.peer_id, None, |t, slot| {
-            t.apply_report(slot, r, max_uploads, Instant::now())
+            let fresh = SourceBytes::unheld(t, slot, r);
+            let outcome = t.apply_report(slot, r, max_uploads, Instant::now());
+            self.bytes.count(t, slot, &fresh);
+            outcome
         })??;
         let m = &self.metrics;
         let rejected = outcome.reply.rejected.len() as u64;

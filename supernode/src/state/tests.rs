@@ -131,7 +131,11 @@ fn pieces(r: &ScheduleReply) -> Vec<u32> {
 
 #[tokio::test]
 async fn origin_leases_are_exclusive_and_limited() {
-    let s = state(SupernodeConfig::default());
+    let s = state(SupernodeConfig {
+        max_origin_peers_per_task: 2,
+        max_origin_pieces_in_flight: 64,
+        ..Default::default()
+    });
     for id in ["a", "b", "c"] {
         join(&s, id, &[]);
     }
@@ -158,6 +162,37 @@ async fn origin_leases_are_exclusive_and_limited() {
     assert_eq!(c.assignments[0].parents[0].peer_id, "a");
     assert_eq!(c.assignments[0].sha256, Some(digest(0)));
     assert!(!c.assignments[0].origin);
+}
+
+#[tokio::test]
+async fn origin_leases_are_few_and_spread_over_peers() {
+    let s = state(SupernodeConfig {
+        max_origin_pieces_in_flight: 4,
+        ..Default::default()
+    });
+    // Alone, a peer may use every origin slot.
+    join(&s, "a", &[]);
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![0, 1, 2, 3]);
+    s.unregister(&task(), "a").unwrap();
+
+    // Two downloaders: an even share each, and never more than 4 at once.
+    join(&s, "a", &[]);
+    join(&s, "b", &[]);
+    assert_eq!(sched(&s, "a", 8).await.assignments.len(), 2);
+    assert_eq!(sched(&s, "b", 8).await.assignments.len(), 2);
+    join(&s, "c", &[]);
+    let c = sched(&s, "c", 8).await;
+    assert!(c.assignments.is_empty(), "{c:?}");
+    // A finished origin piece frees its slot for whoever asks next.
+    let a_piece = sched(&s, "a", 8).await;
+    assert!(a_piece.assignments.is_empty());
+    done(&s, "b", 2, None, digest(2));
+    let c = sched(&s, "c", 8).await;
+    assert_eq!(
+        c.assignments.iter().filter(|a| a.origin).count(),
+        1,
+        "{c:?}"
+    );
 }
 
 #[tokio::test]
@@ -382,7 +417,11 @@ async fn expiry_releases_leases_assignments_and_holdings() {
 
 #[tokio::test]
 async fn long_poll_wakes_few_of_many_waiters() {
-    let s = state(SupernodeConfig::default());
+    let s = state(SupernodeConfig {
+        max_origin_peers_per_task: 2,
+        max_origin_pieces_in_flight: 64,
+        ..Default::default()
+    });
     join(&s, "a", &[]);
     assert_eq!(sched(&s, "a", 1).await.assignments.len(), 1);
     join(&s, "b", &[]);
