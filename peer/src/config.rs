@@ -45,8 +45,26 @@ pub struct PeerConfig {
     /// `?ns=HOST` (containerd always sends it; other clients may not). None: such requests
     /// are refused.
     pub default_upstream: Option<String>,
+    /// Registry mirror: per-registry settings keyed by host (or host:port): the node's
+    /// credentials (`username`/`password` or `token`), used when a client sends none, and
+    /// `insecure`.
+    pub registries: BTreeMap<String, crate::credentials::RegistrySettings>,
+    /// Registry mirror: before serving a cached blob, confirm upstream (a `HEAD` with the
+    /// client's credentials, else the node's) that the client may read it.
+    pub verify_blob_access: bool,
+    /// How long a positive access answer is remembered (per credential, repository and blob).
+    #[serde(with = "humantime_serde")]
+    pub blob_access_ttl: Duration,
     /// Pieces fetched at once per task.
     pub concurrent_pieces: u32,
+    /// Memory for piece buffers over all downloads together (bytes, e.g. "96MiB"): a piece is
+    /// held whole until its sha256 is checked, so this bounds the peer's memory however many
+    /// downloads run at once. At least the largest piece size (16 MiB).
+    pub piece_memory: ByteSize,
+    /// Piece size for blobs this peer is the first to download (bytes, a power of two from
+    /// 1 to 16 MiB); 0 picks it from the blob length (about 128 pieces). Peers that join a
+    /// task later use the layout the supernode already has.
+    pub piece_size: ByteSize,
     /// Give up on one piece transfer from one source after this long.
     #[serde(with = "humantime_serde")]
     pub piece_timeout: Duration,
@@ -78,7 +96,12 @@ impl Default for PeerConfig {
             download_rate: ByteRate(0),
             insecure_registries: Vec::new(),
             default_upstream: None,
+            registries: BTreeMap::new(),
+            verify_blob_access: true,
+            blob_access_ttl: Duration::from_secs(60),
             concurrent_pieces: 16,
+            piece_memory: ByteSize(96 << 20),
+            piece_size: ByteSize(0),
             piece_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             embedded_supernode: shoal_supernode::SupernodeConfig::default(),
@@ -110,6 +133,23 @@ impl PeerConfig {
                 self.concurrent_pieces
             ));
         }
+        let ps = self.piece_size.0;
+        if ps != 0
+            && (!ps.is_power_of_two()
+                || !(shoal_common::piece::MIN_PIECE_SIZE..=shoal_common::piece::MAX_PIECE_SIZE)
+                    .contains(&ps))
+        {
+            return bad(format!(
+                "piece_size {} must be 0 (automatic) or a power of two from 1 MiB to 16 MiB",
+                self.piece_size
+            ));
+        }
+        if self.piece_memory.0 < shoal_common::piece::MAX_PIECE_SIZE {
+            return bad(format!(
+                "piece_memory {} must be at least the largest piece size (16 MiB)",
+                self.piece_memory
+            ));
+        }
         if self.piece_timeout < Duration::from_secs(1) || self.connect_timeout.is_zero() {
             return bad("piece_timeout must be at least 1s and connect_timeout above 0".into());
         }
@@ -139,6 +179,12 @@ impl PeerConfig {
                     "default_upstream {host:?} must be a host or host:port"
                 ));
             }
+        }
+        for (host, settings) in &self.registries {
+            settings.validate(host)?;
+        }
+        if self.blob_access_ttl > Duration::from_secs(3600) {
+            return bad("blob_access_ttl must be at most 1h".into());
         }
         self.embedded_supernode
             .validate()
@@ -202,6 +248,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("advertise_addr"));
+        let c = PeerConfig::from_toml(
+            "[registries.\"r.io\"]\nusername = \"u\"\n[registries.\"a/b\"]\ninsecure = true\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("r.io") || e.contains("a/b"), "{e}");
         assert_eq!(
             parse_advertise("10.0.0.1", 65002).unwrap(),
             "10.0.0.1:65002".parse().unwrap()

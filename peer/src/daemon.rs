@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::config::{parse_advertise, PeerConfig};
-use crate::engine::{Engine, EngineShared, Reporter};
+use crate::engine::{Engine, EngineShared, PieceMemory, Reporter};
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
@@ -120,6 +120,8 @@ pub async fn run(
         metrics: metrics.clone(),
         reporter,
         concurrent_pieces: config.concurrent_pieces,
+        piece_memory: PieceMemory::new(config.piece_memory.0),
+        piece_size: config.piece_size.0,
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });
@@ -146,10 +148,7 @@ pub async fn run(
             .merge(mirror::router(mirror::MirrorState {
                 engine: engine.clone(),
                 metrics: metrics.clone(),
-                upstream: Arc::new(crate::upstream::Upstream::new(
-                    config.insecure_registries.clone(),
-                    config.connect_timeout,
-                )?),
+                upstream: Arc::new(crate::upstream::Upstream::from_config(&config)?),
                 default_upstream: config.default_upstream.clone(),
             })),
         ),

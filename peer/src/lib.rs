@@ -12,12 +12,15 @@
 //! - [`supernode_client`]: the supernode protocol, with several supernodes by hashing.
 //! - [`server`]: HTTP servers (piece server, local API, metrics and probes).
 //! - [`get`]: the `shoal-peer get` client.
-//! - [`upstream`]: upstream registries for the mirror (URL mapping, bearer-token auth).
+//! - [`upstream`], [`credentials`], [`access`]: upstream registries for the mirror (URL mapping,
+//!   configured credentials, bearer-token auth, the blob access check's memory).
 //! - [`containerd`]: `shoal-peer containerd-config` (hosts.toml files).
 //! - [`ratelimit`], [`metrics`], [`error`].
 
+pub mod access;
 pub mod config;
 pub mod containerd;
+pub mod credentials;
 pub mod daemon;
 pub mod engine;
 pub mod error;

@@ -118,6 +118,13 @@ struct RunArgs {
     /// Pieces fetched at once per task.
     #[arg(long, env = "SHOAL_CONCURRENT_PIECES")]
     concurrent_pieces: Option<u32>,
+    /// Memory for piece buffers over all downloads, e.g. 96MiB.
+    #[arg(long, env = "SHOAL_PIECE_MEMORY")]
+    piece_memory: Option<ByteSize>,
+    /// Piece size for blobs this peer is first to download (a power of two, 1-16 MiB, e.g.
+    /// 4MiB); 0 = automatic (about 128 pieces per blob).
+    #[arg(long, env = "SHOAL_PIECE_SIZE")]
+    piece_size: Option<ByteSize>,
     /// Log filter, e.g. info or shoal_peer=debug.
     #[arg(long, env = "SHOAL_LOG")]
     log_level: Option<String>,
@@ -180,6 +187,8 @@ impl RunArgs {
             upload_rate,
             download_rate,
             concurrent_pieces,
+            piece_memory,
+            piece_size,
             log_level
         );
         if self.peer_id.is_some() {

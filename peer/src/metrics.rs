@@ -41,6 +41,7 @@ pub struct PeerMetrics {
     pub mirror_requests: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_failures: IntCounterVec,
+    pub blob_access_checks: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(
@@ -208,6 +209,24 @@ impl PeerMetrics {
                     &["kind"],
                 )?,
             )?,
+            blob_access_checks: {
+                let v = reg(
+                    registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "shoal_peer_blob_access_checks_total",
+                            "Access checks before serving a cached blob through the mirror, by \
+                             result (cache_hit, allowed, denied, failed).",
+                        ),
+                        &["result"],
+                    )?,
+                )?;
+                // Every result shown from the start (zero until used).
+                for r in ["cache_hit", "allowed", "denied", "failed"] {
+                    v.with_label_values(&[r]);
+                }
+                v
+            },
         })
     }
 }

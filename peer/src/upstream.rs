@@ -1,6 +1,9 @@
 //! The upstream registry side of the mirror: mapping a registry host to its base URL, and
-//! sending requests with the anonymous bearer-token flow (tokens cached per host and
-//! repository until they expire) or with the client's own `Authorization` header.
+//! sending requests with the client's own `Authorization` header, else the node's configured
+//! credentials for that registry, else anonymously; a bearer challenge is answered through
+//! the token endpoint (with the Basic credentials, if any). Tokens got anonymously or with the
+//! node's credentials are cached per host and repository until they expire; tokens got with a
+//! client's credentials are not shared.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,6 +13,9 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
+use crate::access::AccessCache;
+use crate::config::PeerConfig;
+use crate::credentials::Credential;
 use crate::error::{Error, Result};
 
 /// Tokens without `expires_in` live this long (the distribution spec's default is 60 s).
@@ -41,10 +47,23 @@ pub fn valid_host(host: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
+/// Whose credentials a request goes with.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Client,
+    Node,
+    Anonymous,
+}
+
+type TokenKey = (String, String, Who);
+
 pub struct Upstream {
     http: reqwest::Client,
     insecure: Vec<String>,
-    tokens: Mutex<HashMap<(String, String), (HeaderValue, Instant)>>,
+    credentials: HashMap<String, Credential>,
+    tokens: Mutex<HashMap<TokenKey, (HeaderValue, Instant)>>,
+    /// The blob access check's memory; `None` when `verify_blob_access` is off.
+    access: Option<AccessCache>,
 }
 
 /// A response and the Authorization header that got it (to reuse for the blob download).
@@ -61,6 +80,7 @@ struct TokenBody {
 }
 
 impl Upstream {
+    /// No credentials, the access check on (60 s); see [`Upstream::from_config`].
     pub fn new(insecure: Vec<String>, connect_timeout: Duration) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
@@ -70,8 +90,49 @@ impl Upstream {
         Ok(Upstream {
             http,
             insecure,
+            credentials: HashMap::new(),
             tokens: Mutex::new(HashMap::new()),
+            access: Some(AccessCache::new(Duration::from_secs(60))),
         })
+    }
+
+    /// The mirror's upstream side as configured: plain-http hosts, the node's credentials per
+    /// registry, and the blob access check.
+    pub fn from_config(config: &PeerConfig) -> Result<Self> {
+        let mut insecure = config.insecure_registries.clone();
+        let mut credentials = HashMap::new();
+        for (host, settings) in &config.registries {
+            if settings.insecure && !insecure.contains(host) {
+                insecure.push(host.clone());
+            }
+            if let Some(c) = settings.credential()? {
+                credentials.insert(host.clone(), c);
+            }
+        }
+        let mut up = Upstream::new(insecure, config.connect_timeout)?;
+        up.credentials = credentials;
+        up.access = config
+            .verify_blob_access
+            .then(|| AccessCache::new(config.blob_access_ttl));
+        Ok(up)
+    }
+
+    /// The blob access check's memory, when the check is on.
+    pub fn access(&self) -> Option<&AccessCache> {
+        self.access.as_ref()
+    }
+
+    /// What identifies the credentials a request for `host` goes with (for the access cache
+    /// key, hashed there): the client's header, else the node's, else anonymous.
+    pub fn identity(&self, host: &str, client_auth: Option<&HeaderValue>) -> Vec<u8> {
+        let (tag, value): (&[u8], &[u8]) = match client_auth {
+            Some(a) => (b"client:", a.as_bytes()),
+            None => match self.credentials.get(host) {
+                Some(c) => (b"node:", c.header().as_bytes()),
+                None => (b"anonymous", b""),
+            },
+        };
+        [tag, value].concat()
     }
 
     pub fn base_url(&self, host: &str) -> String {
@@ -79,8 +140,8 @@ impl Upstream {
     }
 
     /// Sends `method url` with `headers`; with `client_auth` that header is used as is,
-    /// otherwise a cached or freshly fetched anonymous token for (host, repo) when the
-    /// registry asks for one.
+    /// otherwise the node's credentials for `host` or none, or a cached token for
+    /// (host, repo); a bearer challenge is answered through the token endpoint.
     pub async fn send(
         &self,
         method: Method,
@@ -90,22 +151,28 @@ impl Upstream {
         headers: HeaderMap,
         client_auth: Option<HeaderValue>,
     ) -> Result<Answer> {
-        let key = (host.to_owned(), repo.to_owned());
-        let from_client = client_auth.is_some();
-        let auth = match client_auth {
-            Some(a) => Some(a),
-            None => {
-                let mut tokens = self.tokens.lock();
-                match tokens.get(&key) {
-                    Some((t, exp)) if *exp > Instant::now() => Some(t.clone()),
-                    Some(_) => {
-                        tokens.remove(&key);
-                        None
-                    }
-                    None => None,
+        let (who, initial) = match client_auth {
+            Some(a) => (Who::Client, Some(a)),
+            None => match self.credentials.get(host) {
+                Some(c) => (Who::Node, Some(c.header().clone())),
+                None => (Who::Anonymous, None),
+            },
+        };
+        let key = (host.to_owned(), repo.to_owned(), who);
+        let cached = if who == Who::Client {
+            None
+        } else {
+            let mut tokens = self.tokens.lock();
+            match tokens.get(&key) {
+                Some((t, exp)) if *exp > Instant::now() => Some(t.clone()),
+                Some(_) => {
+                    tokens.remove(&key);
+                    None
                 }
+                None => None,
             }
         };
+        let auth = cached.or_else(|| initial.clone());
         let response = self
             .request(method.clone(), url, &headers, auth.as_ref())
             .await?;
@@ -120,13 +187,13 @@ impl Upstream {
         let Some(challenge) = challenge else {
             return Ok(Answer { response, auth });
         };
-        // The client's own bearer token was refused: its answer is the registry's.
-        if from_client && !is_basic(auth.as_ref()) {
+        // A bearer token of the client's or the node's was refused: that is the answer.
+        if initial.is_some() && !is_basic(initial.as_ref()) {
             return Ok(Answer { response, auth });
         }
-        let (token, ttl) = self.fetch_token(&challenge, auth.as_ref()).await?;
-        // Only anonymous tokens are shared; a token got with a client's credentials is not.
-        if !from_client {
+        let (token, ttl) = self.fetch_token(&challenge, initial.as_ref()).await?;
+        // A token got with a client's credentials is not shared.
+        if who != Who::Client {
             self.tokens
                 .lock()
                 .insert(key, (token.clone(), Instant::now() + ttl));
@@ -196,8 +263,9 @@ impl Upstream {
             .token
             .or(parsed.access_token)
             .ok_or_else(|| fail("token response has no token".into(), None))?;
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| fail("token is not a valid header value".into(), None))?;
+        value.set_sensitive(true);
         let ttl = parsed
             .expires_in
             .map(|s| Duration::from_secs(s.saturating_sub(5).max(1)))

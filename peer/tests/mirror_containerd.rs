@@ -1,6 +1,7 @@
 //! A real containerd pulls an umoci-built, skopeo-pushed image through the mirror with
 //! `ctr images pull --hosts-dir <dir written by shoal-peer containerd-config>`, and the unpacked
-//! image holds the right files.
+//! image holds the right files; with two nodes (two peers, two containerd, one supernode) the
+//! second node's pull takes no blob bytes from the registry.
 
 mod support;
 
@@ -10,143 +11,66 @@ use std::time::Duration;
 
 use support::*;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+const TOOLS: &[&str] = &[
+    "/usr/bin/containerd",
+    "/usr/bin/ctr",
+    "/usr/bin/umoci",
+    "/usr/bin/skopeo",
+];
+
+/// Writes `certs`/HOST/hosts.toml pointing containerd at `peer`'s mirror.
+fn containerd_config(peer: &Peer, host: &str, certs: &Path) {
+    run(Command::new(peer_bin())
+        .args(["containerd-config", "--registry", host, "--insecure"])
+        .arg("--config-path")
+        .arg(certs)
+        .args(["--mirror", &peer.mirror_url()]));
+}
+
+/// Pulls `reference` with `containerd` off the async threads.
+async fn pull(containerd: &std::sync::Arc<Containerd>, certs: &Path, reference: &str) -> String {
+    let (c, certs, reference) = (
+        containerd.clone(),
+        certs.to_path_buf(),
+        reference.to_owned(),
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn tools_present() -> bool {
-    [
-        "/usr/bin/containerd",
-        "/usr/bin/ctr",
-        "/usr/bin/umoci",
-        "/usr/bin/skopeo",
-    ]
-    .iter()
-    .all(|p| Path::new(p).exists())
-}
-
-struct Containerd {
-    child: std::process::Child,
-    root: std::path::PathBuf,
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Unmount anything left under the root (snapshots, image mounts).
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep ' {0}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l",
-                self.root.display()
-            ))
-            .status();
-    }
+    tokio::task::spawn_blocking(move || c.pull(&certs, &reference))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_pulls_through_the_mirror() {
-    if !tools_present() {
+    if !tools_present(TOOLS) {
         eprintln!("skipping: containerd, ctr, umoci or skopeo is not installed");
         return;
     }
     with_timeout(Duration::from_secs(240), async {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        // Two layers built with umoci.
-        let layout = d.join("oci");
-        let bundle = d.join("bundle");
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
-        run(Command::new("umoci")
-            .args(["new", "--image"])
-            .arg(format!("{}:t", layout.display())));
-        let image_ref = format!("{}:t", layout.display());
         let one = random_blob(80, 3 << 20);
         let two = random_blob(81, 2 << 20);
-        for (name, data) in [("one.bin", &one), ("two.bin", &two)] {
-            let _ = std::fs::remove_dir_all(&bundle);
-            run(Command::new("umoci")
-                .args(["unpack", "--rootless", "--image", &image_ref])
-                .arg(&bundle));
-            std::fs::write(bundle.join("rootfs").join(name), data).unwrap();
-            run(Command::new("umoci")
-                .args(["repack", "--image", &image_ref])
-                .arg(&bundle));
-        }
+        let image = build_image(d, &[("one.bin", &one), ("two.bin", &two)]);
         let origin = Origin::start().await;
-        run(Command::new("skopeo").args([
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{image_ref}"),
-            &format!("docker://127.0.0.1:{}/ctr/app:t", origin.registry.port),
-        ]));
+        push_image(
+            &image,
+            &format!("127.0.0.1:{}/ctr/app:t", origin.registry.port),
+            None,
+        );
 
-        let host = format!("127.0.0.1:{}", origin.proxy.port);
+        let host = origin.host();
         let peer = Peer::start(
             "peer",
             PeerOpts::embedded().arg("--insecure-registry").arg(&host),
         )
         .await;
         let certs = d.join("certs.d");
-        run(Command::new(peer_bin())
-            .args(["containerd-config", "--registry", &host, "--insecure"])
-            .arg("--config-path")
-            .arg(&certs)
-            .args(["--mirror", &peer.mirror_url()]));
-
-        let cdir = d.join("containerd");
-        std::fs::create_dir_all(&cdir).unwrap();
-        let sock = cdir.join("sock");
-        let config = cdir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n",
-                cdir.display(),
-                sock.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(cdir.join("log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let _containerd = Containerd {
-            child,
-            root: cdir.clone(),
-        };
-        wait_for("containerd socket", Duration::from_secs(30), || {
-            let s = sock.clone();
-            async move { s.exists().then_some(()) }
-        })
-        .await;
-        let addr = sock.display().to_string();
+        containerd_config(&peer, &host, &certs);
+        let containerd = std::sync::Arc::new(Containerd::start(&d.join("containerd")).await);
         let reference = format!("{host}/ctr/app:t");
         let before = origin.egress();
-        let pull = tokio::task::spawn_blocking({
-            let (addr, reference, certs) = (addr.clone(), reference.clone(), certs.clone());
-            move || {
-                run(Command::new("ctr")
-                    .args(["--address", &addr, "images", "pull", "--hosts-dir"])
-                    .arg(&certs)
-                    .arg(&reference))
-            }
-        })
-        .await
-        .unwrap();
-        eprintln!("{pull}");
+        let out = pull(&containerd, &certs, &reference).await;
+        eprintln!("{out}");
         let pulled = origin.egress() - before;
         let served = peer
             .metric(
@@ -157,23 +81,108 @@ async fn containerd_pulls_through_the_mirror() {
         assert!(
             served >= 3.0,
             "containerd did not fetch the config and layers through the mirror ({served} blob \
-             requests); pull output: {pull}"
+             requests); pull output: {out}"
         );
         assert!(pulled >= (5 << 20), "registry sent only {pulled} bytes");
 
-        let target = d.join("mnt");
-        std::fs::create_dir_all(&target).unwrap();
-        run(Command::new("ctr")
-            .args(["--address", &addr, "images", "mount", &reference])
-            .arg(&target));
-        let got_one = std::fs::read(target.join("one.bin")).unwrap();
-        let got_two = std::fs::read(target.join("two.bin")).unwrap();
-        let _ = Command::new("ctr")
-            .args(["--address", &addr, "images", "unmount"])
-            .arg(&target)
-            .status();
-        assert!(got_one == one, "one.bin differs after unpack");
-        assert!(got_two == two, "two.bin differs after unpack");
+        let got = containerd.read_files(&reference, &["one.bin", "two.bin"]);
+        assert!(got[0] == one, "one.bin differs after unpack");
+        assert!(got[1] == two, "two.bin differs after unpack");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_node_pulls_from_the_first_not_the_registry() {
+    if !tools_present(TOOLS) {
+        eprintln!("skipping: containerd, ctr, umoci or skopeo is not installed");
+        return;
+    }
+    with_timeout(Duration::from_secs(300), async {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let one = random_blob(90, 4 << 20);
+        let two = random_blob(91, 3 << 20);
+        let three = random_blob(92, 1 << 20);
+        let image = build_image(
+            d,
+            &[("one.bin", &one), ("two.bin", &two), ("three.bin", &three)],
+        );
+        let origin = Origin::start().await;
+        push_image(
+            &image,
+            &format!("127.0.0.1:{}/two/app:t", origin.registry.port),
+            None,
+        );
+        let host = origin.host();
+        let supernode = Supernode::start().await;
+        let mut nodes = vec![];
+        for i in 1..=2 {
+            let peer = Peer::start(
+                &format!("peer{i}"),
+                PeerOpts::with_supernode(&supernode)
+                    .arg("--insecure-registry")
+                    .arg(&host),
+            )
+            .await;
+            let certs = d.join(format!("certs{i}"));
+            containerd_config(&peer, &host, &certs);
+            let containerd =
+                std::sync::Arc::new(Containerd::start(&d.join(format!("containerd{i}"))).await);
+            nodes.push((peer, certs, containerd));
+        }
+        let reference = format!("{host}/two/app:t");
+
+        let before = origin.egress();
+        let (p1, certs1, c1) = &nodes[0];
+        eprintln!("{}", pull(c1, certs1, &reference).await);
+        let first = origin.egress() - before;
+
+        let before = origin.egress();
+        let (p2, certs2, c2) = &nodes[1];
+        eprintln!("{}", pull(c2, certs2, &reference).await);
+        let second = origin.egress() - before;
+        let from_origin = p2
+            .metric("shoal_peer_download_bytes_total", &[("source", "origin")])
+            .await;
+        let from_peers = p2
+            .metric("shoal_peer_download_bytes_total", &[("source", "peer")])
+            .await;
+        let served = p2
+            .metric(
+                "shoal_peer_mirror_requests_total",
+                &[("kind", "blob"), ("status", "200")],
+            )
+            .await;
+        eprintln!(
+            "registry egress: node 1 pull {first} B, node 2 pull {second} B; node 2 peer: \
+             {from_peers} B from peers, {from_origin} B from the registry, {served} blob \
+             requests served"
+        );
+        assert!(first >= 8 << 20, "node 1 took only {first} registry bytes");
+        assert!(
+            served >= 4.0,
+            "node 2's containerd did not fetch config and layers through its mirror ({served})"
+        );
+        assert_eq!(
+            from_origin, 0.0,
+            "node 2's peer downloaded blob bytes upstream"
+        );
+        assert!(
+            from_peers >= (8 << 20) as f64,
+            "node 2 got {from_peers} B from peers"
+        );
+        // Manifests and HEADs only: far less than one blob piece.
+        assert!(
+            second <= HEADERS_ONLY,
+            "node 2's pull took {second} bytes from the registry"
+        );
+        assert!(p1.metric("shoal_peer_upload_bytes_total", &[]).await >= (8 << 20) as f64);
+
+        let got = c2.read_files(&reference, &["one.bin", "two.bin", "three.bin"]);
+        assert!(got[0] == one, "one.bin differs after unpack on node 2");
+        assert!(got[1] == two, "two.bin differs after unpack on node 2");
+        assert!(got[2] == three, "three.bin differs after unpack on node 2");
     })
     .await
 }

@@ -26,6 +26,14 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 const INFLIGHT_BYTES: u64 = 48 << 20;
 /// Consecutive supernode failures before fetching from the origin alone.
 const DEGRADE_AFTER: u32 = 3;
+/// Consecutive failed origin fetches (no piece stored in between) before the download gives
+/// up: an origin that keeps answering garbage, cutting bodies short or ignoring `Range` is
+/// not going to get better within this download, and the client should hear so.
+const MAX_ORIGIN_FAILURES: u32 = 8;
+/// Wait after a failed origin fetch, doubled per consecutive failure up to the maximum, so a
+/// failing registry is not hammered.
+const ORIGIN_BACKOFF: Duration = Duration::from_millis(100);
+const ORIGIN_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub(super) async fn register(shared: &EngineShared, file: &TaskFile) -> Result<()> {
     let body = RegisterTask {
@@ -65,6 +73,8 @@ pub(super) async fn run(
     let mut inflight_set: HashSet<u32> = HashSet::new();
     let mut schedule: Option<BoxFuture<'static, Result<ScheduleReply>>> = None;
     let mut errors = 0u32;
+    let mut origin_failures = 0u32;
+    let mut backoff_until: Option<tokio::time::Instant> = None;
     let mut last_progress = Instant::now();
     let mut progress_mark = file.have().count();
     let hasher = BlobHasher::start(&file);
@@ -76,8 +86,13 @@ pub(super) async fn run(
             return;
         }
         let ctx = ctx.clone();
+        let memory = shared.piece_memory.clone();
+        let len = layout.range(a.piece).map_or(0, |r| r.end - r.start);
         inflight.spawn(async move {
             let piece = a.piece;
+            let Some(_buffer) = memory.reserve(len).await else {
+                return (piece, Err(Error::Cancelled));
+            };
             (piece, ctx.fetch(a).await)
         });
     };
@@ -97,7 +112,10 @@ pub(super) async fn run(
             });
         }
         let capacity = max_inflight.saturating_sub(inflight.len());
-        if capacity > 0 && schedule.is_none() && !file.is_complete() {
+        if backoff_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+            backoff_until = None;
+        }
+        if capacity > 0 && schedule.is_none() && backoff_until.is_none() && !file.is_complete() {
             if degraded {
                 let missing: Vec<u32> = file
                     .have()
@@ -132,15 +150,29 @@ pub(super) async fn run(
                     message: format!("piece worker crashed: {e}"),
                 })?;
                 inflight_set.remove(&piece);
-                if let Err(e) = result {
-                    // Only the origin refusing outright (404, 401, ...) ends the download;
-                    // anything else is retried from wherever the supernode says next.
-                    if matches!(e, Error::Origin { .. }) && !e.is_retryable() {
-                        return Err(e);
-                    }
-                    tracing::debug!(%task, piece, error = %e, "piece failed, will retry");
-                    if degraded {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                match result {
+                    Ok(()) => origin_failures = 0,
+                    Err(e) => {
+                        // The origin refusing outright (404, 401, ...) or failing again and
+                        // again ends the download; anything else is retried from wherever the
+                        // supernode says next.
+                        if let Error::Origin { .. } = e {
+                            if !e.is_retryable() {
+                                return Err(e);
+                            }
+                            // Failures landing during a backoff belong to the same burst
+                            // (pieces that were in flight together): count them once.
+                            if backoff_until.is_none() {
+                                origin_failures += 1;
+                                if origin_failures >= MAX_ORIGIN_FAILURES {
+                                    return Err(e);
+                                }
+                                let wait = (ORIGIN_BACKOFF * 2u32.pow(origin_failures.min(5)))
+                                    .min(ORIGIN_BACKOFF_MAX);
+                                backoff_until = Some(tokio::time::Instant::now() + wait);
+                            }
+                        }
+                        tracing::debug!(%task, piece, error = %e, "piece failed, will retry");
                     }
                 }
             }
@@ -187,6 +219,12 @@ pub(super) async fn run(
                     }
                 }
             }
+            _ = async {
+                match backoff_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            }, if backoff_until.is_some() && schedule.is_none() => {}
             _ = shared.cancel.cancelled() => return Err(Error::Cancelled),
         }
     }

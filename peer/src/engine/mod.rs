@@ -3,12 +3,14 @@
 //! pieces are still arriving.
 //!
 //! - [`download`]: the per-task loop (schedule, fetch, report).
+//! - [`memory`]: the budget for piece buffers shared by all downloads.
 //! - [`piece`]: fetching and verifying one piece from parents or the origin.
 //! - [`reporter`]: batching piece reports to the supernode.
 //! - [`stream`]: reading a task in order as its pieces arrive.
 //! - [`verify`]: the whole-blob digest, hashed in order while the pieces arrive.
 
 mod download;
+mod memory;
 mod piece;
 mod reporter;
 mod stream;
@@ -31,6 +33,7 @@ use crate::metrics::PeerMetrics;
 use crate::source::{HttpFetcher, Origin};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
+pub use memory::PieceMemory;
 pub use reporter::{ReportItem, Reporter};
 pub use stream::stream_range;
 
@@ -51,6 +54,10 @@ pub struct EngineShared {
     pub metrics: PeerMetrics,
     pub reporter: Reporter,
     pub concurrent_pieces: u32,
+    /// Piece buffers of all downloads together.
+    pub piece_memory: PieceMemory,
+    /// Piece size for new tasks (bytes); 0 = automatic.
+    pub piece_size: u64,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -191,7 +198,15 @@ impl Engine {
                 l.validate()?;
                 l
             }
-            None => PieceLayout::for_length(origin.probe_length().await?),
+            None => {
+                let length = origin.probe_length().await?;
+                match shared.piece_size {
+                    0 => PieceLayout::for_length(length),
+                    size => PieceLayout::new(length, size).map_err(|e| {
+                        Error::BadRequest(format!("piece size {size} for task {task}: {e}"))
+                    })?,
+                }
+            }
         };
         let origin = origin.with_length(layout.length);
         let (file, evicted) = shared

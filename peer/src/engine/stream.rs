@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::storage::{TaskFile, TaskStatus};
 
 /// Largest read handed to the client at once.
-const READ_CHUNK: u64 = 1 << 20;
+const READ_CHUNK: u64 = 256 << 10;
 
 struct State {
     file: Arc<TaskFile>,

@@ -81,3 +81,90 @@ impl IntoResponse for ApiError {
             .into_response()
     }
 }
+
+/// An error of the registry mirror, in the OCI distribution format
+/// (`{"errors":[{"code":…,"message":…}]}`), with the upstream's `WWW-Authenticate` challenge
+/// passed on for 401s so clients can authenticate.
+#[derive(Debug)]
+pub struct MirrorError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub challenge: Option<axum::http::HeaderValue>,
+}
+
+/// Status and OCI code for an upstream registry's refusal; `unknown` is the 404 code.
+fn upstream_refusal(status: u16, unknown: &'static str) -> (StatusCode, &'static str) {
+    match status {
+        401 => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        403 => (StatusCode::FORBIDDEN, "DENIED"),
+        404 => (StatusCode::NOT_FOUND, unknown),
+        429 => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+        _ => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+    }
+}
+
+impl MirrorError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        MirrorError {
+            status,
+            code,
+            message: message.into(),
+            challenge: None,
+        }
+    }
+
+    /// Maps a domain error, `unknown` being the code for a 404 in this context.
+    pub fn from_error(e: Error, unknown: &'static str) -> Self {
+        let (status, code) = match &e {
+            Error::Parse(_) | Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
+            Error::Origin {
+                status: Some(s), ..
+            } => upstream_refusal(*s, unknown),
+            Error::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID")
+            }
+            Error::CacheFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
+            Error::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Error::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            _ => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "mirror request failed");
+            "internal error; see the peer's log".to_owned()
+        } else {
+            tracing::warn!(error = %e, "mirror request failed");
+            e.to_string()
+        };
+        MirrorError::new(status, code, message)
+    }
+
+    /// An upstream registry's non-success answer to a request for `what`.
+    pub fn upstream(
+        status: reqwest::StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        unknown: &'static str,
+        what: &str,
+    ) -> Self {
+        let (s, code) = upstream_refusal(status.as_u16(), unknown);
+        let mut e = MirrorError::new(s, code, format!("{what}: upstream answered {status}"));
+        if s == StatusCode::UNAUTHORIZED {
+            e.challenge = headers.get(reqwest::header::WWW_AUTHENTICATE).cloned();
+        }
+        e
+    }
+}
+
+impl IntoResponse for MirrorError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errors": [{"code": self.code, "message": self.message}]
+        });
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(c) = self.challenge {
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, c);
+        }
+        resp
+    }
+}

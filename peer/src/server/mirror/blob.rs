@@ -1,0 +1,307 @@
+//! Blob requests of the mirror: `GET|HEAD /v2/<name>/blobs/<digest>` (with `Range`).
+//!
+//! A blob not complete in the cache is first asked upstream with a `HEAD` (with the client's
+//! credentials, else the node's): that resolves the token, turns an unknown blob into a 404,
+//! and is the access check. It is then downloaded through the P2P engine and streamed while
+//! pieces arrive. A complete cached blob is served only after the same check (unless
+//! `verify_blob_access` is off), its positive answers remembered briefly per credential,
+//! repository and blob. A whole-blob response is hashed as it is sent and cut before its last
+//! bytes if they do not match the digest, so a client never receives a complete-looking wrong
+//! body.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use shoal_common::{Digest, Sha256Hasher, TaskId};
+
+use super::{
+    client_auth, parse_digest, split, upstream_failed, upstream_host, upstream_refused,
+    MirrorError, MirrorQuery, MirrorState,
+};
+use crate::access::AccessCache;
+use crate::engine::{stream_range, DownloadRequest};
+use crate::error::{Error, Result};
+use crate::server::range::{parse_range, RangeError};
+use crate::upstream::Answer;
+
+pub(super) async fn blob(
+    st: &MirrorState,
+    method: &Method,
+    rest: &str,
+    q: MirrorQuery,
+    headers: &HeaderMap,
+) -> Result<Response, MirrorError> {
+    let (name, reference) = split(rest, "/blobs/")?;
+    let digest = parse_digest(reference)?;
+    let host = upstream_host(st, q)?;
+    let digest_header = HeaderValue::from_str(&digest.to_string()).ok();
+    let auth = client_auth(headers);
+
+    let cached = st
+        .engine
+        .storage()
+        .get(&TaskId::Content(digest))
+        .filter(|f| f.is_complete());
+    let file = match cached {
+        Some(f) => {
+            check_access(st, &host, name, &digest, auth).await?;
+            f.touch();
+            f
+        }
+        None => {
+            let answer = head_upstream(st, &host, name, &digest, auth).await?;
+            if method == Method::HEAD {
+                let mut out = HeaderMap::new();
+                if let Some(v) = answer.response.headers().get(header::CONTENT_LENGTH) {
+                    out.insert(header::CONTENT_LENGTH, v.clone());
+                }
+                if let Some(v) = digest_header {
+                    out.insert("docker-content-digest", v);
+                }
+                out.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                return Ok((StatusCode::OK, out).into_response());
+            }
+            let url = url::Url::parse(&blob_url(st, &host, name, &digest)).map_err(|e| {
+                MirrorError::new(
+                    StatusCode::BAD_REQUEST,
+                    "UNSUPPORTED",
+                    format!("bad upstream URL: {e}"),
+                )
+            })?;
+            let mut hdrs = reqwest::header::HeaderMap::new();
+            if let Some(a) = answer.auth {
+                hdrs.insert(reqwest::header::AUTHORIZATION, a);
+            }
+            st.engine
+                .open(DownloadRequest {
+                    url,
+                    digest: Some(digest),
+                    headers: hdrs,
+                })
+                .await
+                .map_err(|e| upstream_failed(st, "blob", e, "BLOB_UNKNOWN"))?
+        }
+    };
+    let length = file.layout().length;
+    let mut out = HeaderMap::new();
+    if let Some(v) = digest_header {
+        out.insert("docker-content-digest", v);
+    }
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                MirrorError::new(StatusCode::BAD_REQUEST, "RANGE_INVALID", "bad Range header")
+            })?;
+            match parse_range(s, length) {
+                Ok(r) => Some(r),
+                Err(RangeError::Malformed(m)) => {
+                    return Err(MirrorError::new(
+                        StatusCode::BAD_REQUEST,
+                        "RANGE_INVALID",
+                        m,
+                    ))
+                }
+                Err(RangeError::Unsatisfiable) => {
+                    let mut e = MirrorError::new(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "RANGE_INVALID",
+                        format!("range starts past the end ({length} bytes)"),
+                    )
+                    .into_response();
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                        e.headers_mut().insert(header::CONTENT_RANGE, v);
+                    }
+                    return Ok(e);
+                }
+            }
+        }
+    };
+    let (status, r) = match range {
+        Some(r) => {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("bytes {}-{}/{length}", r.start, r.end - 1))
+            {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        None => (StatusCode::OK, 0..length),
+    };
+    out.insert(header::CONTENT_LENGTH, (r.end - r.start).into());
+    if method == Method::HEAD {
+        return Ok((status, out).into_response());
+    }
+    let whole = r.start == 0 && r.end == length;
+    let metrics = st.metrics.clone();
+    let stream = stream_range(file, r);
+    let body = if whole {
+        verified(stream, digest, length).boxed()
+    } else {
+        stream.boxed()
+    }
+    .map(move |chunk| {
+        if let Ok(c) = &chunk {
+            metrics.local_bytes_served.inc_by(c.len() as u64);
+        }
+        chunk
+    });
+    Ok((status, out, Body::from_stream(body)).into_response())
+}
+
+fn blob_url(st: &MirrorState, host: &str, name: &str, digest: &Digest) -> String {
+    format!("{}/v2/{name}/blobs/{digest}", st.upstream.base_url(host))
+}
+
+/// `HEAD` of the blob upstream with the client's (else the node's) credentials: the access
+/// check, the blob's length and the token for the download. Remembers a positive answer.
+async fn head_upstream(
+    st: &MirrorState,
+    host: &str,
+    name: &str,
+    digest: &Digest,
+    auth: Option<HeaderValue>,
+) -> Result<Answer, MirrorError> {
+    st.metrics
+        .upstream_requests
+        .with_label_values(&["blob"])
+        .inc();
+    let key = st.upstream.access().map(|_| {
+        AccessCache::key(
+            &st.upstream.identity(host, auth.as_ref()),
+            host,
+            name,
+            digest,
+        )
+    });
+    let answer = st
+        .upstream
+        .send(
+            Method::HEAD,
+            host,
+            name,
+            &blob_url(st, host, name, digest),
+            reqwest::header::HeaderMap::new(),
+            auth,
+        )
+        .await
+        .map_err(|e| upstream_failed(st, "blob", e, "BLOB_UNKNOWN"))?;
+    if !answer.response.status().is_success() {
+        return Err(upstream_refused(
+            st,
+            &answer.response,
+            "BLOB_UNKNOWN",
+            "blob",
+        ));
+    }
+    if let (Some(cache), Some(key)) = (st.upstream.access(), key) {
+        cache.remember(key);
+    }
+    Ok(answer)
+}
+
+/// Before a cached blob is served: may this client read it upstream? Fails closed (an
+/// unreachable registry means no answer, so no blob).
+async fn check_access(
+    st: &MirrorState,
+    host: &str,
+    name: &str,
+    digest: &Digest,
+    auth: Option<HeaderValue>,
+) -> Result<(), MirrorError> {
+    let Some(cache) = st.upstream.access() else {
+        return Ok(());
+    };
+    let count = |result: &str| {
+        st.metrics
+            .blob_access_checks
+            .with_label_values(&[result])
+            .inc()
+    };
+    let key = AccessCache::key(
+        &st.upstream.identity(host, auth.as_ref()),
+        host,
+        name,
+        digest,
+    );
+    if cache.allowed(&key) {
+        count("cache_hit");
+        return Ok(());
+    }
+    match head_upstream(st, host, name, digest, auth).await {
+        Ok(_) => {
+            count("allowed");
+            Ok(())
+        }
+        Err(e) => {
+            let denied = matches!(e.status.as_u16(), 401 | 403 | 404);
+            count(if denied { "denied" } else { "failed" });
+            tracing::info!(
+                repo = name,
+                %digest,
+                status = e.status.as_u16(),
+                "cached blob not served: upstream did not confirm the client may read it"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Passes `stream` on while hashing it, holding back the last chunk until the whole body is
+/// known to have `digest`: on a mismatch (or a short body) the stream ends with an error, which
+/// cuts the connection before the client has `length` bytes.
+fn verified(
+    stream: impl Stream<Item = Result<Bytes>> + Send + 'static,
+    digest: Digest,
+    length: u64,
+) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    let state = (Box::pin(stream), Sha256Hasher::new(), 0u64, false);
+    futures::stream::unfold(
+        state,
+        move |(mut inner, mut hasher, mut sent, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match inner.next().await {
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk);
+                    sent += chunk.len() as u64;
+                    if sent < length {
+                        Ok(chunk)
+                    } else {
+                        let actual = std::mem::take(&mut hasher).finish();
+                        if sent == length && actual == digest {
+                            Ok(chunk)
+                        } else {
+                            Err(mismatch(digest, actual))
+                        }
+                    }
+                }
+                Some(Err(e)) => Err(e),
+                None if sent == length => return None,
+                None => Err(mismatch(digest, std::mem::take(&mut hasher).finish())),
+            };
+            let done = item.is_err() || sent >= length;
+            Some((item, (inner, hasher, sent, done)))
+        },
+    )
+}
+
+fn mismatch(expected: Digest, actual: Digest) -> Error {
+    tracing::warn!(%expected, %actual, "blob bytes do not match the digest: response cut");
+    Error::BlobDigest {
+        task: TaskId::Content(expected),
+        expected,
+        actual,
+    }
+}
