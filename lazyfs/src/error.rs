@@ -67,6 +67,33 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// A chunk range could not be fetched from one source (peer mirror or registry) of a
+    /// mount. `retryable` says whether asking the same source again may help.
+    #[error("fetching {what} from {from}: {reason}")]
+    Fetch {
+        what: String,
+        from: String,
+        reason: String,
+        retryable: bool,
+    },
+
+    /// A fetch did not finish within the mount's `--timeout`.
+    #[error("fetching {what} from {from}: no answer within {after:?}")]
+    Timeout {
+        what: String,
+        from: String,
+        after: std::time::Duration,
+    },
+
+    /// Mounting, serving or unmounting the FUSE filesystem failed.
+    #[error("mount {mountpoint}: {context}: {source}")]
+    Mount {
+        mountpoint: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A caller asked for something this build cannot do (bad option values, unsupported
     /// source kinds).
     #[error("{0}")]
@@ -128,6 +155,8 @@ impl Error {
                     || source.is_body()
             }
             Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            Error::Fetch { retryable, .. } => *retryable,
+            Error::Timeout { .. } => true,
             _ => false,
         }
     }

@@ -26,6 +26,7 @@
 //! - [`check`]: full verification naming bad chunks and entries.
 //! - [`unpack`]: materializing the tree in a directory.
 //! - [`inspect`]: statistics and listings.
+//! - [`mount`]: the lazy FUSE mount (`shoal-lazyfs mount`).
 //!
 //! Errors are one enum, [`Error`].
 
@@ -42,6 +43,7 @@ pub mod index;
 pub mod inspect;
 pub mod layer;
 pub mod media;
+pub mod mount;
 pub mod ocidir;
 pub mod reference;
 pub mod registry;

@@ -1,4 +1,4 @@
-//! `shoal-lazyfs`: convert images to lazyfs, inspect, check and unpack them. Parses
+//! `shoal-lazyfs`: convert images to lazyfs, inspect, check, unpack and mount them. Parses
 //! arguments, wires the library together and maps errors to exit codes:
 //! 0 success, 1 failure, 2 usage, 3 `check` found problems, 75 a retryable (network) failure.
 
@@ -16,7 +16,7 @@ use shoal_lazyfs::{ChunkParams, Error, ImageRef, LazyImage, RegistryOptions};
 #[command(
     name = "shoal-lazyfs",
     version,
-    about = "Convert container images to Shoal's lazyfs format and inspect, check or unpack them"
+    about = "Convert container images to Shoal's lazyfs format and inspect, check, unpack or mount them"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +43,7 @@ impl RegistryArgs {
         RegistryOptions {
             insecure: self.insecure.clone(),
             peer: self.peer.clone(),
+            no_fallback: false,
         }
     }
 }
@@ -109,16 +110,94 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
-    /// Mount an image with FUSE (not implemented in this build).
-    Mount { r#ref: String, mountpoint: PathBuf },
+    /// Mount a lazyfs image read-only with FUSE; chunks are fetched on first read.
+    ///
+    /// Runs in the foreground until SIGTERM/SIGINT (which unmount) or an external unmount.
+    Mount(MountArgs),
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// Image reference, HOST/REPO:TAG or HOST/REPO@sha256:...
+    r#ref: String,
+    /// Directory to mount on.
+    mountpoint: PathBuf,
+    /// The local Shoal peer's registry mirror; manifest, index and chunks go through it
+    /// (empty: the registry only).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SHOAL_PEER",
+        default_value = "http://127.0.0.1:65001"
+    )]
+    peer: String,
+    /// Registry host (HOST or HOST:PORT) to reach over plain http; repeatable.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST",
+        env = "SHOAL_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    insecure: Vec<String>,
+    /// Never fetch from the registry directly when the peer fails.
+    #[arg(long, env = "SHOAL_LAZYFS_NO_FALLBACK")]
+    no_fallback: bool,
+    /// Disk cache of verified chunks, kept across mounts.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SHOAL_LAZYFS_CACHE_DIR",
+        default_value = "/var/cache/shoal-lazyfs"
+    )]
+    cache_dir: PathBuf,
+    /// Disk cache quota (least recently used chunks are evicted).
+    #[arg(long, default_value = "10GiB", env = "SHOAL_LAZYFS_CACHE_SIZE")]
+    cache_size: ByteSize,
+    /// Memory cache of hot chunks.
+    #[arg(long, default_value = "256MiB", env = "SHOAL_LAZYFS_MEMORY_CACHE_SIZE")]
+    memory_cache_size: ByteSize,
+    /// Background prefetch: all chunks, the image's prefetch list, or nothing.
+    #[arg(
+        long,
+        default_value = "list",
+        value_name = "all|list|none",
+        env = "SHOAL_LAZYFS_PREFETCH"
+    )]
+    prefetch: shoal_lazyfs::mount::PrefetchMode,
+    /// Write the paths of the files read, in first-read order, to FILE on unmount.
+    #[arg(long, value_name = "FILE")]
+    record_access: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (/metrics).
+    #[arg(long, value_name = "ADDR", env = "SHOAL_LAZYFS_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Deadline of each range request (then retry, then the next source, then EIO).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "SHOAL_LAZYFS_TIMEOUT")]
+    timeout: std::time::Duration,
+    /// Retries per source after a retryable failure.
+    #[arg(long, default_value_t = 2, env = "SHOAL_LAZYFS_RETRIES")]
+    retries: u32,
+    /// Largest merged range request.
+    #[arg(long, default_value = "4MiB", env = "SHOAL_LAZYFS_MAX_REQUEST")]
+    max_request: ByteSize,
+    /// When a read must fetch, also fetch this much of the file after it (0: off).
+    #[arg(long, default_value = "1MiB", env = "SHOAL_LAZYFS_READAHEAD")]
+    readahead: ByteSize,
+    /// Let other users access the mount (allow_other), e.g. for rootless containers.
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE request threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // fuser warns about every request kind a read-only filesystem leaves out.
+                .unwrap_or_else(|_| "warn,fuser=error".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -280,9 +359,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mount { .. } => {
-            eprintln!("shoal-lazyfs: mount is not implemented yet in this build");
-            Ok(ExitCode::from(2))
+        Command::Mount(m) => {
+            let opts = shoal_lazyfs::mount::MountOptions {
+                image: m.r#ref,
+                mountpoint: m.mountpoint,
+                peer: Some(m.peer).filter(|p| !p.is_empty()),
+                insecure: m.insecure,
+                no_fallback: m.no_fallback,
+                cache_dir: Some(m.cache_dir).filter(|d| !d.as_os_str().is_empty()),
+                cache_size: m.cache_size.0,
+                memory_cache_size: m.memory_cache_size.0,
+                prefetch: m.prefetch,
+                record_access: m.record_access,
+                metrics_listen: m.metrics_listen,
+                timeout: m.timeout,
+                retries: m.retries,
+                max_request: m.max_request.0,
+                readahead: m.readahead.0,
+                allow_other: m.allow_other,
+                threads: m.threads,
+            };
+            shoal_lazyfs::mount::mount(opts, prometheus::Registry::new())?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

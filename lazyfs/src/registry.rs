@@ -24,6 +24,8 @@ pub struct RegistryOptions {
     pub insecure: Vec<String>,
     /// Base URL of the local peer's mirror endpoint, used for pulls.
     pub peer: Option<String>,
+    /// With a peer: never fall back to the registry when the peer fails.
+    pub no_fallback: bool,
 }
 
 pub struct Registry {
@@ -33,6 +35,7 @@ pub struct Registry {
     repo: String,
     reference: String,
     peer: Option<String>,
+    no_fallback: bool,
     auth: Mutex<Option<String>>,
     creds: Option<(String, String)>,
 }
@@ -75,6 +78,7 @@ impl Registry {
                 .peer
                 .as_ref()
                 .map(|p| p.trim_end_matches('/').to_string()),
+            no_fallback: opts.no_fallback,
             auth: Mutex::new(None),
             creds,
         })
@@ -174,10 +178,13 @@ impl Registry {
                 req = req.header(k, v);
             }
             match req.send() {
-                Ok(resp) if !resp.status().is_server_error() => return check(resp, &url),
+                Ok(resp) if !resp.status().is_server_error() || self.no_fallback => {
+                    return check(resp, &url)
+                }
                 Ok(resp) => {
                     tracing::warn!(status = %resp.status(), "peer failed; pulling from the registry")
                 }
+                Err(e) if self.no_fallback => return Err(Error::Http { url, source: e }),
                 Err(e) => tracing::warn!(error = %e, "peer unreachable; pulling from the registry"),
             }
         }
@@ -207,7 +214,7 @@ fn check(resp: Response, url: &str) -> Result<Response> {
     })
 }
 
-fn basic(user: &str, pass: &str) -> String {
+pub(crate) fn basic(user: &str, pass: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("{user}:{pass}").into_bytes();
     let mut out = String::from("Basic ");
@@ -230,7 +237,7 @@ fn basic(user: &str, pass: &str) -> String {
 }
 
 /// `key="value",key2="value2"` from a challenge.
-fn parse_params(s: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
     while let Some((k, after)) = rest.split_once('=') {
