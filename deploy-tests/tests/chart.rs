@@ -250,6 +250,25 @@ fn chart_renders_defaults_and_all_options() {
     assert!(mounts
         .iter()
         .any(|m| m["mountPropagation"] == "Bidirectional"));
+    // Every flag the mount script passes exists in the real `shoal-lazyfs mount`.
+    let script = lazyfs["command"][2].as_str().expect("lazyfs script");
+    assert!(script.contains("shoal-lazyfs mount"), "{script}");
+    let help = Command::new(bin("shoal-lazyfs"))
+        .args(["mount", "--help"])
+        .output()
+        .expect("run shoal-lazyfs mount --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in script
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches(['\\', '"']))
+    {
+        assert!(
+            help.contains(flag),
+            "the chart passes {flag}, which `shoal-lazyfs mount` does not know:\n{help}"
+        );
+    }
+    assert!(script.contains("--insecure-registry"), "{script}");
     let init: Vec<&str> = spec["initContainers"][0]["command"]
         .as_array()
         .unwrap()
