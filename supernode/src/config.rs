@@ -33,7 +33,9 @@ pub struct SupernodeConfig {
     /// Origin leases in flight per task, over all its origin peers (count). Few pieces at a
     /// time means each finishes quickly and peers can pass it on while the origin sends the
     /// next ones; many pieces at once share the origin's uplink and all finish late. Each
-    /// origin peer gets an equal share of these (at least one).
+    /// origin peer gets an equal share of these (at least one). Keep it at about the peers'
+    /// `concurrent_pieces`: origin transfers share the receivers' downlinks with their peer
+    /// transfers, so fewer leases leave the origin's uplink partly idle (docs/design.md).
     pub max_origin_pieces_in_flight: u32,
     /// Parents offered per assignment, best first (count).
     pub max_parents: u32,
@@ -80,7 +82,7 @@ impl Default for SupernodeConfig {
             assignment_timeout: Duration::from_secs(30),
             origin_lease_timeout: Duration::from_secs(60),
             max_origin_peers_per_task: 16,
-            max_origin_pieces_in_flight: 8,
+            max_origin_pieces_in_flight: 16,
             max_parents: 3,
             max_uploads_per_parent: 8,
             task_gc_after: Duration::from_secs(600),
