@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "shoal-bench",
     version,
-    about = "Shoal benchmarks: blob distribution on a simulated network, supernode scale."
+    about = "Shoal benchmarks: blob distribution on a simulated network, supernode scale, peer \
+             memory."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,6 +25,10 @@ pub enum Command {
     /// Drive one shoal-supernode on loopback with many simulated peers on one hot task and
     /// measure scheduling latency and throughput.
     Supernode(SupernodeArgs),
+    /// Resident memory of one `shoal-peer run` (embedded supernode) idle and while serving
+    /// many concurrent `shoal-peer get` downloads, twice: cold (from the registry) and warm
+    /// (from its cache). All on loopback; needs Debian's docker-registry.
+    Memory(MemoryArgs),
     /// Remove namespaces (and the processes in them) and work directories left by a killed
     /// run. Removes those of runs in progress too.
     Cleanup(CleanupArgs),
@@ -126,6 +131,45 @@ pub struct SupernodeArgs {
     /// Keep the supernode's log in DIR (created).
     #[arg(long, value_name = "DIR")]
     pub keep_logs: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// Concurrent `shoal-peer get` downloads per round.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub downloads: u32,
+    /// Size of every blob in MiB.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub size_mib: u64,
+    /// Distinct blobs (download i fetches blob i mod K) [default: --downloads, every download a
+    /// different blob].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub blobs: Option<u32>,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep every process's log in DIR (created); by default logs are deleted with the run.
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
+    /// Directory with shoal-peer [default: the one holding shoal-bench].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Where registry storage, the peer's data dir and the downloaded copies go [default:
+    /// /dev/shm when it has room, else the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Extra argument for `shoal-peer run` (repeatable), e.g. `--peer-arg=--concurrent-pieces=8`.
+    #[arg(long = "peer-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub peer_args: Vec<String>,
+    /// Give up on a round after this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+impl MemoryArgs {
+    pub fn blob_count(&self) -> u32 {
+        self.blobs.unwrap_or(self.downloads)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -241,7 +241,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
 /// `/dev/shm` when it has room for everything (blob, registry, every node's cache and copy):
 /// the simulated hosts share this machine's one disk, and a RAM disk keeps their writes and
 /// fsyncs from becoming a bottleneck no real cluster has. Else the temp dir.
-fn default_work_parent(needed_bytes: u64) -> PathBuf {
+pub(crate) fn default_work_parent(needed_bytes: u64) -> PathBuf {
     let shm = Path::new("/dev/shm");
     if free_bytes(shm).is_some_and(|free| free > needed_bytes + (1 << 30)) {
         shm.to_owned()

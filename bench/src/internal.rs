@@ -37,7 +37,7 @@ pub async fn main(cmd: InternalCommand) -> Result<()> {
     }
 }
 
-fn client() -> Result<reqwest::Client> {
+pub fn client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
@@ -93,9 +93,22 @@ async fn fetch(url: &str, output: &Path, digest: &Digest) -> Result<()> {
     Ok(())
 }
 
-/// Monolithic blob upload: `POST /v2/REPO/blobs/uploads/`, then `PUT <Location>&digest=…`.
 async fn push(registry: &str, repo: &str, file: &Path, digest: &Digest) -> Result<()> {
-    let client = client()?;
+    let bytes = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))?;
+    push_bytes(&client()?, registry, repo, bytes, digest).await
+}
+
+/// Monolithic blob upload: `POST /v2/REPO/blobs/uploads/`, then `PUT <Location>&digest=…`;
+/// then checks the registry has it.
+pub async fn push_bytes(
+    client: &reqwest::Client,
+    registry: &str,
+    repo: &str,
+    bytes: Vec<u8>,
+    digest: &Digest,
+) -> Result<()> {
     let start = format!("{registry}/v2/{repo}/blobs/uploads/");
     let resp = client
         .post(&start)
@@ -116,9 +129,6 @@ async fn push(registry: &str, repo: &str, file: &Path, digest: &Digest) -> Resul
         .with_context(|| format!("bad upload Location {location:?}"))?;
     put.query_pairs_mut()
         .append_pair("digest", &digest.to_string());
-    let bytes = tokio::fs::read(file)
-        .await
-        .with_context(|| format!("reading {}", file.display()))?;
     let resp = client
         .put(put.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")

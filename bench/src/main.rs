@@ -5,6 +5,8 @@
 mod cli;
 mod cluster;
 mod internal;
+mod memory;
+mod memory_report;
 mod netns;
 mod processes;
 mod registry;
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Cluster(args) => cluster::main(args).await,
                 Command::Supernode(args) => supernode_bench::main(args).await,
+                Command::Memory(args) => memory::main(args).await,
                 Command::Cleanup(args) => netns::cleanup_command(&args.prefix),
                 Command::Internal(cmd) => internal::main(cmd).await,
             }

@@ -99,6 +99,69 @@ impl Daemon {
     }
 }
 
+/// Memory figures of a process from `/proc/PID/status`, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcMemory {
+    /// `VmRSS`: resident set, = anon + file + shmem.
+    pub rss_bytes: u64,
+    /// `RssAnon`: heap, stacks and other private memory.
+    pub anon_bytes: u64,
+    /// `RssFile`: resident file-backed mappings (the executable, mmapped files).
+    pub file_bytes: u64,
+    /// `RssShmem`: resident shared memory (and tmpfs mappings).
+    pub shmem_bytes: u64,
+    /// `VmHWM`: the largest `VmRSS` since the process started.
+    pub hwm_bytes: u64,
+}
+
+impl ProcMemory {
+    /// Reads `/proc/PID/status`; `None` once the process is gone.
+    pub fn of_pid(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        Self::parse(&status)
+    }
+
+    /// Parses the text of a `/proc/PID/status` file; `None` without a `VmRSS` line.
+    pub fn parse(status: &str) -> Option<Self> {
+        let mut m = ProcMemory::default();
+        let mut has_rss = false;
+        for line in status.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let field = match key {
+                "VmRSS" => {
+                    has_rss = true;
+                    &mut m.rss_bytes
+                }
+                "RssAnon" => &mut m.anon_bytes,
+                "RssFile" => &mut m.file_bytes,
+                "RssShmem" => &mut m.shmem_bytes,
+                "VmHWM" => &mut m.hwm_bytes,
+                _ => continue,
+            };
+            // The kernel prints these as "<n> kB" (KiB).
+            let kib: u64 = value.split_whitespace().next()?.parse().ok()?;
+            *field = kib * 1024;
+        }
+        has_rss.then_some(m)
+    }
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released: a later
+/// bind by someone else could still take one, which is rare enough on a test machine).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("finding free ports")?;
+    let mut ports = [0u16; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// Daemons stopped together on drop: SIGTERM to all, up to 3 s of grace, then SIGKILL.
 #[derive(Debug, Default)]
 pub struct Daemons(pub Vec<Daemon>);
@@ -275,6 +338,28 @@ mod tests {
         std::fs::write(&p, "a\nb\nc\nd\n").unwrap();
         assert_eq!(log_tail(&p, 2), "c\nd");
         assert_eq!(log_tail(&p, 10), "a\nb\nc\nd");
+    }
+
+    #[test]
+    fn proc_memory() {
+        let text = "Name:\tx\nVmHWM:\t   2048 kB\nVmRSS:\t   1024 kB\nRssAnon:\t 512 kB\n\
+                    RssFile:\t 500 kB\nRssShmem:\t 12 kB\nThreads:\t3\n";
+        let m = ProcMemory::parse(text).unwrap();
+        assert_eq!(
+            m,
+            ProcMemory {
+                rss_bytes: 1 << 20,
+                anon_bytes: 512 << 10,
+                file_bytes: 500 << 10,
+                shmem_bytes: 12 << 10,
+                hwm_bytes: 2 << 20,
+            }
+        );
+        assert_eq!(ProcMemory::parse("Name:\tkthread\n"), None);
+        let me = ProcMemory::of_pid(std::process::id()).unwrap();
+        assert!(me.rss_bytes > 0 && me.hwm_bytes >= me.rss_bytes, "{me:?}");
+        let ports = free_ports::<3>().unwrap();
+        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
     }
 
     #[test]

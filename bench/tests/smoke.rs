@@ -1,4 +1,4 @@
-//! Smoke runs of both benchmarks, small enough for CI, so the harness cannot rot.
+//! Smoke runs of the benchmarks, small enough for CI, so the harness cannot rot.
 //!
 //! They need root, iproute2, Debian's docker-registry and the shoal-peer / shoal-supernode
 //! binaries beside shoal-bench (`cargo build --workspace --bins`, as `.ci/test` does). A
@@ -139,4 +139,57 @@ fn supernode_two_hundred_peers() {
     assert_eq!(num(&r, "pieces_rejected"), 0.0, "{r:#}");
     let l = num(&r, "schedule_latency_ms.p99");
     assert!(l > 0.0 && l <= num(&r, "schedule_latency_ms.max"), "{r:#}");
+}
+
+#[test]
+fn memory_four_downloads() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    assert!(
+        std::env::split_paths(&path).any(|d| d.join("docker-registry").is_file()),
+        "`docker-registry` is not on PATH: install the Debian package docker-registry (.ci/run does)"
+    );
+    require_binaries(&["shoal-peer"]);
+    let r = run_json(&["memory", "--downloads", "4", "--size-mib", "2", "--json"]);
+    assert_eq!(num(&r, "downloads"), 4.0);
+    assert_eq!(num(&r, "blobs"), 4.0);
+    assert_eq!(num(&r, "size_bytes"), f64::from(2 << 20));
+    let mib = f64::from(1 << 20);
+    let idle = num(&r, "idle.rss_bytes");
+    // A Rust daemon with tokio and a few listeners: more than 1 MiB, less than a few GiB.
+    assert!(idle > mib && idle < 4096.0 * mib, "{r:#}");
+    assert_eq!(
+        num(&r, "idle.rss_bytes"),
+        num(&r, "idle.anon_bytes") + num(&r, "idle.file_bytes") + num(&r, "idle.shmem_bytes"),
+        "{r:#}"
+    );
+    for round in ["cold", "warm"] {
+        assert_eq!(num(&r, &format!("{round}.completed")), 4.0, "{r:#}");
+        assert_eq!(num(&r, &format!("{round}.failed")), 0.0, "{r:#}");
+        let total = num(&r, &format!("{round}.total_s"));
+        assert!(total > 0.0 && total < 600.0, "{r:#}");
+        assert!(num(&r, &format!("{round}.p50_s")) <= total, "{r:#}");
+        let peak = num(&r, &format!("{round}.peak_rss_bytes"));
+        assert!(peak > mib && peak < 4096.0 * mib, "{r:#}");
+        assert_eq!(peak, num(&r, &format!("{round}.peak.rss_bytes")), "{r:#}");
+        assert!(num(&r, &format!("{round}.samples")) >= 2.0, "{r:#}");
+        // VmHWM bounds every sample, up to the slack of the kernel's per-CPU RSS counters.
+        assert!(
+            peak <= num(&r, "hwm_bytes") * 1.02 + mib,
+            "a sampled RSS well above VmHWM: {r:#}"
+        );
+    }
+    // Cold: every blob came from the registry; warm: all from the cache.
+    assert!(
+        num(&r, "cold.origin_bytes") >= 4.0 * f64::from(2 << 20),
+        "{r:#}"
+    );
+    assert_eq!(num(&r, "warm.origin_bytes"), 0.0, "{r:#}");
+    assert_eq!(
+        num(&r, "peak_rss_bytes"),
+        num(&r, "cold.peak_rss_bytes").max(num(&r, "warm.peak_rss_bytes"))
+    );
+    assert_eq!(num(&r, "idle_target_bytes"), 64.0 * mib);
+    assert_eq!(num(&r, "serving_target_bytes"), 256.0 * mib);
+    assert_eq!(r["idle_ok"].as_bool(), Some(idle <= 64.0 * mib), "{r:#}");
+    assert!(r["serving_ok"].is_boolean(), "{r:#}");
 }
