@@ -170,6 +170,7 @@ pub async fn run(
         });
     }
 
+    tracker.spawn(crate::trim::trim_when_idle(metrics.clone(), cancel.clone()));
     tracker.spawn(keep_announced(
         client.clone(),
         engine.clone(),

@@ -1,5 +1,5 @@
-//! shoal-peer: the node daemon. It is the node's download path (local API, later the registry
-//! mirror), a piece server for other peers, and a verified disk cache.
+//! shoal-peer: the node daemon. It is the node's download path (registry mirror and local API),
+//! a piece server for other peers, and a verified disk cache.
 //!
 //! Dependency direction: `server` (handlers) → `engine` (download logic) → `source` (where
 //! bytes come from) → `storage` (the cache); never back.
@@ -15,7 +15,7 @@
 //! - [`upstream`], [`credentials`], [`access`]: upstream registries for the mirror (URL mapping,
 //!   configured credentials, bearer-token auth, the blob access check's memory).
 //! - [`containerd`]: `shoal-peer containerd-config` (hosts.toml files).
-//! - [`ratelimit`], [`metrics`], [`error`].
+//! - [`ratelimit`], [`metrics`], [`error`], [`trim`] (giving freed memory back when idle).
 
 pub mod access;
 pub mod config;
@@ -31,6 +31,7 @@ pub mod server;
 pub mod source;
 pub mod storage;
 pub mod supernode_client;
+pub mod trim;
 pub mod upstream;
 
 pub use config::PeerConfig;
