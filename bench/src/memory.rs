@@ -25,6 +25,8 @@ use crate::netns::WORK_DIR_PREFIX;
 use crate::processes::{self, Daemon, Daemons, ProcMemory};
 use crate::{internal, registry, stats};
 
+/// How long the peer is left alone after the last round before reading its RSS again.
+const IDLE_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(12);
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
@@ -193,6 +195,11 @@ async fn run(args: &MemoryArgs) -> Result<MemoryReport> {
         rounds.push(r);
     }
     let hwm_bytes = ProcMemory::of_pid(pid).map_or(0, |m| m.hwm_bytes);
+    // The peer hands freed memory back once it has been quiet for a few seconds (peer/src/trim.rs):
+    // what a node sees between bursts.
+    tokio::time::sleep(IDLE_AGAIN_AFTER).await;
+    let idle_again =
+        ProcMemory::of_pid(pid).context("reading the peer's /proc status after the rounds")?;
     let (Some(warm), Some(cold)) = (rounds.pop(), rounds.pop()) else {
         bail!("internal error: two rounds expected");
     };
@@ -207,11 +214,12 @@ async fn run(args: &MemoryArgs) -> Result<MemoryReport> {
         idle,
         cold,
         warm,
+        idle_again,
         peak_rss_bytes,
         hwm_bytes,
         idle_target_bytes: IDLE_TARGET_BYTES,
         serving_target_bytes: SERVING_TARGET_BYTES,
-        idle_ok: idle.rss_bytes <= IDLE_TARGET_BYTES,
+        idle_ok: idle.rss_bytes.max(idle_again.rss_bytes) <= IDLE_TARGET_BYTES,
         serving_ok: peak_rss_bytes <= SERVING_TARGET_BYTES,
         method: METHOD.into(),
     };

@@ -16,7 +16,7 @@ pub const SERVING_TARGET_DOWNLOADS: u32 = 100;
 /// How the numbers are taken, for the reader of the JSON.
 pub const METHOD: &str = "VmRSS / RssAnon / RssFile / RssShmem / VmHWM of the shoal-peer \
      daemon from /proc/PID/status (the `shoal-peer get` clients are separate processes and not \
-     counted). Idle: 2 s after /readyz answered. Each round starts every download at once and \
+     counted). Idle: 2 s after /readyz answered, and again 12 s after the last round. Each round starts every download at once and \
      samples the daemon's status every sample_interval_ms until the last client exits; its peak \
      is the largest VmRSS sampled (plus one sample before and one after). VmHWM is \
      cumulative over the daemon's life, so it bounds the cold round's peak from above (up to \
@@ -37,6 +37,8 @@ pub struct MemoryReport {
     pub cold: MemoryRound,
     /// Second round: the same downloads again, served from the peer's cache.
     pub warm: MemoryRound,
+    /// The daemon 12 s after the last round, idle again.
+    pub idle_again: ProcMemory,
     /// Largest sampled VmRSS of both rounds.
     pub peak_rss_bytes: u64,
     /// VmHWM at the end of the run (includes spikes between samples).
@@ -146,6 +148,12 @@ impl MemoryReport {
                 String::new(),
             );
         }
+        row(
+            &mut s,
+            "idle again, 12 s later",
+            &self.idle_again,
+            String::new(),
+        );
         let _ = writeln!(
             s,
             "VmHWM at the end: {} (includes spikes between samples)",
@@ -237,6 +245,7 @@ mod tests {
             idle: mem(20),
             cold: round(300),
             warm: round(40),
+            idle_again: mem(20),
             peak_rss_bytes: 300 << 20,
             hwm_bytes: 301 << 20,
             idle_target_bytes: IDLE_TARGET_BYTES,
