@@ -62,7 +62,7 @@ pub struct PeerConfig {
     /// downloads run at once. At least the largest piece size (16 MiB).
     pub piece_memory: ByteSize,
     /// Piece size for blobs this peer is the first to download (bytes, a power of two from
-    /// 1 to 16 MiB); 0 picks it from the blob length (about 128 pieces). Peers that join a
+    /// 256 KiB to 16 MiB); 0 picks it from the blob length (about 128 pieces, at least 1 MiB). Peers that join a
     /// task later use the layout the supernode already has.
     pub piece_size: ByteSize,
     /// Give up on one piece transfer from one source after this long.
@@ -79,6 +79,10 @@ pub struct PeerConfig {
     #[serde(skip)]
     pub fault_corrupt_uploads: bool,
 }
+
+/// Smallest `piece_size` accepted: below it per-piece overhead (a request, a report, a
+/// schedule entry) outweighs the faster pipelining.
+const MIN_PIECE_SIZE_OVERRIDE: u64 = 256 << 10;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -136,11 +140,10 @@ impl PeerConfig {
         let ps = self.piece_size.0;
         if ps != 0
             && (!ps.is_power_of_two()
-                || !(shoal_common::piece::MIN_PIECE_SIZE..=shoal_common::piece::MAX_PIECE_SIZE)
-                    .contains(&ps))
+                || !(MIN_PIECE_SIZE_OVERRIDE..=shoal_common::piece::MAX_PIECE_SIZE).contains(&ps))
         {
             return bad(format!(
-                "piece_size {} must be 0 (automatic) or a power of two from 1 MiB to 16 MiB",
+                "piece_size {} must be 0 (automatic) or a power of two from 256 KiB to 16 MiB",
                 self.piece_size
             ));
         }
@@ -254,6 +257,30 @@ mod tests {
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("r.io") || e.contains("a/b"), "{e}");
+        for (size, ok) in [
+            (0, true),
+            (256 << 10, true),
+            (3 << 20, false),
+            (128 << 10, false),
+        ] {
+            let c = PeerConfig {
+                piece_size: ByteSize(size),
+                ..Default::default()
+            };
+            match c.validate() {
+                Ok(()) => assert!(ok, "piece_size {size} accepted"),
+                Err(e) => assert!(!ok && e.to_string().contains("piece_size"), "{e}"),
+            }
+        }
+        let c = PeerConfig {
+            piece_memory: ByteSize(1 << 20),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("piece_memory"));
         assert_eq!(
             parse_advertise("10.0.0.1", 65002).unwrap(),
             "10.0.0.1:65002".parse().unwrap()

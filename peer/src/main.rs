@@ -121,7 +121,7 @@ struct RunArgs {
     /// Memory for piece buffers over all downloads, e.g. 96MiB.
     #[arg(long, env = "SHOAL_PIECE_MEMORY")]
     piece_memory: Option<ByteSize>,
-    /// Piece size for blobs this peer is first to download (a power of two, 1-16 MiB, e.g.
+    /// Piece size for blobs this peer is first to download (a power of two, 256KiB-16MiB, e.g.
     /// 4MiB); 0 = automatic (about 128 pieces per blob).
     #[arg(long, env = "SHOAL_PIECE_SIZE")]
     piece_size: Option<ByteSize>,
