@@ -1,7 +1,10 @@
 //! The scheduling policy: which pieces a peer should fetch next and from whom.
 //!
-//! 1. Pieces some usable parent holds, rarest first (ties rotated per request so that peers
-//!    spread over different pieces), each with up to `max_parents` parents ranked by a
+//! 1. Pieces some usable parent holds, rarest first; among equally rare pieces the lower
+//!    index first, jittered by up to `TIE_JITTER` pieces per request so that peers spread over
+//!    different pieces. Near in-order arrival lets a client stream the blob (containerd
+//!    unpacks as bytes arrive) and lets the peer hash it while it downloads, instead of both
+//!    waiting for the last piece. Each piece gets up to `max_parents` parents ranked by a
 //!    [`ParentSelector`]. A piece whose best parent is saturated (`max_uploads_per_parent`
 //!    assignments in flight) is skipped; saturated parents only appear as backups.
 //! 2. Pieces nobody holds and nobody has leased: from the origin, but only for one of the
@@ -24,6 +27,8 @@ use shoal_common::api::{Assignment, Parent};
 use crate::config::SupernodeConfig;
 use crate::state::task::{Inflight, Lease, ParentRef, Slot, Task};
 
+/// Equally rare pieces are taken in index order give or take this many pieces.
+const TIE_JITTER: u32 = 16;
 /// Upper bound on assignments per request, whatever capacity a peer claims.
 const MAX_CAPACITY: u32 = 256;
 /// Unsaturated holders looked at per piece: enough to find lightly loaded parents among
@@ -136,11 +141,9 @@ pub(crate) fn schedule(
         return Outcome::Empty;
     }
     let avoid: HashSet<Slot> = avoid.iter().filter_map(|id| task.slot_of(id)).collect();
-    let n = task.piece_count();
     let mut rng = rand::rng();
-    let offset = rng.random_range(0..n);
 
-    // (holders, rotated index, piece): sorting gives rarest first, rotated ties.
+    // (holders, jittered index, piece): sorting gives rarest first, then roughly in order.
     let mut from_peers: Vec<(usize, u32, u32)> = Vec::new();
     let mut from_origin: Vec<u32> = Vec::new();
     for p in me.held.missing() {
@@ -154,12 +157,8 @@ pub(crate) fn schedule(
                 from_origin.push(p);
             }
         } else if ps.digest.is_some() {
-            let rotated = if p >= offset {
-                p - offset
-            } else {
-                p + (n - offset)
-            };
-            from_peers.push((ps.holders.len(), rotated, p));
+            let jittered = p.saturating_add(rng.random_range(0..TIE_JITTER));
+            from_peers.push((ps.holders.len(), jittered, p));
         }
     }
 
