@@ -29,6 +29,11 @@ pub enum Command {
     /// many concurrent `shoal-peer get` downloads, twice: cold (from the registry) and warm
     /// (from its cache). All on loopback; needs Debian's docker-registry.
     Memory(MemoryArgs),
+    /// lazyfs mount benchmark: a ≥ 1 GiB image behind a rate-shaped link (mount to first
+    /// read vs containerd pull + unpack, a cold startup set, warm reads vs squashfuse and
+    /// native, mount time of a 100 k-file image). Needs root, /dev/fuse, docker-registry,
+    /// containerd, skopeo, umoci, squashfuse, squashfs-tools.
+    Lazyfs(crate::lazyfs_bench::LazyfsArgs),
     /// Remove namespaces (and the processes in them) and work directories left by a killed
     /// run. Removes those of runs in progress too.
     Cleanup(CleanupArgs),

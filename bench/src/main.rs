@@ -5,6 +5,8 @@
 mod cli;
 mod cluster;
 mod internal;
+mod lazyfs_bench;
+mod lazyfs_tree;
 mod memory;
 mod memory_report;
 mod netns;
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
                 Command::Cluster(args) => cluster::main(args).await,
                 Command::Supernode(args) => supernode_bench::main(args).await,
                 Command::Memory(args) => memory::main(args).await,
+                Command::Lazyfs(args) => lazyfs_bench::main(args).await,
                 Command::Cleanup(args) => netns::cleanup_command(&args.prefix),
                 Command::Internal(cmd) => internal::main(cmd).await,
             }

@@ -50,6 +50,9 @@ pub(super) async fn blob(
             f.touch();
             f
         }
+        None if method == Method::GET && headers.contains_key(header::RANGE) => {
+            return range_from_upstream(st, &host, name, &digest, headers, auth).await;
+        }
         None => {
             let answer = head_upstream(st, &host, name, &digest, auth).await?;
             if method == Method::HEAD {
@@ -208,6 +211,88 @@ async fn head_upstream(
         cache.remember(key);
     }
     Ok(answer)
+}
+
+/// A byte range of a blob this peer does not hold whole: passed through from the registry
+/// (with the client's, else the node's, credentials), not turned into a whole-blob download.
+/// Lazy readers (lazyfs) ask for a few chunks of a large blob; fetching all of it first would
+/// defeat them. The bytes are not cached here: the client verifies its chunks, and whole-blob
+/// pulls still go through the P2P engine.
+async fn range_from_upstream(
+    st: &MirrorState,
+    host: &str,
+    name: &str,
+    digest: &Digest,
+    headers: &HeaderMap,
+    auth: Option<HeaderValue>,
+) -> Result<Response, MirrorError> {
+    let bad = |m: String| MirrorError::new(StatusCode::BAD_REQUEST, "RANGE_INVALID", m);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| bad("bad Range header".into()))?;
+    // The length is not known here: check the syntax only, the registry judges the rest.
+    if let Err(RangeError::Malformed(m)) = parse_range(range, u64::MAX) {
+        return Err(bad(m));
+    }
+    st.metrics
+        .upstream_requests
+        .with_label_values(&["blob_range"])
+        .inc();
+    let mut extra = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(range) {
+        extra.insert(reqwest::header::RANGE, v);
+    }
+    let answer = st
+        .upstream
+        .send(
+            Method::GET,
+            host,
+            name,
+            &blob_url(st, host, name, digest),
+            extra,
+            auth,
+        )
+        .await
+        .map_err(|e| upstream_failed(st, "blob_range", e, "BLOB_UNKNOWN"))?;
+    let resp = answer.response;
+    let status = resp.status();
+    if status == StatusCode::RANGE_NOT_SATISFIABLE {
+        let mut e = MirrorError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "RANGE_INVALID",
+            "range starts past the end of the blob",
+        )
+        .into_response();
+        if let Some(v) = resp.headers().get(header::CONTENT_RANGE) {
+            e.headers_mut().insert(header::CONTENT_RANGE, v.clone());
+        }
+        return Ok(e);
+    }
+    if !(status == StatusCode::PARTIAL_CONTENT || status == StatusCode::OK) {
+        return Err(upstream_refused(st, &resp, "BLOB_UNKNOWN", "blob_range"));
+    }
+    let mut out = HeaderMap::new();
+    for h in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+    ] {
+        if let Some(v) = resp.headers().get(&h) {
+            out.insert(h, v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        out.insert("docker-content-digest", v);
+    }
+    let metrics = st.metrics.clone();
+    let body = resp.bytes_stream().map(move |chunk| {
+        if let Ok(c) = &chunk {
+            metrics.local_bytes_served.inc_by(c.len() as u64);
+        }
+        chunk
+    });
+    Ok((status, out, Body::from_stream(body)).into_response())
 }
 
 /// Before a cached blob is served: may this client read it upstream? Fails closed (an
