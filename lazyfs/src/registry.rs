@@ -123,23 +123,11 @@ impl Registry {
 
     /// Turn a `WWW-Authenticate` challenge into an Authorization header value.
     fn answer(&self, challenge: &str) -> Result<Option<String>> {
-        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Ok(self.creds.as_ref().map(|(u, p)| basic(u, p)));
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Ok(None);
-        }
-        let mut realm = None;
-        let mut query = Vec::new();
-        for (k, v) in parse_params(params) {
-            if k == "realm" {
-                realm = Some(v);
-            } else {
-                query.push((k, v));
-            }
-        }
-        let Some(realm) = realm else { return Ok(None) };
+        let (realm, query) = match parse_challenge(challenge) {
+            Challenge::Basic => return Ok(self.creds.as_ref().map(|(u, p)| basic(u, p))),
+            Challenge::Unsupported => return Ok(None),
+            Challenge::Bearer { realm, query } => (realm, query),
+        };
         let mut req = self.client.get(&realm).query(&query);
         if let Some((u, p)) = &self.creds {
             req = req.basic_auth(u, Some(p));
@@ -153,15 +141,11 @@ impl Registry {
             url: realm.clone(),
             source: e,
         })?;
-        let token = body
-            .get("token")
-            .or_else(|| body.get("access_token"))
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| Error::Registry {
-                url: realm,
-                status: 200,
-                message: "token response without a token".into(),
-            })?;
+        let token = token_of(&body).ok_or_else(|| Error::Registry {
+            url: realm,
+            status: 200,
+            message: "token response without a token".into(),
+        })?;
         Ok(Some(format!("Bearer {token}")))
     }
 
@@ -215,25 +199,50 @@ fn check(resp: Response, url: &str) -> Result<Response> {
 }
 
 pub(crate) fn basic(user: &str, pass: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{pass}").into_bytes();
-    let mut out = String::from("Basic ");
-    for c in input.chunks(3) {
-        let b = [
-            c.first().copied().unwrap_or(0),
-            c.get(1).copied().unwrap_or(0),
-            c.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    format!("Basic {encoded}")
+}
+
+/// What a `WWW-Authenticate` challenge asks for.
+pub(crate) enum Challenge {
+    Basic,
+    /// Fetch a token from `realm` with these query parameters (service, scope).
+    Bearer {
+        realm: String,
+        query: Vec<(String, String)>,
+    },
+    Unsupported,
+}
+
+pub(crate) fn parse_challenge(challenge: &str) -> Challenge {
+    let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Challenge::Basic;
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Challenge::Unsupported;
+    }
+    let mut realm = None;
+    let mut query = Vec::new();
+    for (k, v) in parse_params(params) {
+        if k == "realm" {
+            realm = Some(v);
+        } else {
+            query.push((k, v));
         }
     }
-    out
+    match realm {
+        Some(realm) => Challenge::Bearer { realm, query },
+        None => Challenge::Unsupported,
+    }
+}
+
+/// The token of a token endpoint's JSON answer (`token`, or OAuth's `access_token`).
+pub(crate) fn token_of(body: &serde_json::Value) -> Option<&str> {
+    body.get("token")
+        .or_else(|| body.get("access_token"))
+        .and_then(|t| t.as_str())
 }
 
 /// `key="value",key2="value2"` from a challenge.

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use shoal_common::Digest;
 
 use crate::error::{Error, Result};
-use crate::registry::{basic, parse_params};
+use crate::registry::{basic, parse_challenge, token_of, Challenge};
 
 /// How long a failed source is skipped before it is tried again.
 const BACKOFF: Duration = Duration::from_secs(3);
@@ -221,23 +221,11 @@ impl HttpSource {
 
     /// Answer a `WWW-Authenticate` challenge (bearer token or basic credentials).
     async fn answer(&self, challenge: &str) -> Result<Option<String>> {
-        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Ok(self.creds.as_ref().map(|(u, p)| basic(u, p)));
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Ok(None);
-        }
-        let mut realm = None;
-        let mut query = Vec::new();
-        for (k, v) in parse_params(params) {
-            if k == "realm" {
-                realm = Some(v);
-            } else {
-                query.push((k, v));
-            }
-        }
-        let Some(realm) = realm else { return Ok(None) };
+        let (realm, query) = match parse_challenge(challenge) {
+            Challenge::Basic => return Ok(self.creds.as_ref().map(|(u, p)| basic(u, p))),
+            Challenge::Unsupported => return Ok(None),
+            Challenge::Bearer { realm, query } => (realm, query),
+        };
         let mut req = self.client.get(&realm).query(&query);
         if let Some((u, p)) = &self.creds {
             req = req.basic_auth(u, Some(p));
@@ -255,10 +243,6 @@ impl HttpSource {
             .json()
             .await
             .map_err(http)?;
-        Ok(body
-            .get("token")
-            .or_else(|| body.get("access_token"))
-            .and_then(|t| t.as_str())
-            .map(|t| format!("Bearer {t}")))
+        Ok(token_of(&body).map(|t| format!("Bearer {t}")))
     }
 }
