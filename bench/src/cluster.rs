@@ -499,18 +499,7 @@ where
             .spawn()
             .with_context(|| format!("starting the {round} client on {name}"));
         waits.push(async move {
-            let outcome = match child {
-                Err(e) => Err(format!("{e:#}")),
-                Ok(mut child) => match tokio::time::timeout_at(deadline, child.wait()).await {
-                    Ok(Ok(status)) if status.success() => Ok(()),
-                    Ok(Ok(status)) => Err(format!("exited with {status}")),
-                    Ok(Err(e)) => Err(format!("wait failed: {e}")),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        Err("timed out".to_owned())
-                    }
-                },
-            };
+            let outcome = crate::processes::wait_client(child, deadline).await;
             let seconds = t0.elapsed().as_secs_f64();
             let _ = std::fs::remove_file(&out_path); // the copy itself is not needed any more
             NodeResult {

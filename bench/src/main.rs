@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod internal;
 mod lazyfs_bench;
+mod lazyfs_env;
 mod lazyfs_tree;
 mod memory;
 mod memory_report;

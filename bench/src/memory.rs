@@ -275,18 +275,7 @@ async fn run_round(r: &Round<'_>, name: &str, peer: &mut Daemons) -> Result<Memo
     for (mut cmd, log, out_path) in prepared {
         let child = cmd.spawn().context("starting `shoal-peer get`");
         waits.push(async move {
-            let outcome = match child {
-                Err(e) => Err(format!("{e:#}")),
-                Ok(mut child) => match tokio::time::timeout_at(deadline, child.wait()).await {
-                    Ok(Ok(status)) if status.success() => Ok(()),
-                    Ok(Ok(status)) => Err(format!("exited with {status}")),
-                    Ok(Err(e)) => Err(format!("wait failed: {e}")),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                        Err("timed out".to_owned())
-                    }
-                },
-            };
+            let outcome = crate::processes::wait_client(child, deadline).await;
             let seconds = t0.elapsed().as_secs_f64();
             // The copy itself is not needed: `get` verified it against the digest.
             let _ = tokio::fs::remove_file(&out_path).await;

@@ -326,6 +326,24 @@ where
     }
 }
 
+/// Waits for a benchmark client until `deadline` (killing it then): `Ok` when it exited 0,
+/// else what went wrong.
+pub async fn wait_client(
+    child: anyhow::Result<tokio::process::Child>,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let mut child = child.map_err(|e| format!("{e:#}"))?;
+    match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("exited with {status}")),
+        Ok(Err(e)) => Err(format!("wait failed: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err("timed out".to_owned())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
