@@ -233,21 +233,13 @@ fn may_use_origin(task: &mut Task, slot: Slot, policy: &Policy) -> bool {
 /// being fetched from the origin are at different peers, whose uplinks then pass them on).
 /// O(pieces + members), like the rest of a schedule.
 fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize {
-    let leased = |l: &Lease| l.expires > now;
-    let busy = task
-        .pieces
-        .iter()
-        .filter(|ps| ps.lease.as_ref().is_some_and(leased))
-        .count();
-    let mine = task
-        .pieces
-        .iter()
-        .filter(|ps| {
-            ps.lease
-                .as_ref()
-                .is_some_and(|l| l.slot == slot && leased(l))
-        })
-        .count();
+    let (mut busy, mut mine) = (0usize, 0usize);
+    for lease in task.pieces.iter().filter_map(|ps| ps.lease.as_ref()) {
+        if lease.expires > now {
+            busy += 1;
+            mine += usize::from(lease.slot == slot);
+        }
+    }
     let wanting = task
         .members()
         .filter(|(_, m)| !m.held.is_complete())
