@@ -188,6 +188,10 @@ struct MountArgs {
     /// FUSE request threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Kernel readahead window of the mount: larger means fewer, larger read requests for
+    /// sequential reads (0: keep the kernel's 128 KiB; needs a writable /sys).
+    #[arg(long, default_value = "1MiB", env = "SHOAL_LAZYFS_KERNEL_READAHEAD")]
+    kernel_readahead: ByteSize,
 }
 
 fn main() -> ExitCode {
@@ -378,6 +382,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 readahead: m.readahead.0,
                 allow_other: m.allow_other,
                 threads: m.threads,
+                kernel_readahead: m.kernel_readahead.0,
             };
             shoal_lazyfs::mount::mount(opts, prometheus::Registry::new())?;
             Ok(ExitCode::SUCCESS)

@@ -80,11 +80,18 @@ struct Env {
 
 /// A lazyfs image of a few files (one large, multi-chunk) served by a scripted server.
 fn env() -> Env {
+    env_with(|src| {
+        std::fs::write(src.join("big"), prng_bytes(1, 3_000_000, false)).unwrap();
+        std::fs::write(src.join("small"), prng_bytes(2, 10_000, true)).unwrap();
+    })
+}
+
+/// Like [`env`], over the tree `fill` writes.
+fn env_with(fill: impl FnOnce(&std::path::Path)) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("big"), prng_bytes(1, 3_000_000, false)).unwrap();
-    std::fs::write(src.join("small"), prng_bytes(2, 10_000, true)).unwrap();
+    fill(&src);
     let oci = tmp.path().join("oci");
     run_ok(&[
         "convert",
@@ -145,6 +152,7 @@ impl Env {
             FetchOptions {
                 retries: 1,
                 max_run: 4 << 20,
+                blob_readahead: 1 << 20,
             },
             cache,
             metrics,
@@ -325,5 +333,33 @@ fn readahead_chunks_ride_along_in_the_same_request() {
         env.server.requests.load(Ordering::SeqCst),
         runs,
         "no second request"
+    );
+}
+
+#[test]
+fn a_cold_walk_over_small_files_ramps_up_blob_readahead() {
+    const FILES: u64 = 200;
+    let env = env_with(|src| {
+        for i in 0..FILES {
+            std::fs::write(src.join(format!("f{i:03}")), prng_bytes(i, 8_000, false)).unwrap();
+        }
+    });
+    let (fetcher, _) = env.fetcher(vec![env.source(Duration::from_secs(10))], None);
+    // A lone read fetches its own chunk only.
+    let one = env.rt.block_on(fetcher.get(&env.chunks("f100"))).unwrap();
+    assert_eq!(joined(&one), prng_bytes(100, 8_000, false));
+    assert_eq!(env.server.requests.load(Ordering::SeqCst), 1);
+    // A walk in name (= blob) order: windows double up to 1 MiB (≈ 130 files).
+    for i in 0..FILES {
+        let got = env
+            .rt
+            .block_on(fetcher.get(&env.chunks(&format!("f{i:03}"))))
+            .unwrap();
+        assert_eq!(joined(&got), prng_bytes(i, 8_000, false), "f{i:03}");
+    }
+    let walk = env.server.requests.load(Ordering::SeqCst) - 1;
+    assert!(
+        walk <= 12,
+        "{walk} range requests for a walk over {FILES} files"
     );
 }

@@ -76,6 +76,14 @@ fn mounted_tree_equals_source_and_unmounts_on_sigterm() {
     // statfs answers.
     let st = rustix::fs::statvfs(&mp).unwrap();
     assert_eq!(st.f_files, fx.index.inodes.len() as u64);
+    // The mount raised its kernel readahead window from 128 KiB to the default 1 MiB.
+    let dev = fs::metadata(&mp).unwrap().dev();
+    let ra = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    assert_eq!(fs::read_to_string(&ra).unwrap().trim(), "1024", "{ra}");
 
     let scrape = m.scrape();
     check_metrics_catalogue(&scrape);

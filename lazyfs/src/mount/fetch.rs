@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::cache::{ChunkBytes, ChunkCache};
 use super::metrics::Metrics;
+use super::sequential::{BlobOrder, Detector};
 use super::source::HttpSource;
 use crate::error::{Error, Result};
 use crate::index::{BlobRun, Chunk, FileChunk, Index};
@@ -34,6 +35,9 @@ pub struct FetchOptions {
     pub retries: u32,
     /// Largest merged range request.
     pub max_run: u64,
+    /// Largest window of following blob chunks fetched along on a sequential walk
+    /// ([`super::sequential`]; 0: off).
+    pub blob_readahead: u64,
 }
 
 pub struct Fetcher {
@@ -48,6 +52,8 @@ pub struct Fetcher {
     demand: AtomicUsize,
     /// Per chunk: the first file inode using it (for error messages).
     owner: Vec<u32>,
+    order: BlobOrder,
+    detector: Detector,
 }
 
 /// Counts an on-demand read as in progress while alive.
@@ -80,6 +86,8 @@ impl Fetcher {
         }
         Fetcher {
             owner,
+            order: BlobOrder::new(&index),
+            detector: Detector::new(opts.blob_readahead),
             index,
             sources,
             opts,
@@ -113,6 +121,28 @@ impl Fetcher {
         wanted: &[FileChunk],
     ) -> std::result::Result<Vec<ChunkBytes>, SharedError> {
         self.get_ahead(wanted, &[]).await
+    }
+
+    /// The chunks of `wanted` when every one is cached (memory or disk), `None` as soon as
+    /// one would have to be fetched. Blocking (disk reads): meant for the FUSE thread, so a
+    /// warm read is answered without a hop through the runtime. Hits are counted only when
+    /// the whole read is local, so the async path that follows a `None` counts them once.
+    pub fn get_local(&self, wanted: &[FileChunk]) -> Option<Vec<ChunkBytes>> {
+        let digests: Vec<(shoal_common::Digest, u32)> = wanted
+            .iter()
+            .map(|fc| self.chunk(fc.chunk).ok().map(|c| (c.digest, c.usize)))
+            .collect::<Option<_>>()?;
+        if !digests.iter().all(|(d, _)| self.cache.holds(d)) {
+            return None;
+        }
+        digests
+            .iter()
+            .map(|(d, u)| {
+                self.cache
+                    .get_memory(d)
+                    .or_else(|| self.cache.get_disk(d, *u))
+            })
+            .collect()
     }
 
     /// Like [`Fetcher::get`]; when something must be fetched, the missing chunks of `ahead`
@@ -175,6 +205,7 @@ impl Fetcher {
         }
         if !missing.is_empty() {
             self.metrics.cache_misses.inc_by(missing.len() as u64);
+            self.add_blob_ahead(wanted, &missing, &mut ahead);
             for (i, b) in self.fetch_missing(wanted, &missing, &ahead).await? {
                 if let Some(slot) = out.get_mut(i) {
                     *slot = Some(b);
@@ -182,6 +213,34 @@ impl Fetcher {
             }
         }
         collect(out, wanted)
+    }
+
+    /// On a sequential miss, the blob chunks after the read (and its file readahead) that
+    /// are not cached yet join `ahead`.
+    fn add_blob_ahead(&self, wanted: &[FileChunk], missing: &[usize], ahead: &mut Vec<FileChunk>) {
+        let first = missing.first().and_then(|&i| wanted.get(i));
+        let anchor = ahead.last().or(wanted.last());
+        let (Some(first), Some(anchor)) = (first, anchor) else {
+            return;
+        };
+        let (Ok(first_c), Ok(anchor_c)) = (self.chunk(first.chunk), self.chunk(anchor.chunk))
+        else {
+            return;
+        };
+        let window = self.detector.on_miss(first_c, anchor_c);
+        if window == 0 {
+            return;
+        }
+        for id in self.order.following(&self.index, anchor.chunk, window) {
+            let known = ahead.iter().chain(wanted).any(|fc| fc.chunk == id);
+            if !known && self.chunk(id).is_ok_and(|c| !self.cache.holds(&c.digest)) {
+                // Not part of the file being read: its file offset is never used.
+                ahead.push(FileChunk {
+                    chunk: id,
+                    file_offset: 0,
+                });
+            }
+        }
     }
 
     /// Join or start the runs covering `missing` (positions in `wanted`) plus `ahead`, and

@@ -1,5 +1,6 @@
 //! The FUSE filesystem: a thin, read-only view of the index. Metadata operations answer
-//! from memory on the FUSE thread; `read` is handed to the tokio runtime and replied to from
+//! from memory on the FUSE thread, and so does a `read` whose chunks are all cached (memory
+//! or disk); a read that must fetch is handed to the tokio runtime and replied to from
 //! there, so a slow fetch never stalls lookups or other reads.
 //!
 //! Inode numbers are the index's: image inode `i` is FUSE inode `i + 1` (root = 1), so they
@@ -205,6 +206,13 @@ impl Filesystem for LazyFs {
             Some(_) => return reply.error(Errno::EINVAL),
             None => return reply.error(Errno::ENOENT),
         };
+        // Warm reads are answered here; only a read that must fetch goes to the runtime.
+        if let Some(result) = self.reader.read_local(id, offset, size) {
+            return match result {
+                Ok(data) => reply.data(&data),
+                Err(_) => reply.error(Errno::EIO),
+            };
+        }
         let reader = self.reader.clone();
         self.rt.spawn(async move {
             match reader.read(id, offset, size).await {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::access::AccessLog;
+use super::cache::ChunkBytes;
 use super::fetch::{Fetcher, SharedError};
 use super::metrics::Metrics;
-use crate::index::Index;
+use crate::index::{FileChunk, Index};
 
 pub struct Reader {
     pub index: Arc<Index>,
@@ -26,10 +27,39 @@ impl Reader {
     pub async fn read(&self, inode: u32, offset: u64, size: u32) -> Result<Vec<u8>, SharedError> {
         let started = Instant::now();
         let _demand = self.fetcher.demand_guard();
+        let result = self.read_inner(inode, offset, size).await;
+        self.finish(started, inode, offset, size, result)
+    }
+
+    /// The same read answered from the caches alone, or `None` when a chunk must be
+    /// fetched (then call [`Reader::read`]; nothing has been counted yet). Blocking.
+    pub fn read_local(
+        &self,
+        inode: u32,
+        offset: u64,
+        size: u32,
+    ) -> Option<Result<Vec<u8>, SharedError>> {
+        let started = Instant::now();
+        let _demand = self.fetcher.demand_guard();
+        let (offset, end) = self.bounds(inode, offset, size);
+        let chunks = self.index.chunks_for_range(inode, offset, end - offset);
+        let datas = self.fetcher.get_local(&chunks)?;
+        let out = assemble(&chunks, &datas, offset, end);
+        Some(self.finish(started, inode, offset, size, Ok(out)))
+    }
+
+    /// Counts, times and logs a finished read.
+    fn finish(
+        &self,
+        started: Instant,
+        inode: u32,
+        offset: u64,
+        size: u32,
+        result: Result<Vec<u8>, SharedError>,
+    ) -> Result<Vec<u8>, SharedError> {
         if let Some(a) = &self.access {
             a.record(inode);
         }
-        let result = self.read_inner(inode, offset, size).await;
         self.metrics
             .read_duration
             .observe(started.elapsed().as_secs_f64());
@@ -49,9 +79,15 @@ impl Reader {
         result
     }
 
-    async fn read_inner(&self, inode: u32, offset: u64, size: u32) -> Result<Vec<u8>, SharedError> {
+    /// `[offset, end)` clipped to the file (empty past its end).
+    fn bounds(&self, inode: u32, offset: u64, size: u32) -> (u64, u64) {
         let file_size = self.index.inode(inode).map_or(0, |i| i.size);
         let end = offset.saturating_add(u64::from(size)).min(file_size);
+        (offset.min(end), end)
+    }
+
+    async fn read_inner(&self, inode: u32, offset: u64, size: u32) -> Result<Vec<u8>, SharedError> {
+        let (offset, end) = self.bounds(inode, offset, size);
         if offset >= end {
             return Ok(Vec::new());
         }
@@ -69,15 +105,20 @@ impl Reader {
             _ => Vec::new(),
         };
         let datas = self.fetcher.get_ahead(&chunks, &ahead).await?;
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for (fc, data) in chunks.iter().zip(&datas) {
-            let chunk_end = fc.file_offset + data.len() as u64;
-            let from = offset.max(fc.file_offset) - fc.file_offset;
-            let to = end.min(chunk_end).saturating_sub(fc.file_offset);
-            if let Some(part) = data.get(from as usize..to as usize) {
-                out.extend_from_slice(part);
-            }
-        }
-        Ok(out)
+        Ok(assemble(&chunks, &datas, offset, end))
     }
+}
+
+/// The bytes `[offset, end)` of a file out of its chunks covering that range.
+fn assemble(chunks: &[FileChunk], datas: &[ChunkBytes], offset: u64, end: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    for (fc, data) in chunks.iter().zip(datas) {
+        let chunk_end = fc.file_offset + data.len() as u64;
+        let from = offset.max(fc.file_offset) - fc.file_offset;
+        let to = end.min(chunk_end).saturating_sub(fc.file_offset);
+        if let Some(part) = data.get(from as usize..to as usize) {
+            out.extend_from_slice(part);
+        }
+    }
+    out
 }
