@@ -42,7 +42,8 @@ pub struct LazyfsArgs {
     /// Files of the image whose mount time is measured.
     #[arg(long, default_value_t = 100_000)]
     pub many_files: u32,
-    /// Repetitions of the mount-to-first-read and 100 k-file mount measurements.
+    /// Repetitions of the mount-to-first-read, warm-read and 100 k-file mount measurements
+    /// (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
     /// Skip the containerd full-pull baseline.
@@ -247,6 +248,16 @@ pub async fn main(args: LazyfsArgs) -> Result<()> {
         }
         f
     };
+    let start_mount = |mp: &Path, cache: &Path, via_peer: bool, log: &Path| {
+        FuseMount::start(
+            &lazyfs_bin,
+            &node_ns,
+            &image,
+            mp,
+            &mount_flags(cache, via_peer),
+            log,
+        )
+    };
     let mode = |via_peer: bool| if via_peer { "peer" } else { "direct" };
 
     // a. Mount to the first small file read, cold (fresh cache, fresh peer) each time.
@@ -264,14 +275,7 @@ pub async fn main(args: LazyfsArgs) -> Result<()> {
             let log = logs.join(format!("mount-{tag}.log"));
             let before = origin_sent(&net, &origin_port).await?;
             let t = Instant::now();
-            let mut m = FuseMount::start(
-                &lazyfs_bin,
-                &node_ns,
-                &image,
-                &mp,
-                &mount_flags(&cache, via_peer),
-                &log,
-            )?;
+            let mut m = start_mount(&mp, &cache, via_peer, &log)?;
             let elapsed = blocking({
                 let (mp, first) = (mp.clone(), first.clone());
                 move || poll_read(&mp, &first, t)
@@ -305,6 +309,7 @@ pub async fn main(args: LazyfsArgs) -> Result<()> {
     let mut startup_runs: Vec<(&str, Duration, u64)> = Vec::new();
     let mut cold = (Duration::ZERO, 0u64);
     let (mut lazy_warm, mut lazy_hot, mut warm_link) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let (mut sq_warm, mut sq_hot) = (Duration::ZERO, Duration::ZERO);
     for via_peer in [false, true] {
         let tag = format!("main-{}", mode(via_peer));
         let mut peer = if via_peer {
@@ -314,15 +319,12 @@ pub async fn main(args: LazyfsArgs) -> Result<()> {
         };
         let mp = work.join(format!("mnt-{tag}"));
         let cache = work.join(format!("cache-{tag}"));
-        let mut m = FuseMount::start(
-            &lazyfs_bin,
-            &node_ns,
-            &image,
-            &mp,
-            &mount_flags(&cache, via_peer),
-            &logs.join(format!("mount-{tag}.log")),
-        )?;
-        m.wait_mounted(Duration::from_secs(60))?;
+        let main_mount = |log: String| -> Result<FuseMount> {
+            let mut m = start_mount(&mp, &cache, via_peer, &logs.join(log))?;
+            m.wait_mounted(Duration::from_secs(60))?;
+            Ok(m)
+        };
+        let mut m = main_mount(format!("mount-{tag}.log"))?;
         let before = origin_sent(&net, &origin_port).await?;
         let (got, startup_time) = read_list(&mp, &startup_owned).await?;
         if got != startup_bytes {
@@ -356,52 +358,48 @@ pub async fn main(args: LazyfsArgs) -> Result<()> {
             cold.1
         );
         m.stop();
-        let mut m = FuseMount::start(
-            &lazyfs_bin,
-            &node_ns,
-            &image,
-            &mp,
-            &mount_flags(&cache, via_peer),
-            &logs.join(format!("mount-{tag}-warm.log")),
-        )?;
-        m.wait_mounted(Duration::from_secs(60))?;
-        let before = origin_sent(&net, &origin_port).await?;
-        lazy_warm = read_list(&mp, &files).await?.1;
-        warm_link = origin_sent(&net, &origin_port).await? - before;
-        lazy_hot = read_list(&mp, &files).await?.1;
-        eprintln!(
-            "  lazyfs warm: {:.0} MB/s ({} B over the link), hot: {:.0} MB/s",
-            mbps(tree_bytes, lazy_warm),
-            warm_link,
-            mbps(tree_bytes, lazy_hot)
-        );
-        m.stop();
+        // d. Warm reads, alternating with squashfuse so both see the same machine load:
+        // lazyfs remounted over the warm disk cache (hot: the same mount again, kernel page
+        // cache), squashfuse freshly mounted (hot: again). Medians of `repeat` rounds.
+        let sq_mp = work.join("mnt-sqfs");
+        std::fs::create_dir_all(&sq_mp)?;
+        let (mut warm, mut hot, mut sq_w, mut sq_h) = (vec![], vec![], vec![], vec![]);
+        for round in 0..args.repeat.max(1) {
+            let mut m = main_mount(format!("mount-{tag}-warm{round}.log"))?;
+            let before = origin_sent(&net, &origin_port).await?;
+            warm.push(read_list(&mp, &files).await?.1);
+            warm_link += origin_sent(&net, &origin_port).await? - before;
+            hot.push(read_list(&mp, &files).await?.1);
+            m.stop();
+            let mut sq = FuseMount {
+                daemons: Daemons::default(),
+                mp: sq_mp.clone(),
+            };
+            let mut c = cmd("squashfuse", &["-f"]);
+            c.arg(&sqfs).arg(&sq_mp);
+            sq.daemons.push(Daemon::spawn(
+                "squashfuse",
+                c,
+                &logs.join(format!("squashfuse{round}.log")),
+            )?);
+            sq.wait_mounted(Duration::from_secs(30))?;
+            sq_w.push(read_list(&sq_mp, &files).await?.1);
+            sq_h.push(read_list(&sq_mp, &files).await?.1);
+            sq.stop();
+            let last = |v: &[Duration]| v.last().map_or(0.0, |d| mbps(tree_bytes, *d));
+            eprintln!(
+                "  round {round}: lazyfs warm {:.0} MB/s, hot {:.0}; squashfuse warm {:.0}, hot {:.0}",
+                last(&warm),
+                last(&hot),
+                last(&sq_w),
+                last(&sq_h)
+            );
+        }
+        (lazy_warm, lazy_hot, sq_warm, sq_hot) =
+            (median(&warm), median(&hot), median(&sq_w), median(&sq_h));
         peer.stop();
     }
 
-    // squashfuse on the same tree (image in RAM), fresh mount, then again (hot).
-    let sq_mp = work.join("mnt-sqfs");
-    std::fs::create_dir_all(&sq_mp)?;
-    let mut sq = FuseMount {
-        daemons: Daemons::default(),
-        mp: sq_mp.clone(),
-    };
-    let mut c = cmd("squashfuse", &["-f"]);
-    c.arg(&sqfs).arg(&sq_mp);
-    sq.daemons.push(Daemon::spawn(
-        "squashfuse",
-        c,
-        &logs.join("squashfuse.log"),
-    )?);
-    sq.wait_mounted(Duration::from_secs(30))?;
-    let (_, sq_warm) = read_list(&sq_mp, &files).await?;
-    let (_, sq_hot) = read_list(&sq_mp, &files).await?;
-    eprintln!(
-        "  squashfuse warm: {:.0} MB/s, hot: {:.0} MB/s",
-        mbps(tree_bytes, sq_warm),
-        mbps(tree_bytes, sq_hot)
-    );
-    sq.stop();
     let _ = read_list(&src, &files).await?;
     let (_, native) = read_list(&src, &files).await?;
     eprintln!("  native: {:.0} MB/s", mbps(tree_bytes, native));
@@ -544,9 +542,12 @@ pub async fn main(args: LazyfsArgs) -> Result<()> {
     );
     println!("{:<58} {:>12}", "d. warm sequential read", "MB/s");
     let rows = [
-        ("   lazyfs, remounted, warm disk cache", lazy_warm),
+        ("   lazyfs, remounted, warm disk cache (median)", lazy_warm),
         ("   lazyfs, same mount again (kernel page cache)", lazy_hot),
-        ("   squashfuse (zstd, image in RAM), fresh mount", sq_warm),
+        (
+            "   squashfuse (zstd, image in RAM), fresh mount (median)",
+            sq_warm,
+        ),
         ("   squashfuse, same mount again", sq_hot),
         ("   native directory (tmpfs/page cache)", native),
     ];

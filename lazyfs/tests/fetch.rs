@@ -34,6 +34,8 @@ struct Server {
     blobs: HashMap<String, Vec<u8>>,
     mode: Mutex<Mode>,
     requests: AtomicU64,
+    /// Body bytes sent.
+    sent: AtomicU64,
 }
 
 async fn blob(
@@ -62,6 +64,7 @@ async fn blob(
         return data.clone().into_response();
     };
     let mut part = data[a..=b.min(data.len() - 1)].to_vec();
+    s.sent.fetch_add(part.len() as u64, Ordering::SeqCst);
     if mode == Mode::Corrupt {
         for x in part.iter_mut().step_by(97) {
             *x ^= 0xff;
@@ -114,6 +117,7 @@ fn env_with(fill: impl FnOnce(&std::path::Path)) -> Env {
         blobs,
         mode: Mutex::new(Mode::Normal),
         requests: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -143,9 +147,18 @@ impl Env {
         sources: Vec<HttpSource>,
         disk: Option<DiskCache>,
     ) -> (Arc<Fetcher>, prometheus::Registry) {
+        self.fetcher_with_memory(64 << 20, sources, disk)
+    }
+
+    fn fetcher_with_memory(
+        &self,
+        memory: u64,
+        sources: Vec<HttpSource>,
+        disk: Option<DiskCache>,
+    ) -> (Arc<Fetcher>, prometheus::Registry) {
         let registry = prometheus::Registry::new();
         let metrics = Metrics::new(&registry).unwrap();
-        let cache = Arc::new(ChunkCache::new(64 << 20, disk, metrics.clone()));
+        let cache = Arc::new(ChunkCache::new(memory, disk, metrics.clone()));
         let f = Fetcher::new(
             self.index.clone(),
             sources,
@@ -336,20 +349,18 @@ fn readahead_chunks_ride_along_in_the_same_request() {
     );
 }
 
-#[test]
-fn a_cold_walk_over_small_files_ramps_up_blob_readahead() {
-    const FILES: u64 = 200;
-    let env = env_with(|src| {
+const FILES: u64 = 200;
+
+fn small_files_env() -> Env {
+    env_with(|src| {
         for i in 0..FILES {
             std::fs::write(src.join(format!("f{i:03}")), prng_bytes(i, 8_000, false)).unwrap();
         }
-    });
-    let (fetcher, _) = env.fetcher(vec![env.source(Duration::from_secs(10))], None);
-    // A lone read fetches its own chunk only.
-    let one = env.rt.block_on(fetcher.get(&env.chunks("f100"))).unwrap();
-    assert_eq!(joined(&one), prng_bytes(100, 8_000, false));
-    assert_eq!(env.server.requests.load(Ordering::SeqCst), 1);
-    // A walk in name (= blob) order: windows double up to 1 MiB (≈ 130 files).
+    })
+}
+
+/// Reads every file of [`small_files_env`] in name (= blob) order, checking the bytes.
+fn walk_in_order(env: &Env, fetcher: &Arc<Fetcher>) {
     for i in 0..FILES {
         let got = env
             .rt
@@ -357,9 +368,42 @@ fn a_cold_walk_over_small_files_ramps_up_blob_readahead() {
             .unwrap();
         assert_eq!(joined(&got), prng_bytes(i, 8_000, false), "f{i:03}");
     }
+}
+
+#[test]
+fn a_cold_walk_over_small_files_ramps_up_blob_readahead() {
+    let env = small_files_env();
+    let (fetcher, _) = env.fetcher(vec![env.source(Duration::from_secs(10))], None);
+    // A lone read fetches its own chunk only.
+    let one = env.rt.block_on(fetcher.get(&env.chunks("f100"))).unwrap();
+    assert_eq!(joined(&one), prng_bytes(100, 8_000, false));
+    assert_eq!(env.server.requests.load(Ordering::SeqCst), 1);
+    // A walk in name (= blob) order: windows double up to 1 MiB (≈ 130 files).
+    walk_in_order(&env, &fetcher);
     let walk = env.server.requests.load(Ordering::SeqCst) - 1;
     assert!(
         walk <= 12,
         "{walk} range requests for a walk over {FILES} files"
+    );
+}
+
+#[test]
+fn a_cold_walk_through_a_tiny_memory_cache_fetches_each_chunk_once() {
+    let env = small_files_env();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let disk = DiskCache::open(cache_dir.path(), 64 << 20).unwrap();
+    // Room for about two chunks: readahead chunks are pushed out of memory (or never
+    // admitted) before they are read, and must come from the disk cache, not the network.
+    let (fetcher, _) = env.fetcher_with_memory(
+        20_000,
+        vec![env.source(Duration::from_secs(10))],
+        Some(disk),
+    );
+    walk_in_order(&env, &fetcher);
+    let blob: u64 = env.index.chunks.iter().map(|c| u64::from(c.csize)).sum();
+    assert_eq!(
+        env.server.sent.load(Ordering::SeqCst),
+        blob,
+        "every chunk once"
     );
 }

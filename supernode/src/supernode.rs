@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -84,6 +85,12 @@ impl Supernode {
         tracker.spawn(async move {
             stopped.cancelled().await;
             shutdown.cancel();
+        });
+        // Small JSON replies: no Nagle delay behind the client's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+            }
         });
         let result = axum::serve(listener, self.router())
             .with_graceful_shutdown(stop.clone().cancelled_owned())

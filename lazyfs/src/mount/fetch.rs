@@ -287,7 +287,7 @@ impl Fetcher {
                     handle.await.unwrap_or_else(|_| {
                         // The task panicked before unregistering its run: do it here so
                         // later reads start a new fetch instead of reusing this failure.
-                        this.inflight.lock().retain(|_, (run_id, _)| *run_id != id);
+                        this.unregister(id);
                         RunResult::default()
                     })
                 }
@@ -348,7 +348,10 @@ impl Fetcher {
             tracing::warn!(chunk = fc.chunk, error = %err, "every source failed");
             results.push((fc.chunk, Err(err.clone())));
         }
-        // Cache successes: memory now, disk in the background.
+        // Cache successes: memory now, disk in the background. The memory tier may refuse
+        // or soon evict a chunk (moka admits by frequency), so the run stays registered as
+        // in flight, its bytes available to late readers, until the disk holds them too:
+        // otherwise a reader arriving in between would fetch the chunk a second time.
         let mut to_disk = Vec::new();
         for (c, r) in &results {
             if let (Ok(b), Ok(chunk)) = (r, self.chunk(*c)) {
@@ -357,15 +360,21 @@ impl Fetcher {
             }
         }
         if self.cache.has_disk() && !to_disk.is_empty() {
-            let cache = self.cache.clone();
+            let this = self.clone();
             tokio::task::spawn_blocking(move || {
                 for (d, b) in to_disk {
-                    cache.insert_disk(&d, &b);
+                    this.cache.insert_disk(&d, &b);
                 }
+                this.unregister(id);
             });
+        } else {
+            self.unregister(id);
         }
-        self.inflight.lock().retain(|_, (run_id, _)| *run_id != id);
         Arc::new(results)
+    }
+
+    fn unregister(&self, run: u64) {
+        self.inflight.lock().retain(|_, (run_id, _)| *run_id != run);
     }
 
     /// One source, with retries. Returns the chunks still missing afterwards.

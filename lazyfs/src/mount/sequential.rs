@@ -5,10 +5,12 @@
 //! makes such a walk latency-bound (about 40 files/s at a 25 ms round trip).
 //!
 //! The [`Detector`] watches the misses the way the kernel watches page faults: a miss
-//! starting inside or just after the region fetched last time is sequential and doubles the
-//! window of following blob chunks fetched along (from [`MIN_WINDOW`] up to the mount's
-//! readahead); any other miss resets it to nothing. A single cold read therefore still
-//! fetches only its own chunks, and a walk reaches full windows after a few misses.
+//! starting inside the region fetched last time, or at most [`MAX_GAP`] after it, is
+//! sequential and doubles the window of following blob chunks fetched along (from
+//! [`MIN_WINDOW`] up to the mount's readahead); any other miss resets it to nothing. A single
+//! cold read therefore still fetches only its own chunks, a walk reaches full windows after a
+//! few misses, and a sparse walk (every twentieth file: a startup set) never grows a window
+//! it would mostly throw away.
 
 use parking_lot::Mutex;
 
@@ -16,6 +18,8 @@ use crate::index::{Chunk, Index};
 
 /// The first window after one sequential miss.
 pub const MIN_WINDOW: u64 = 128 << 10;
+/// Blob bytes a miss may skip past the last region and still count as sequential.
+pub const MAX_GAP: u64 = 64 << 10;
 
 /// Chunk ids in (blob, offset) order, and each chunk's place in it.
 pub struct BlobOrder {
@@ -98,12 +102,12 @@ impl Detector {
         let window = match state.as_ref() {
             // The same miss again (concurrent readers of one spot): no new evidence.
             Some(l) if l.blob == first.blob && first.offset == l.start => return l.window,
-            // Inside the last region, or past it by less than a window: a walk that skipped
-            // a few files still counts as one.
+            // Inside the last region, or just past it: a walk that skipped a small file or
+            // two still counts as one.
             Some(l)
                 if l.blob == first.blob
                     && first.offset > l.start
-                    && first.offset <= l.end.saturating_add(l.window.max(MIN_WINDOW)) =>
+                    && first.offset <= l.end.saturating_add(MAX_GAP) =>
             {
                 (l.window * 2)
                     .clamp(MIN_WINDOW, self.max.max(MIN_WINDOW))
@@ -155,6 +159,17 @@ mod tests {
             off += 10_000 + w;
         }
         assert_eq!(w, 1 << 20, "capped at the readahead");
+        assert_eq!(
+            d.on_miss(&c(off + 30_000), &c(off + 30_000)),
+            1 << 20,
+            "a small skip"
+        );
+        // Every twentieth 30 kB file: each miss lands 570 kB past the last one.
+        let sparse = Detector::new(1 << 20);
+        for i in 0..10u64 {
+            let at = c(i * 600_000);
+            assert_eq!(sparse.on_miss(&at, &at), 0, "sparse walk, miss {i}");
+        }
         assert_eq!(d.on_miss(&c(500 << 20), &c(500 << 20)), 0, "a jump resets");
         assert_eq!(
             d.on_miss(&chunk(1, 0, 10), &chunk(1, 0, 10)),

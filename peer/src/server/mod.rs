@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod p2p;
 pub mod range;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(server = name, %addr, "listening");
+    // Replies are streamed in pieces as they arrive (range passthrough, pieces in progress):
+    // with Nagle on, each short tail segment waits for the client's delayed ACK, which put
+    // up to 40 ms on every small range request.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
