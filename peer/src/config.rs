@@ -103,7 +103,7 @@ impl Default for PeerConfig {
             registries: BTreeMap::new(),
             verify_blob_access: true,
             blob_access_ttl: Duration::from_secs(60),
-            concurrent_pieces: 16,
+            concurrent_pieces: 8,
             piece_memory: ByteSize(96 << 20),
             piece_size: ByteSize(0),
             piece_timeout: Duration::from_secs(60),

@@ -82,7 +82,7 @@ impl Default for SupernodeConfig {
             assignment_timeout: Duration::from_secs(30),
             origin_lease_timeout: Duration::from_secs(60),
             max_origin_peers_per_task: 16,
-            max_origin_pieces_in_flight: 16,
+            max_origin_pieces_in_flight: 8,
             max_parents: 3,
             max_uploads_per_parent: 8,
             task_gc_after: Duration::from_secs(600),

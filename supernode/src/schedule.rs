@@ -1,18 +1,23 @@
 //! The scheduling policy: which pieces a peer should fetch next and from whom.
 //!
-//! 1. Pieces some usable parent holds, rarest first; among equally rare pieces the lower
-//!    index first, jittered by up to `TIE_JITTER` pieces per request so that peers spread over
-//!    different pieces. Near in-order arrival lets a client stream the blob (containerd
-//!    unpacks as bytes arrive) and lets the peer hash it while it downloads, instead of both
-//!    waiting for the last piece. Each piece gets up to `max_parents` parents ranked by a
-//!    [`ParentSelector`]. A piece whose best parent is saturated (`max_uploads_per_parent`
-//!    assignments in flight) is skipped; saturated parents only appear as backups.
-//! 2. Pieces nobody holds and nobody has leased: from the origin, but only for one of the
+//! 1. Pieces nobody holds and nobody has leased: from the origin, but only for one of the
 //!    task's origin peers, one exclusive lease per piece, in ascending order. Only
 //!    `max_origin_pieces_in_flight` leases run at once per task, shared evenly among the
 //!    origin peers: the origin's uplink then finishes a few pieces quickly, one after the
 //!    other, at different peers, and every peer can forward its share while the origin sends
 //!    the next ones (the origin sends each byte once and peers' uplinks carry the rest).
+//!    Leases come first in a reply: the origin's uplink is the resource every byte must cross,
+//!    so a peer with room for one more piece takes its lease before a piece other peers
+//!    could serve it later. (Peer pieces first let busy peers starve the origin: its uplink
+//!    fell to 20–70 % for seconds at a time.)
+//! 2. Pieces some usable parent holds fill the rest, rarest first; among equally rare pieces
+//!    the lower index first, jittered by up to `TIE_JITTER` pieces per request so that peers
+//!    spread over different pieces. Near in-order arrival lets a client stream the blob
+//!    (containerd unpacks as bytes arrive) and lets the peer hash it while it downloads,
+//!    instead of both waiting for the last piece. Each piece gets up to `max_parents` parents
+//!    ranked by a [`ParentSelector`]. A piece whose best parent is saturated
+//!    (`max_uploads_per_parent` assignments in flight) is skipped; saturated parents only
+//!    appear as backups.
 //!
 //! The work per request is O(missing pieces) plus a bounded sample of holders per assigned
 //! piece, never O(peers × pieces).
@@ -162,31 +167,13 @@ pub(crate) fn schedule(
         }
     }
 
+    // Origin leases first: the origin's uplink is the one resource every byte must cross
+    // once, so a lease this peer may take must not wait behind peer pieces that any other
+    // peer could serve later.
     let mut out = Vec::new();
-    // Sort only as much as is likely needed: most pieces end up assigned from the first few.
-    let head = (4 * cap + 32).min(from_peers.len());
-    if head < from_peers.len() {
-        from_peers.select_nth_unstable(head);
-    }
-    from_peers[..head].sort_unstable();
-    let mut tail_sorted = head == from_peers.len();
-    let mut i = 0;
-    while i < from_peers.len() && out.len() < cap {
-        if i == head && !tail_sorted {
-            from_peers[head..].sort_unstable();
-            tail_sorted = true;
-        }
-        let piece = from_peers[i].2;
-        i += 1;
-        if let Some(a) = assign_from_peers(task, slot, piece, &avoid, policy, now, &mut rng) {
-            out.push(a);
-        }
-    }
-    let peer_count = out.len();
-
-    if out.len() < cap && !from_origin.is_empty() && may_use_origin(task, slot, policy) {
+    if !from_origin.is_empty() && may_use_origin(task, slot, policy) {
         let room = origin_room(task, slot, policy, now);
-        for piece in from_origin.into_iter().take(room.min(cap - out.len())) {
+        for piece in from_origin.into_iter().take(room.min(cap)) {
             let expires = now + policy.lease_timeout;
             task.pieces[piece as usize].lease = Some(Lease { slot, expires });
             if let Some(me) = task.member_mut(slot) {
@@ -206,13 +193,32 @@ pub(crate) fn schedule(
             });
         }
     }
+    let origin_count = out.len();
+    // Sort only as much as is likely needed: most pieces end up assigned from the first few.
+    let head = (4 * cap + 32).min(from_peers.len());
+    if head < from_peers.len() {
+        from_peers.select_nth_unstable(head);
+    }
+    from_peers[..head].sort_unstable();
+    let mut tail_sorted = head == from_peers.len();
+    let mut i = 0;
+    while i < from_peers.len() && out.len() < cap {
+        if i == head && !tail_sorted {
+            from_peers[head..].sort_unstable();
+            tail_sorted = true;
+        }
+        let piece = from_peers[i].2;
+        i += 1;
+        if let Some(a) = assign_from_peers(task, slot, piece, &avoid, policy, now, &mut rng) {
+            out.push(a);
+        }
+    }
     if out.is_empty() {
         return Outcome::Empty;
     }
-    let from_origin = out.len() - peer_count;
     Outcome::Assigned {
         assignments: out,
-        from_origin,
+        from_origin: origin_count,
     }
 }
 

@@ -268,10 +268,34 @@ async fn parents_ranked_by_load_and_saturation_respected() {
 }
 
 #[tokio::test]
+async fn origin_leases_come_before_peer_pieces() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0, 1, 2, 3]);
+    join(&s, "b", &[]);
+    // Capacity for one piece: the origin lease (piece 4), not a piece `a` could serve later.
+    let r = sched(&s, "b", 1).await;
+    assert_eq!(r.assignments.len(), 1);
+    assert!(r.assignments[0].origin, "{:?}", r.assignments);
+    assert_eq!(r.assignments[0].piece, 4);
+    // With more room, the other unheld pieces are leased and peer pieces fill the rest.
+    let r = sched(&s, "b", 8).await;
+    let origin: Vec<u32> = r
+        .assignments
+        .iter()
+        .filter(|a| a.origin)
+        .map(|a| a.piece)
+        .collect();
+    assert_eq!(origin, vec![5, 6, 7]);
+    assert_eq!(r.assignments.len(), 7, "{:?}", r.assignments);
+}
+
+#[tokio::test]
 async fn avoided_parents_are_not_offered() {
     let s = state(SupernodeConfig::default());
-    join(&s, "a", &[0]);
-    join(&s, "b", &[0]);
+    // Every piece held, so no origin lease comes first.
+    let all: Vec<u32> = (0..PIECES).collect();
+    join(&s, "a", &all);
+    join(&s, "b", &all);
     join(&s, "c", &[]);
     let r = sched_avoid(&s, "c", 1, &["a"]).await;
     assert_eq!(r.assignments[0].parents.len(), 1);
@@ -281,8 +305,9 @@ async fn avoided_parents_are_not_offered() {
 #[tokio::test]
 async fn same_zone_preferred() {
     let s = state(SupernodeConfig::default());
-    join_with(&s, "far", &[0], PIECES, Some("z2"));
-    join_with(&s, "near", &[0], PIECES, Some("z1"));
+    let all: Vec<u32> = (0..PIECES).collect();
+    join_with(&s, "far", &all, PIECES, Some("z2"));
+    join_with(&s, "near", &all, PIECES, Some("z1"));
     join_with(&s, "me", &[], PIECES, Some("z1"));
     let r = sched(&s, "me", 1).await;
     assert_eq!(r.assignments[0].parents[0].peer_id, "near");
