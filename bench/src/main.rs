@@ -7,6 +7,8 @@ mod cluster;
 mod internal;
 mod lazyfs_bench;
 mod lazyfs_env;
+mod lazyfs_images;
+mod lazyfs_report;
 mod lazyfs_tree;
 mod memory;
 mod memory_report;

@@ -30,6 +30,17 @@ fn require_binaries(names: &[&str]) {
     }
 }
 
+/// Each (program, Debian package) must be on PATH.
+fn require_programs(programs: &[(&str, &str)]) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for (program, package) in programs {
+        assert!(
+            std::env::split_paths(&path).any(|d| d.join(program).is_file()),
+            "`{program}` is not on PATH: install the Debian package {package} (.ci/run does)"
+        );
+    }
+}
+
 fn require_cluster_prerequisites() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -37,17 +48,11 @@ fn require_cluster_prerequisites() {
         euid, 0,
         "the cluster smoke test needs root (network namespaces, tc); CI runs as root"
     );
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for (program, package) in [
+    require_programs(&[
         ("ip", "iproute2"),
         ("tc", "iproute2"),
         ("docker-registry", "docker-registry"),
-    ] {
-        assert!(
-            std::env::split_paths(&path).any(|d| d.join(program).is_file()),
-            "`{program}` is not on PATH: install the Debian package {package} (.ci/run does)"
-        );
-    }
+    ]);
     require_binaries(&["shoal-peer", "shoal-supernode"]);
 }
 
@@ -66,7 +71,13 @@ fn run_json(args: &[&str]) -> Value {
         status.success(),
         "shoal-bench {args:?} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    serde_json::from_str(&stdout)
+    // Subcommands that print a table first put the JSON after it, on a line of its own.
+    let json = if stdout.starts_with('{') {
+        &stdout[..]
+    } else {
+        stdout.find("\n{").map_or(&stdout[..], |i| &stdout[i + 1..])
+    };
+    serde_json::from_str(json)
         .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
 }
 
@@ -123,6 +134,64 @@ fn cluster_three_nodes() {
     assert!(
         !pid.is_empty() && !list.contains(&format!("shb-{pid}-")),
         "leftover namespaces:\n{list}"
+    );
+}
+
+#[test]
+fn lazyfs_tiny_tree() {
+    require_cluster_prerequisites();
+    require_programs(&[
+        ("umoci", "umoci"),
+        ("skopeo", "skopeo"),
+        ("mksquashfs", "squashfs-tools"),
+        ("squashfuse", "squashfuse"),
+        ("fusermount3", "fuse3"),
+    ]);
+    require_binaries(&["shoal-lazyfs"]);
+    let r = run_json(&[
+        "lazyfs",
+        "--small-files",
+        "300",
+        "--medium-files",
+        "5",
+        "--large-files",
+        "0",
+        "--many-files",
+        "2000",
+        "--repeat",
+        "1",
+        "--skip-baseline",
+        "--json",
+    ]);
+    assert_eq!(num(&r, "files"), 305.0, "{r:#}");
+    for mode in ["direct", "peer"] {
+        let t = num(&r, &format!("first_read_median_seconds.{mode}"));
+        assert!(t > 0.0 && t < 30.0, "{mode}: {t}");
+    }
+    // Both modes read the same startup set and fetch about the same bytes: its chunks, not
+    // the blob.
+    let runs = r["startup_set"]["runs"].as_array().expect("startup runs");
+    assert_eq!(runs.len(), 2, "{r:#}");
+    let tree = num(&r, "tree_bytes");
+    for run in runs {
+        let link = run["link_bytes"].as_f64().unwrap_or(f64::MAX);
+        assert!(
+            link < tree / 4.0,
+            "startup set fetched {link} of a {tree}-byte tree"
+        );
+    }
+    assert_eq!(num(&r, "warm_link_bytes"), 0.0, "warm reads used the link");
+    for k in ["lazyfs_remount", "squashfuse", "native"] {
+        assert!(num(&r, &format!("warm_mb_per_s.{k}")) > 0.0, "{k}");
+    }
+    let many = r["many_mount_seconds"][0].as_f64().unwrap_or(0.0);
+    assert!(many > 0.0 && many < 30.0, "{r:#}");
+    assert!(r["baseline"].is_null());
+    // No mount is left behind.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    assert!(
+        !mounts.contains("shoal-bench-lazyfs"),
+        "leftover mounts:\n{mounts}"
     );
 }
 
