@@ -27,6 +27,7 @@ pub use api::MAX_BODY_BYTES;
 pub use config::{LogFormat, SupernodeConfig};
 pub use error::Error;
 pub use schedule::{Candidate, LeastLoaded, ParentSelector, Requester};
+pub use status::BytesBySource;
 pub use status::{PeerStatus, TaskPeerStatus, TaskStatus};
 pub use supernode::Supernode;
-pub use ui::{BytesBySource, StatusSummary, TaskSummary};
+pub use ui::{StatusSummary, TaskSummary};

@@ -54,3 +54,12 @@ pub struct TaskPeerStatus {
     /// Assignments in flight with it as first parent.
     pub uploading: u32,
 }
+
+/// Bytes of pieces newly held by a peer, by where the peer fetched them. Counted from piece
+/// reports, so they cover what the live supernode was told, not what peers fetched before it
+/// started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BytesBySource {
+    pub origin: u64,
+    pub peers: u64,
+}

@@ -8,6 +8,7 @@
 //! Lock order: peer map → one peer → task map → one task. Each task has its own mutex, so
 //! tasks never contend with each other, and no lock is held across an `.await`.
 
+pub(crate) mod bytes;
 pub(crate) mod peers;
 pub(crate) mod report;
 pub(crate) mod task;
@@ -27,6 +28,7 @@ use shoal_common::api::{
 use shoal_common::{PieceLayout, TaskId};
 use tokio_util::sync::CancellationToken;
 
+use self::bytes::SourceBytes;
 use self::peers::{PeerRecord, Peers, Removed};
 use self::task::{Slot, Task};
 use crate::config::SupernodeConfig;
@@ -34,7 +36,6 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::{self, Outcome, ParentSelector, Policy};
 use crate::status::{PeerStatus, TaskPeerStatus, TaskStatus};
-use crate::ui::SourceBytes;
 
 type TaskRef = Arc<Mutex<Task>>;
 

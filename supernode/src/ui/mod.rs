@@ -12,8 +12,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 
-pub(crate) use self::summary::SourceBytes;
-pub use self::summary::{BytesBySource, StatusSummary, TaskSummary};
+pub use self::summary::{StatusSummary, TaskSummary};
 use crate::supernode::Supernode;
 
 /// The page. Data is only ever inserted with `textContent`, never parsed as HTML.
