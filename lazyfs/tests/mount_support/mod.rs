@@ -63,8 +63,13 @@ pub fn http_get(url: &str) -> String {
 }
 
 fn wait_http_ok(url: &str, child: &mut Child, what: &str) {
+    wait_http(url, child, what, &[200]);
+}
+
+/// Polls `url` until it answers with one of `statuses`.
+fn wait_http(url: &str, child: &mut Child, what: &str, statuses: &[u16]) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http_status(url) != Some(200) {
+    while !http_status(url).is_some_and(|s| statuses.contains(&s)) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{what} exited with {st} before answering {url}");
         }
@@ -119,13 +124,37 @@ pub struct RegistryProc {
 
 impl RegistryProc {
     pub fn start(dir: &Path) -> RegistryProc {
+        Self::start_with(dir, "")
+    }
+
+    /// Requires `user`/`password` (basic auth, htpasswd) for everything.
+    pub fn start_with_basic_auth(dir: &Path, user: &str, password: &str) -> RegistryProc {
+        let htpasswd = dir.join("htpasswd");
+        let out = Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(&htpasswd)
+            .args([user, password])
+            .output()
+            .expect("htpasswd (Debian package apache2-utils)");
+        assert!(out.status.success(), "htpasswd: {out:?}");
+        Self::start_with(
+            dir,
+            &format!(
+                "auth: {{htpasswd: {{realm: shoal, path: {}}}}}\n",
+                htpasswd.display()
+            ),
+        )
+    }
+
+    /// `extra`: more top-level lines of the registry's YAML config.
+    fn start_with(dir: &Path, extra: &str) -> RegistryProc {
         let addr = format!("127.0.0.1:{}", free_port());
         let root = dir.join("registry-data");
         let cfg = dir.join("registry.yml");
         fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
+                "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n{extra}",
                 root.display()
             ),
         )
@@ -133,7 +162,13 @@ impl RegistryProc {
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&cfg);
         let mut child = spawn_logged(cmd, &dir.join("registry.log"));
-        wait_http_ok(&format!("http://{addr}/v2/"), &mut child, "docker-registry");
+        // 401: up, and asking for credentials (an auth config).
+        wait_http(
+            &format!("http://{addr}/v2/"),
+            &mut child,
+            "docker-registry",
+            &[200, 401],
+        );
         RegistryProc {
             proc_: Proc {
                 child,
@@ -309,6 +344,18 @@ pub struct MountProc {
 impl MountProc {
     /// Mount `image` at `mp` with the common flags plus `extra`; waits for the mount.
     pub fn start(dir: &Path, name: &str, image: &str, mp: &Path, extra: &[&str]) -> MountProc {
+        Self::start_env(dir, name, image, mp, extra, &[])
+    }
+
+    /// [`MountProc::start`] with extra environment variables for the mount process.
+    pub fn start_env(
+        dir: &Path,
+        name: &str,
+        image: &str,
+        mp: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> MountProc {
         fs::create_dir_all(mp).unwrap();
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal-lazyfs"));
@@ -317,6 +364,7 @@ impl MountProc {
             .arg(mp)
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(extra)
+            .envs(env.iter().copied())
             .env("SHOAL_LOG", "shoal_lazyfs=info");
         let log = dir.join(format!("{name}.log"));
         let child = spawn_logged(cmd, &log);
