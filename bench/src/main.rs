@@ -4,6 +4,8 @@
 
 mod cli;
 mod cluster;
+mod cluster_p2p;
+mod cluster_round;
 mod internal;
 mod lazyfs_bench;
 mod lazyfs_env;

@@ -1,9 +1,11 @@
 //! Results of both benchmarks, as JSON (the stable form, parsed by the smoke tests) and as a
-//! table for people.
+//! table for people, and the summary a cluster round's node results boil down to.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+
+use crate::stats;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterReport {
@@ -84,6 +86,48 @@ pub struct TimelinePoint {
     /// Mean over the nodes.
     pub node_down_mbit: f64,
     pub node_up_mbit: f64,
+}
+
+impl RoundReport {
+    /// Fills the summary fields from the node results.
+    pub fn finish(&mut self, bound: f64, size: u64, rate_bit: f64) {
+        let mut times: Vec<f64> = self
+            .node_results
+            .iter()
+            .filter(|n| n.ok)
+            .map(|n| n.seconds)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        self.completed = times.len() as u32;
+        self.failed = (self.node_results.len() - times.len()) as u32;
+        self.last_s = (self.failed == 0).then(|| times.last().copied()).flatten();
+        self.ratio_to_bound = self.last_s.map(|t| t / bound);
+        self.p50_s = stats::percentile(&times, 50.0);
+        self.p99_s = stats::percentile(&times, 99.0);
+        self.origin_egress_ratio = self.origin_egress_bytes as f64 / size.max(1) as f64;
+        // Link use over the whole round (until the last node finished or gave up).
+        let span = self
+            .node_results
+            .iter()
+            .map(|n| n.seconds)
+            .fold(0.0, f64::max)
+            .max(1e-6);
+        let capacity = rate_bit * span / 8.0; // bytes one link can carry in the span
+        let n = self.node_results.len().max(1) as f64;
+        self.origin_uplink_busy = self.origin_egress_bytes as f64 / capacity;
+        self.node_uplink_busy = self
+            .node_results
+            .iter()
+            .map(|r| r.sent_bytes as f64)
+            .sum::<f64>()
+            / (n * capacity);
+        self.node_downlink_busy = self
+            .node_results
+            .iter()
+            .map(|r| r.received_bytes as f64)
+            .sum::<f64>()
+            / (n * capacity);
+    }
 }
 
 fn secs(v: Option<f64>) -> String {

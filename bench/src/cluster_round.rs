@@ -1,0 +1,179 @@
+//! One timed round of `shoal-bench cluster` (see `cluster`): every node's client started at
+//! once, each awaited until the timeout, while the switch's port counters are sampled into a
+//! link-rate timeline. Both rounds (P2P and direct pulls) share it; only the client command
+//! differs. Kept apart so that the measuring lives in one place, away from process setup.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::future::join_all;
+
+use crate::cluster::{Hosts, Setup};
+use crate::netns::{self, Host, HostBytes, Namespace, HOST_IFACE};
+use crate::processes;
+use crate::report::{NodeResult, RoundReport, TimelinePoint};
+
+/// Starts `command(host, output)` on every node at once and waits for each (until the
+/// timeout). A node counts as done when its command exits 0: both clients only write the
+/// output once it is complete and matches the digest. Meanwhile every link's counters are
+/// sampled from the switch.
+pub(crate) async fn timed_round<F>(
+    setup: &Setup,
+    hosts: &Hosts<'_>,
+    round: &str,
+    mut command: F,
+) -> Result<RoundReport>
+where
+    F: FnMut(&Host, &Path) -> Result<std::process::Command>,
+{
+    let mut prepared = Vec::new();
+    for (i, host) in hosts.nodes.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let dir = setup.work.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let out_path = dir.join(format!("{round}.blob"));
+        let log = setup.logs.join(format!("{round}-{name}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = command(host, &out_path)?;
+        cmd.stdout(log_file.try_clone()?).stderr(log_file);
+        processes::die_with_parent(&mut cmd);
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        prepared.push((name, host.ip, cmd, log, out_path));
+    }
+
+    let egress_before = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
+    let ports_before = netns::port_counters(hosts.switch).await?;
+    let t0 = Instant::now();
+    let deadline = tokio::time::Instant::from_std(t0 + setup.timeout);
+    let mut waits = Vec::new();
+    for (name, ip, mut cmd, log, out_path) in prepared {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting the {round} client on {name}"));
+        waits.push(async move {
+            let outcome = processes::wait_client(child, deadline).await;
+            let seconds = t0.elapsed().as_secs_f64();
+            let _ = std::fs::remove_file(&out_path); // the copy itself is not needed any more
+            NodeResult {
+                node: name,
+                ip: ip.to_string(),
+                ok: outcome.is_ok(),
+                seconds,
+                error: outcome.err().map(|e| {
+                    format!(
+                        "{e}; last lines of {}: {}",
+                        log.display(),
+                        processes::log_tail(&log, 5).replace('\n', " | ")
+                    )
+                }),
+                sent_bytes: 0,
+                received_bytes: 0,
+            }
+        });
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let all_done = async move {
+        let results = join_all(waits).await;
+        let _ = stop.send(true);
+        results
+    };
+    let (mut node_results, samples) =
+        tokio::join!(all_done, sample_links(hosts.switch, t0, stopped));
+    let egress_after = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
+    let ports_after = netns::port_counters(hosts.switch).await?;
+    let delta = |port: &str| {
+        let a = ports_after.get(port).copied().unwrap_or_default();
+        let b = ports_before.get(port).copied().unwrap_or_default();
+        HostBytes {
+            sent: a.sent.saturating_sub(b.sent),
+            received: a.received.saturating_sub(b.received),
+        }
+    };
+    for (result, host) in node_results.iter_mut().zip(&hosts.nodes) {
+        let d = delta(&host.switch_port);
+        result.sent_bytes = d.sent;
+        result.received_bytes = d.received;
+    }
+    Ok(RoundReport {
+        completed: 0,
+        failed: 0,
+        last_s: None,
+        ratio_to_bound: None,
+        p50_s: None,
+        p99_s: None,
+        origin_egress_bytes: egress_after.saturating_sub(egress_before),
+        origin_egress_ratio: 0.0,
+        origin_uplink_busy: 0.0,
+        node_uplink_busy: 0.0,
+        node_downlink_busy: 0.0,
+        peers: None,
+        timeline: timeline(&samples, hosts),
+        node_results,
+    })
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// Port counters every [`SAMPLE_EVERY`] until `stop` turns true: (seconds since t0, counters).
+async fn sample_links(
+    switch: &Namespace,
+    t0: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(f64, HashMap<String, HostBytes>)> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        // Stamp the sample halfway through reading it: `ip` takes a few ms to start.
+        let before = t0.elapsed().as_secs_f64();
+        if let Ok(c) = netns::port_counters(switch).await {
+            samples.push(((before + t0.elapsed().as_secs_f64()) / 2.0, c));
+        }
+    }
+    samples
+}
+
+/// Link rates between consecutive samples, in Mbit/s.
+fn timeline(
+    samples: &[(f64, HashMap<String, HostBytes>)],
+    hosts: &Hosts<'_>,
+) -> Vec<TimelinePoint> {
+    let origin_port = &hosts.origin.switch_port;
+    let n = hosts.nodes.len().max(1) as f64;
+    samples
+        .windows(2)
+        .map(|w| {
+            let ((t1, a), (t2, b)) = (&w[0], &w[1]);
+            let dt = (t2 - t1).max(1e-6);
+            let mbit = |bytes: u64| bytes as f64 * 8.0 / dt / 1e6;
+            let diff = |port: &str| {
+                let (x, y) = (
+                    a.get(port).copied().unwrap_or_default(),
+                    b.get(port).copied().unwrap_or_default(),
+                );
+                (
+                    y.sent.saturating_sub(x.sent),
+                    y.received.saturating_sub(x.received),
+                )
+            };
+            let (mut up, mut down) = (0, 0);
+            for h in &hosts.nodes {
+                let (s, r) = diff(&h.switch_port);
+                up += s;
+                down += r;
+            }
+            TimelinePoint {
+                t_s: *t2,
+                origin_up_mbit: mbit(diff(origin_port).0),
+                node_down_mbit: mbit(down) / n,
+                node_up_mbit: mbit(up) / n,
+            }
+        })
+        .collect()
+}
