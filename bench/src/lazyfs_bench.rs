@@ -320,8 +320,10 @@ async fn first_reads(b: &Bench) -> Result<Vec<Run>> {
             );
             runs.push(Run {
                 mode: mode(via_peer),
-                time: elapsed,
-                link_bytes: link,
+                transfer: Transfer {
+                    time: elapsed,
+                    link_bytes: link,
+                },
             });
             m.stop();
             peer.stop();
@@ -368,8 +370,10 @@ async fn main_reads(b: &Bench) -> Result<MainReads> {
         );
         runs.push(Run {
             mode: mode(via_peer),
-            time: startup_time,
-            link_bytes: startup_link,
+            transfer: Transfer {
+                time: startup_time,
+                link_bytes: startup_link,
+            },
         });
         blocking({
             let (mp, s) = (mp.clone(), startup.clone());

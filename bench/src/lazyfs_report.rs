@@ -18,8 +18,7 @@ pub(crate) struct Transfer {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Run {
     pub(crate) mode: &'static str,
-    pub(crate) time: Duration,
-    pub(crate) link_bytes: u64,
+    pub(crate) transfer: Transfer,
 }
 
 /// c. The cold startup set: the same files read once per mode.
@@ -73,7 +72,7 @@ impl LazyfsReport {
             .first_reads
             .iter()
             .filter(|r| r.mode == mode)
-            .map(|r| r.time)
+            .map(|r| r.transfer.time)
             .collect();
         median(&v)
     }
@@ -109,8 +108,8 @@ impl LazyfsReport {
                     r.mode,
                     i as u32 % self.repeat.max(1) + 1
                 ),
-                secs(r.time),
-                mb(r.link_bytes)
+                secs(r.transfer.time),
+                mb(r.transfer.link_bytes)
             );
         }
         for m in ["direct", "peer"] {
@@ -139,8 +138,8 @@ impl LazyfsReport {
                     self.startup.files,
                     mb(self.startup.bytes)
                 ),
-                secs(r.time),
-                mb(r.link_bytes)
+                secs(r.transfer.time),
+                mb(r.transfer.link_bytes)
             );
         }
         println!(
@@ -201,7 +200,7 @@ impl LazyfsReport {
     pub(crate) fn json(&self) -> Value {
         let runs = |runs: &[Run]| {
             runs.iter()
-                .map(|r| json!({"mode": r.mode, "seconds": r.time.as_secs_f64(), "link_bytes": r.link_bytes}))
+                .map(|r| json!({"mode": r.mode, "seconds": r.transfer.time.as_secs_f64(), "link_bytes": r.transfer.link_bytes}))
                 .collect::<Vec<_>>()
         };
         let rate = |d: Duration| mbps(self.tree_bytes, d);

@@ -207,11 +207,8 @@ impl Filesystem for LazyFs {
             None => return reply.error(Errno::ENOENT),
         };
         // Warm reads are answered here; only a read that must fetch goes to the runtime.
-        if let Some(result) = self.reader.read_local(id, offset, size) {
-            return match result {
-                Ok(data) => reply.data(&data),
-                Err(_) => reply.error(Errno::EIO),
-            };
+        if let Some(data) = self.reader.read_local(id, offset, size) {
+            return reply.data(&data);
         }
         let reader = self.reader.clone();
         self.rt.spawn(async move {

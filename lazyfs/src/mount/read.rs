@@ -32,20 +32,16 @@ impl Reader {
     }
 
     /// The same read answered from the caches alone, or `None` when a chunk must be
-    /// fetched (then call [`Reader::read`]; nothing has been counted yet). Blocking.
-    pub fn read_local(
-        &self,
-        inode: u32,
-        offset: u64,
-        size: u32,
-    ) -> Option<Result<Vec<u8>, SharedError>> {
+    /// fetched (then call [`Reader::read`]; nothing has been counted yet). Blocking. It
+    /// cannot fail: a cache entry that does not check out is a miss.
+    pub fn read_local(&self, inode: u32, offset: u64, size: u32) -> Option<Vec<u8>> {
         let started = Instant::now();
         let _demand = self.fetcher.demand_guard();
         let (offset, end) = self.bounds(inode, offset, size);
         let chunks = self.index.chunks_for_range(inode, offset, end - offset);
         let datas = self.fetcher.get_local(&chunks)?;
         let out = assemble(&chunks, &datas, offset, end);
-        Some(self.finish(started, inode, offset, size, Ok(out)))
+        self.finish(started, inode, offset, size, Ok(out)).ok()
     }
 
     /// Counts, times and logs a finished read.

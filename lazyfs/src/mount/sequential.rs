@@ -109,9 +109,7 @@ impl Detector {
                     && first.offset > l.start
                     && first.offset <= l.end.saturating_add(MAX_GAP) =>
             {
-                (l.window * 2)
-                    .clamp(MIN_WINDOW, self.max.max(MIN_WINDOW))
-                    .min(self.max)
+                (l.window * 2).max(MIN_WINDOW).min(self.max)
             }
             _ => 0,
         };
