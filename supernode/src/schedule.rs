@@ -10,11 +10,19 @@
 //!    so a peer with room for one more piece takes its lease before a piece other peers
 //!    could serve it later. (Peer pieces first let busy peers starve the origin: its uplink
 //!    fell to 20–70 % for seconds at a time.)
-//! 2. Pieces some usable parent holds fill the rest, rarest first; among equally rare pieces
-//!    the lower index first, jittered by up to `TIE_JITTER` pieces per request so that peers
-//!    spread over different pieces. Near in-order arrival lets a client stream the blob
-//!    (containerd unpacks as bytes arrive) and lets the peer hash it while it downloads,
-//!    instead of both waiting for the last piece. Each piece gets up to `max_parents` parents
+//!    The lease window opens like TCP's slow start: one lease while no piece is available
+//!    yet, then one more per available piece up to the limit. The first piece then arrives
+//!    at the origin's full rate instead of an eighth of it, so peers start passing pieces on
+//!    after one piece time, and one early peer cannot take every lease before the others
+//!    have registered (their downlinks sat idle for most of a second).
+//! 2. Pieces some usable parent holds fill the rest, rarest first while fewer than
+//!    `COMMON_HOLDERS` peers hold them; pieces at least that common count as equally rare.
+//!    Among equally rare pieces the lower index goes first, jittered by up to `TIE_JITTER`
+//!    pieces per request so that peers spread over different pieces. Near in-order arrival
+//!    lets a client stream the blob (containerd unpacks as bytes arrive) and lets the peer
+//!    hash it while it downloads, instead of both waiting for the last piece. (Strict
+//!    rarest-first starved old, widely held pieces: a peer got piece 3 last, 13 s in, and
+//!    had 100 MiB left to hash after its last piece.) Each piece gets up to `max_parents` parents
 //!    ranked by a [`ParentSelector`]. A piece whose best parent is saturated
 //!    (`max_uploads_per_parent` assignments in flight) is skipped; saturated parents only
 //!    appear as backups.
@@ -34,6 +42,9 @@ use crate::state::task::{Inflight, Lease, ParentRef, Slot, Task};
 
 /// Equally rare pieces are taken in index order give or take this many pieces.
 const TIE_JITTER: u32 = 16;
+/// Pieces held by at least this many peers are equally rare: enough holders that their
+/// uplinks are not the constraint, so order by index (for streaming and hashing) instead.
+const COMMON_HOLDERS: usize = 3;
 /// Upper bound on assignments per request, whatever capacity a peer claims.
 const MAX_CAPACITY: u32 = 256;
 /// Unsaturated holders looked at per piece: enough to find lightly loaded parents among
@@ -163,7 +174,7 @@ pub(crate) fn schedule(
             }
         } else if ps.digest.is_some() {
             let jittered = p.saturating_add(rng.random_range(0..TIE_JITTER));
-            from_peers.push((ps.holders.len(), jittered, p));
+            from_peers.push((ps.holders.len().min(COMMON_HOLDERS), jittered, p));
         }
     }
 
@@ -171,8 +182,13 @@ pub(crate) fn schedule(
     // once, so a lease this peer may take must not wait behind peer pieces that any other
     // peer could serve later.
     let mut out = Vec::new();
-    if !from_origin.is_empty() && may_use_origin(task, slot, policy) {
-        let room = origin_room(task, slot, policy, now);
+    let room = if from_origin.is_empty() {
+        0
+    } else {
+        origin_room(task, slot, policy, now)
+    };
+    // Only a peer that gets a lease now takes one of the task's origin-peer places.
+    if room > 0 && may_use_origin(task, slot, policy) {
         for piece in from_origin.into_iter().take(room.min(cap)) {
             let expires = now + policy.lease_timeout;
             task.pieces[piece as usize].lease = Some(Lease { slot, expires });
@@ -234,10 +250,11 @@ fn may_use_origin(task: &mut Task, slot: Slot, policy: &Policy) -> bool {
     false
 }
 
-/// How many more origin leases `slot` may take now: what is left of the task's
-/// `max_origin_inflight`, and at most an even share of it per origin peer (so that the pieces
-/// being fetched from the origin are at different peers, whose uplinks then pass them on).
-/// O(pieces + members), like the rest of a schedule.
+/// How many more origin leases `slot` may take now: what is left of the task's lease window
+/// (`max_origin_inflight`, opened one lease per available piece from one), and at most an
+/// even share of the limit per origin peer (so that the pieces being fetched from the origin
+/// are at different peers, whose uplinks then pass them on). O(pieces + members), like the
+/// rest of a schedule.
 fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize {
     let (mut busy, mut mine) = (0usize, 0usize);
     for lease in task.pieces.iter().filter_map(|ps| ps.lease.as_ref()) {
@@ -252,10 +269,10 @@ fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize 
         .count()
         .clamp(1, policy.max_origin_peers.max(1));
     let share = policy.max_origin_inflight.div_ceil(wanting).max(1);
-    policy
+    let window = policy
         .max_origin_inflight
-        .saturating_sub(busy)
-        .min(share.saturating_sub(mine))
+        .min((task.available as usize).saturating_add(1));
+    window.saturating_sub(busy).min(share.saturating_sub(mine))
 }
 
 /// Picks parents for one piece and records the assignment; `None` when no usable parent has

@@ -18,7 +18,11 @@ use tower::ServiceExt;
 const TASK: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
 fn app() -> Router {
-    Supernode::new(SupernodeConfig::default(), &prometheus::Registry::new())
+    app_with(SupernodeConfig::default())
+}
+
+fn app_with(config: SupernodeConfig) -> Router {
+    Supernode::new(config, &prometheus::Registry::new())
         .unwrap()
         .router()
 }
@@ -139,13 +143,16 @@ async fn three_peers_share_a_task() {
         (Some(3), Some(0))
     );
 
-    // a and b split the origin fetches; c may not go to the origin.
+    // a and b split the origin fetches; c may not go to the origin. The lease window opens
+    // one lease per available piece: a takes piece 0 alone, then a and b one each.
     let a = schedule(&app, "a", 2, 0).await;
-    assert_eq!(pieces(&a), vec![0, 1]);
+    assert_eq!(pieces(&a), vec![0]);
     assert_eq!(a["assignments"][0]["origin"], true);
-    assert_eq!(pieces(&schedule(&app, "b", 2, 0).await), vec![2, 3]);
-    assert_eq!(pieces(&schedule(&app, "c", 4, 0).await), Vec::<u64>::new());
-    assert_eq!(report_done(&app, "a", &[0, 1], None).await["accepted"], 2);
+    assert_eq!(report_done(&app, "a", &[0], None).await["accepted"], 1);
+    assert_eq!(pieces(&schedule(&app, "a", 1, 0).await), vec![1]);
+    assert_eq!(pieces(&schedule(&app, "b", 1, 0).await), vec![2]);
+    assert_eq!(report_done(&app, "a", &[1], None).await["accepted"], 1);
+    assert_eq!(pieces(&schedule(&app, "b", 1, 0).await), vec![3]);
     assert_eq!(report_done(&app, "b", &[2, 3], None).await["accepted"], 2);
 
     // c gets everything from a and b, with digests.
@@ -225,13 +232,18 @@ async fn three_peers_share_a_task() {
 
 #[tokio::test]
 async fn long_poll_returns_when_a_piece_arrives() {
-    let app = app();
+    // Only a may fetch from the origin.
+    let app = app_with(SupernodeConfig {
+        max_origin_peers_per_task: 1,
+        ..Default::default()
+    });
     for (i, id) in ["a", "c"].iter().enumerate() {
         announce(&app, id, 7000 + i as u16).await;
         register(&app, id).await;
     }
-    // a leases every piece from the origin: c has to wait.
-    assert_eq!(pieces(&schedule(&app, "a", 4, 0).await), vec![0, 1, 2, 3]);
+    // a leases the first piece from the origin (the lease window starts at one): c has to
+    // wait.
+    assert_eq!(pieces(&schedule(&app, "a", 4, 0).await), vec![0]);
     let waiting = {
         let app = app.clone();
         tokio::spawn(async move {

@@ -96,6 +96,15 @@ impl PieceContext {
             .piece_duration
             .with_label_values(&[source.label()])
             .observe(started.elapsed().as_secs_f64());
+        // One line per piece at trace level: enough to rebuild a swarm's timeline from the
+        // peers' logs (who sent what, when, how long it took).
+        tracing::trace!(
+            task = %self.file.id(),
+            piece,
+            from = from.as_deref().unwrap_or("origin"),
+            millis = started.elapsed().as_millis() as u64,
+            "piece stored"
+        );
         self.reporter.send(
             self.file.id(),
             ReportItem::Done(PieceDone {

@@ -129,6 +129,14 @@ fn pieces(r: &ScheduleReply) -> Vec<u32> {
     r.assignments.iter().map(|a| a.piece).collect()
 }
 
+fn origin_pieces(r: &ScheduleReply) -> Vec<u32> {
+    r.assignments
+        .iter()
+        .filter(|a| a.origin)
+        .map(|a| a.piece)
+        .collect()
+}
+
 #[tokio::test]
 async fn origin_leases_are_exclusive_and_limited() {
     let s = state(SupernodeConfig {
@@ -139,29 +147,48 @@ async fn origin_leases_are_exclusive_and_limited() {
     for id in ["a", "b", "c"] {
         join(&s, id, &[]);
     }
+    // Nothing available yet: the lease window holds one lease.
     let a = sched(&s, "a", 3).await;
-    let b = sched(&s, "b", 3).await;
+    assert_eq!(pieces(&a), vec![0]);
+    assert!(a.assignments[0].origin && a.assignments[0].parents.is_empty());
+    assert!(sched(&s, "b", 3).await.assignments.is_empty());
     let c = sched(&s, "c", 3).await;
-    assert!(a
-        .assignments
-        .iter()
-        .all(|x| x.origin && x.parents.is_empty()));
-    assert!(b.assignments.iter().all(|x| x.origin));
-    assert_eq!(pieces(&a), vec![0, 1, 2]);
-    assert_eq!(pieces(&b), vec![3, 4, 5]);
-    // Two origin peers already: c may not go to the origin although 6 and 7 are free.
     assert!(c.assignments.is_empty() && !c.done);
-    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
-    // a asks again: only the unleased pieces, never b's.
-    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![6, 7]);
+    // Only a peer that got a lease is an origin peer.
+    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a"]);
 
-    // a finishes piece 0: c now gets it from a, with the recorded digest.
+    // a finishes piece 0 and the window opens to two leases, both b's; c gets piece 0 from
+    // a, with the recorded digest.
     assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
+    assert_eq!(origin_pieces(&sched(&s, "b", 3).await), vec![1, 2]);
     let c = sched(&s, "c", 3).await;
     assert_eq!(pieces(&c), vec![0]);
     assert_eq!(c.assignments[0].parents[0].peer_id, "a");
     assert_eq!(c.assignments[0].sha256, Some(digest(0)));
     assert!(!c.assignments[0].origin);
+    // Two origin peers now: c may never go to the origin, even with room in the window.
+    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
+    done(&s, "b", 1, None, digest(1));
+    assert!(origin_pieces(&sched(&s, "c", 3).await).is_empty());
+    // A window of three with b's piece 2 still leased leaves two leases for a, never
+    // piece 2.
+    assert_eq!(origin_pieces(&sched(&s, "a", 8).await), vec![3, 4]);
+}
+
+#[tokio::test]
+async fn lease_window_opens_one_lease_per_available_piece() {
+    let s = state(SupernodeConfig {
+        max_origin_pieces_in_flight: 4,
+        ..Default::default()
+    });
+    // Alone, a peer ends up using every origin slot, after a slow start.
+    join(&s, "a", &[]);
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![0]);
+    done(&s, "a", 0, None, digest(0));
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![1, 2]);
+    done(&s, "a", 1, None, digest(1));
+    done(&s, "a", 2, None, digest(2));
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![3, 4, 5, 6]);
 }
 
 #[tokio::test]
@@ -170,29 +197,22 @@ async fn origin_leases_are_few_and_spread_over_peers() {
         max_origin_pieces_in_flight: 4,
         ..Default::default()
     });
-    // Alone, a peer may use every origin slot.
-    join(&s, "a", &[]);
-    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![0, 1, 2, 3]);
-    s.unregister(&task(), "a").unwrap();
-
-    // Two downloaders: an even share each, and never more than 4 at once.
-    join(&s, "a", &[]);
-    join(&s, "b", &[]);
-    assert_eq!(sched(&s, "a", 8).await.assignments.len(), 2);
-    assert_eq!(sched(&s, "b", 8).await.assignments.len(), 2);
-    join(&s, "c", &[]);
+    // A seed holding the last four of sixteen pieces opens the lease window fully.
+    let seed: Vec<u32> = (12..16).collect();
+    join_with(&s, "z", &seed, 16, None);
+    // Two downloaders (and the seed): an even share each, and never more than 4 at once.
+    join_with(&s, "a", &[], 16, None);
+    join_with(&s, "b", &[], 16, None);
+    assert_eq!(origin_pieces(&sched(&s, "a", 8).await).len(), 2);
+    assert_eq!(origin_pieces(&sched(&s, "b", 8).await).len(), 2);
+    join_with(&s, "c", &[], 16, None);
     let c = sched(&s, "c", 8).await;
-    assert!(c.assignments.is_empty(), "{c:?}");
+    assert!(origin_pieces(&c).is_empty(), "{c:?}");
     // A finished origin piece frees its slot for whoever asks next.
-    let a_piece = sched(&s, "a", 8).await;
-    assert!(a_piece.assignments.is_empty());
+    assert!(origin_pieces(&sched(&s, "a", 8).await).is_empty());
     done(&s, "b", 2, None, digest(2));
     let c = sched(&s, "c", 8).await;
-    assert_eq!(
-        c.assignments.iter().filter(|a| a.origin).count(),
-        1,
-        "{c:?}"
-    );
+    assert_eq!(origin_pieces(&c).len(), 1, "{c:?}");
 }
 
 #[tokio::test]
@@ -203,8 +223,35 @@ async fn one_origin_peer_when_configured() {
     });
     join(&s, "a", &[]);
     join(&s, "b", &[]);
-    assert_eq!(sched(&s, "a", 2).await.assignments.len(), 2);
-    assert!(sched(&s, "b", 2).await.assignments.is_empty());
+    assert_eq!(pieces(&sched(&s, "a", 2).await), vec![0]);
+    done(&s, "a", 0, None, digest(0));
+    assert_eq!(origin_pieces(&sched(&s, "a", 2).await), vec![1, 2]);
+    // b only ever gets what a has.
+    let b = sched(&s, "b", 8).await;
+    assert_eq!(pieces(&b), vec![0]);
+    assert!(origin_pieces(&b).is_empty());
+}
+
+#[tokio::test]
+async fn common_pieces_come_in_index_order_not_by_holder_count() {
+    let s = state(SupernodeConfig::default());
+    // Piece 0 has five holders, piece 7 three: both common, so piece 0 should often come
+    // first (strict rarest-first would always pick 7).
+    for id in ["a", "b", "c"] {
+        join(&s, id, &[0, 7]);
+    }
+    join(&s, "d", &[0]);
+    join(&s, "e", &[0]);
+    let mut zero_first = 0;
+    for i in 0..40 {
+        let id = format!("r{i}");
+        join(&s, &id, &[1, 2, 3, 4, 5, 6]);
+        if pieces(&sched(&s, &id, 1).await) == vec![0] {
+            zero_first += 1;
+        }
+        s.unregister(&task(), &id).unwrap();
+    }
+    assert!(zero_first >= 10, "piece 0 first {zero_first} times of 40");
 }
 
 #[tokio::test]
@@ -413,9 +460,9 @@ async fn expiry_releases_leases_assignments_and_holdings() {
     });
     join(&s, "a", &[]);
     join(&s, "b", &[]);
-    assert_eq!(pieces(&sched(&s, "a", 4).await), vec![0, 1, 2, 3]);
-    assert_eq!(pieces(&sched(&s, "b", 4).await), vec![4, 5, 6, 7]);
+    assert_eq!(pieces(&sched(&s, "a", 4).await), vec![0]);
     done(&s, "a", 0, None, digest(0));
+    assert_eq!(origin_pieces(&sched(&s, "b", 4).await), vec![1, 2]);
     join(&s, "c", &[]);
     assert_eq!(pieces(&sched(&s, "c", 1).await), vec![0]); // from a
                                                            // c goes quiet about piece 0: after the assignment timeout it may be assigned again.
@@ -427,8 +474,9 @@ async fn expiry_releases_leases_assignments_and_holdings() {
     s.remove_peer("b").unwrap();
     let t = &s.list_tasks()[0];
     assert_eq!((t.pieces_available, t.origin_peers.len()), (0, 0));
+    // Nothing is available any more: the lease window is back to one.
     let r = sched(&s, "c", 8).await;
-    assert_eq!(pieces(&r), (0..8).collect::<Vec<_>>());
+    assert_eq!(pieces(&r), vec![0]);
     assert!(r.assignments.iter().all(|a| a.origin));
     assert_eq!(r.assignments[0].sha256, Some(digest(0)));
     // Silence expires peers too.
@@ -443,14 +491,13 @@ async fn expiry_releases_leases_assignments_and_holdings() {
 #[tokio::test]
 async fn long_poll_wakes_few_of_many_waiters() {
     let s = state(SupernodeConfig {
-        max_origin_peers_per_task: 2,
+        // Only a may fetch from the origin: the waiters can only get what a holds.
+        max_origin_peers_per_task: 1,
         max_origin_pieces_in_flight: 64,
         ..Default::default()
     });
     join(&s, "a", &[]);
     assert_eq!(sched(&s, "a", 1).await.assignments.len(), 1);
-    join(&s, "b", &[]);
-    sched(&s, "b", PIECES).await; // b takes every other piece from the origin
     let mut waiters = Vec::new();
     for i in 0..100 {
         let id = format!("w{i}");
