@@ -28,6 +28,7 @@ pub struct PeerMetrics {
     pub pieces_verified: IntCounterVec,
     pub pieces_rejected: IntCounterVec,
     pub piece_failures: IntCounterVec,
+    pub endgame_duplicates: IntCounter,
     pub piece_duration: HistogramVec,
     pub tasks_active: IntGauge,
     pub downloads: IntCounterVec,
@@ -101,6 +102,13 @@ impl PeerMetrics {
                         "Piece transfers that failed, by source and reason.",
                     ),
                     &["source", "reason"],
+                )?,
+            )?,
+            endgame_duplicates: reg(
+                registry,
+                IntCounter::new(
+                    "shoal_peer_endgame_duplicates_total",
+                    "Second fetches of a straggling piece from another parent, at the end of a download.",
                 )?,
             )?,
             piece_duration: reg(

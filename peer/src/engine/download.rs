@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest};
-use tokio::task::JoinSet;
 
+use super::fetches::{Fetches, Joined};
 use super::piece::PieceContext;
 use super::verify::BlobHasher;
 use super::EngineShared;
@@ -69,8 +69,8 @@ pub(super) async fn run(
     let layout = file.layout();
     let max_inflight =
         (shared.concurrent_pieces as u64).min((INFLIGHT_BYTES / layout.piece_size).max(2)) as usize;
-    let mut inflight: JoinSet<(u32, Result<()>)> = JoinSet::new();
-    let mut inflight_set: HashSet<u32> = HashSet::new();
+    let mut inflight = Fetches::new(ctx.clone(), shared.piece_memory.clone());
+    let mut straggler_at: Option<tokio::time::Instant> = None;
     let mut schedule: Option<BoxFuture<'static, Result<ScheduleReply>>> = None;
     let mut errors = 0u32;
     let mut origin_failures = 0u32;
@@ -78,24 +78,6 @@ pub(super) async fn run(
     let mut last_progress = Instant::now();
     let mut progress_mark = file.have().count();
     let hasher = BlobHasher::start(&file);
-
-    let spawn = |inflight: &mut JoinSet<(u32, Result<()>)>,
-                 inflight_set: &mut HashSet<u32>,
-                 a: Assignment| {
-        if file.has_piece(a.piece) || !inflight_set.insert(a.piece) {
-            return;
-        }
-        let ctx = ctx.clone();
-        let memory = shared.piece_memory.clone();
-        let len = layout.range(a.piece).map_or(0, |r| r.end - r.start);
-        inflight.spawn(async move {
-            let piece = a.piece;
-            let Some(_buffer) = memory.reserve(len).await else {
-                return (piece, Err(Error::Cancelled));
-            };
-            (piece, ctx.fetch(a).await)
-        });
-    };
 
     loop {
         if file.is_complete() && inflight.is_empty() {
@@ -112,6 +94,13 @@ pub(super) async fn run(
             });
         }
         let capacity = max_inflight.saturating_sub(inflight.len());
+        if !degraded {
+            let missing = layout.piece_count().saturating_sub(count) as usize;
+            straggler_at = inflight
+                .duplicate_stragglers(missing, capacity)
+                .map(tokio::time::Instant::from_std);
+        }
+        let capacity = max_inflight.saturating_sub(inflight.len());
         if backoff_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
             backoff_until = None;
         }
@@ -120,7 +109,7 @@ pub(super) async fn run(
                 let missing: Vec<u32> = file
                     .have()
                     .missing()
-                    .filter(|p| !inflight_set.contains(p))
+                    .filter(|&p| !inflight.contains(p))
                     .take(capacity)
                     .collect();
                 for piece in missing {
@@ -130,7 +119,7 @@ pub(super) async fn run(
                         parents: Vec::new(),
                         origin: true,
                     };
-                    spawn(&mut inflight, &mut inflight_set, a);
+                    inflight.start(a);
                 }
             } else {
                 let client = shared.client.clone();
@@ -145,11 +134,9 @@ pub(super) async fn run(
         }
         tokio::select! {
             Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
-                let (piece, result) = joined.map_err(|e| Error::DownloadFailed {
-                    task,
-                    message: format!("piece worker crashed: {e}"),
-                })?;
-                inflight_set.remove(&piece);
+                let Joined::Piece(piece, result) = joined? else {
+                    continue;
+                };
                 match result {
                     Ok(()) => origin_failures = 0,
                     Err(e) => {
@@ -191,7 +178,7 @@ pub(super) async fn run(
                             degraded = true;
                         }
                         for a in reply.assignments {
-                            spawn(&mut inflight, &mut inflight_set, a);
+                            inflight.start(a);
                         }
                     }
                     Err(Error::Supernode { unknown_peer: true, .. }) => {
@@ -225,6 +212,12 @@ pub(super) async fn run(
                     None => std::future::pending().await,
                 }
             }, if backoff_until.is_some() && schedule.is_none() => {}
+            _ = async {
+                match straggler_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            }, if straggler_at.is_some() => {}
             _ = shared.cancel.cancelled() => return Err(Error::Cancelled),
         }
     }

@@ -10,6 +10,7 @@
 //! - [`verify`]: the whole-blob digest, hashed in order while the pieces arrive.
 
 mod download;
+mod fetches;
 mod memory;
 mod piece;
 mod reporter;
