@@ -214,6 +214,9 @@ pub enum FailReason {
     Corrupt,
     /// Too slow.
     Timeout,
+    /// The transfer started but ended early: a relaying parent lost its own source, or the
+    /// parent went away mid-piece. Unlike `Unreachable`, the parent stays worth asking.
+    Interrupted,
     /// The peer gave up on the piece for its own reasons (shutdown, cancelled).
     Abandoned,
 }

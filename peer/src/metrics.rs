@@ -25,6 +25,7 @@ impl Source {
 pub struct PeerMetrics {
     pub download_bytes: IntCounterVec,
     pub upload_bytes: IntCounter,
+    pub relayed_bytes: IntCounter,
     pub pieces_verified: IntCounterVec,
     pub pieces_rejected: IntCounterVec,
     pub piece_failures: IntCounterVec,
@@ -72,6 +73,13 @@ impl PeerMetrics {
                 IntCounter::new(
                     "shoal_peer_upload_bytes_total",
                     "Bytes served to other peers.",
+                )?,
+            )?,
+            relayed_bytes: reg(
+                registry,
+                IntCounter::new(
+                    "shoal_peer_relayed_bytes_total",
+                    "Bytes served to other peers from pieces still arriving (cut-through).",
                 )?,
             )?,
             pieces_verified: reg(

@@ -130,16 +130,22 @@ async fn status_shows_peers_tasks_and_bytes_by_source() {
         post(&app, &format!("/api/v1/tasks/{TASK}/peers"), register).await;
     }
     let sched = |id: &str| json!({"peer_id": id, "capacity": 8, "wait_ms": 0});
-    let reply = post(&app, &format!("/api/v1/tasks/{TASK}/schedule"), sched("a")).await;
-    assert_eq!(reply["assignments"].as_array().unwrap().len(), 3, "{reply}");
     let done = |pieces: &[u64], from: Option<&str>| -> Vec<Value> {
         pieces
             .iter()
             .map(|&p| json!({"piece": p, "sha256": digest(p), "from": from, "millis": 3}))
             .collect()
     };
-    let report = json!({"peer_id": "a", "done": done(&[0, 1, 2], None)});
     let uri = format!("/api/v1/tasks/{TASK}/reports");
+    // The origin lease window starts at one lease and opens as pieces become available.
+    let reply = post(&app, &format!("/api/v1/tasks/{TASK}/schedule"), sched("a")).await;
+    assert_eq!(reply["assignments"].as_array().unwrap().len(), 1, "{reply}");
+    let first = json!({"peer_id": "a", "done": done(&[0], None)});
+    assert_eq!(post(&app, &uri, first).await["accepted"], 1);
+    let reply = post(&app, &format!("/api/v1/tasks/{TASK}/schedule"), sched("a")).await;
+    assert_eq!(reply["assignments"].as_array().unwrap().len(), 2, "{reply}");
+    // Piece 0 again in this report: a retry, accepted but not counted twice below.
+    let report = json!({"peer_id": "a", "done": done(&[0, 1, 2], None)});
     assert_eq!(post(&app, &uri, report.clone()).await["accepted"], 3);
     // A retried report is accepted again but not counted twice.
     assert_eq!(post(&app, &uri, report).await["accepted"], 3);

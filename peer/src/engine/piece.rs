@@ -137,13 +137,18 @@ impl PieceContext {
                 break;
             };
             let started = Instant::now();
+            // Other peers may fetch this piece from us while it arrives; the relay ends (and
+            // fails its readers if incomplete) when `relay` is dropped, after the piece is
+            // stored or this attempt failed.
+            let relay = self.file.relays().start(a.piece, range.end - range.start);
             let src = ParentPeer::new(
                 parent.peer_id.clone(),
                 parent.addr,
                 &self.file.id(),
                 layout.length,
                 self.http.clone(),
-            );
+            )
+            .relaying(&relay);
             match src.fetch(range.clone()).await {
                 Ok(bytes) => {
                     if self

@@ -1,8 +1,12 @@
 //! The piece server other peers fetch from: byte ranges of tasks this peer holds, complete or
-//! still downloading. Only ranges whose pieces are all stored are served, so a parent never
-//! hands out bytes it has not verified.
+//! still downloading. Stored pieces come from disk, verified. A whole piece still arriving
+//! from a parent is relayed as it arrives (cut-through, see `storage::Relays`): those bytes
+//! are not verified yet, which is safe because every receiver checks each piece against its
+//! sha256, known before any relay is offered.
 
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -10,6 +14,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use shoal_common::TaskId;
 
@@ -19,7 +25,7 @@ use crate::engine::stream_range;
 use crate::error::Error;
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
-use crate::storage::Storage;
+use crate::storage::{Relay, Storage, TaskFile};
 
 #[derive(Clone)]
 pub struct P2pState {
@@ -73,18 +79,35 @@ async fn serve_range(
             }
         }
     };
-    if !file.has_range(range.start, range.end) {
+    // Held bytes from disk; else a whole piece still arriving from a parent, as it arrives.
+    // The second look at the disk covers a piece stored (and its relay ended) in between.
+    let source: BoxStream<'static, Result<Bytes, Error>> = if file.has_range(range.start, range.end)
+    {
+        stream_range(file, range.clone()).boxed()
+    } else if let Some(relay) = relay_for(&file, &range).await {
+        let relayed = st.metrics.relayed_bytes.clone();
+        relay
+            .stream()
+            .inspect(move |c| {
+                if let Ok(c) = c {
+                    relayed.inc_by(c.len() as u64);
+                }
+            })
+            .boxed()
+    } else if file.has_range(range.start, range.end) {
+        stream_range(file, range.clone()).boxed()
+    } else {
         return Err(Error::RangeNotHeld {
             task,
             start: range.start,
             end: range.end,
         }
         .into());
-    }
+    };
     st.metrics.uploads_active.inc();
     let guard = UploadGuard(st.metrics.uploads_active.clone());
     let (metrics, limit, corrupt) = (st.metrics.clone(), st.upload_limit.clone(), st.corrupt);
-    let body = stream_range(file, range.clone()).then(move |chunk| {
+    let body = source.then(move |chunk| {
         let metrics = metrics.clone();
         let limit = limit.clone();
         let _keep = &guard;
@@ -122,4 +145,19 @@ async fn serve_range(
         }
     }
     Ok(resp)
+}
+
+/// How long a request for a whole piece we neither hold nor relay waits for its relay to
+/// start (see `Relays::wait`) before the answer is that we do not hold it.
+const RELAY_START_WAIT: Duration = Duration::from_millis(500);
+
+/// The relay of the piece `range` covers exactly, if that piece is arriving (or about to).
+async fn relay_for(file: &TaskFile, range: &Range<u64>) -> Option<Arc<Relay>> {
+    let layout = file.layout();
+    let piece = u32::try_from(range.start / layout.piece_size).ok()?;
+    if layout.range(piece).as_ref() != Some(range) {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + RELAY_START_WAIT;
+    file.relays().wait(piece, deadline).await
 }

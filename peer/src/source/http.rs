@@ -12,6 +12,7 @@ use reqwest::header::{HeaderMap, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
 use crate::ratelimit::RateLimit;
+use crate::storage::RelayWriter;
 
 /// Why a range request failed, before the caller attaches who it was talking to.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub enum FetchFailure {
     Status(u16, String),
     /// The server answered 2xx with the wrong bytes count or range.
     Protocol(String),
+    /// The body broke off after the server had answered.
+    Interrupted(String),
 }
 
 impl std::fmt::Display for FetchFailure {
@@ -30,6 +33,7 @@ impl std::fmt::Display for FetchFailure {
             FetchFailure::Transport(m) => write!(f, "transfer failed: {m}"),
             FetchFailure::Status(s, m) => write!(f, "HTTP {s}: {m}"),
             FetchFailure::Protocol(m) => write!(f, "bad response: {m}"),
+            FetchFailure::Interrupted(m) => write!(f, "transfer cut off: {m}"),
         }
     }
 }
@@ -63,13 +67,15 @@ impl HttpFetcher {
         &self.client
     }
 
-    /// GETs `range` of `url`, insisting on exactly those bytes.
+    /// GETs `range` of `url`, insisting on exactly those bytes; each chunk also goes to
+    /// `relay` as it arrives.
     pub async fn get_range(
         &self,
         url: &str,
         headers: &HeaderMap,
         range: Range<u64>,
         total_len: Option<u64>,
+        relay: Option<&RelayWriter>,
     ) -> Result<Bytes, FetchFailure> {
         let want = range.end - range.start;
         if want == 0 {
@@ -114,17 +120,20 @@ impl HttpFetcher {
             let mut buf = BytesMut::with_capacity(want as usize);
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| FetchFailure::Transport(error_chain(&e)))?;
+                let chunk = chunk.map_err(|e| FetchFailure::Interrupted(error_chain(&e)))?;
                 if (buf.len() + chunk.len()) as u64 > want {
                     return Err(FetchFailure::Protocol(format!(
                         "body longer than the {want} bytes asked for"
                     )));
                 }
                 self.limit.consume(chunk.len()).await;
+                if let Some(r) = relay {
+                    r.push(&chunk);
+                }
                 buf.extend_from_slice(&chunk);
             }
             if buf.len() as u64 != want {
-                return Err(FetchFailure::Transport(format!(
+                return Err(FetchFailure::Interrupted(format!(
                     "body ended after {} of {want} bytes",
                     buf.len()
                 )));

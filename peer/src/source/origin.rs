@@ -98,7 +98,7 @@ impl PieceSource for Origin {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes>> {
         Box::pin(async move {
             self.http
-                .get_range(self.url.as_str(), &self.headers, range, self.length)
+                .get_range(self.url.as_str(), &self.headers, range, self.length, None)
                 .await
                 .map_err(|f| match f {
                     FetchFailure::Status(s, m) => self.err(format!("HTTP {s}: {m}"), Some(s)),

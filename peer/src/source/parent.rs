@@ -12,20 +12,22 @@ use shoal_common::TaskId;
 use super::http::{FetchFailure, HttpFetcher};
 use super::PieceSource;
 use crate::error::{Error, Result};
+use crate::storage::RelayWriter;
 
 /// The piece server path for a task's bytes (shared with the server side).
 pub fn data_path(task: &TaskId) -> String {
     format!("/api/v1/tasks/{task}/data")
 }
 
-pub struct ParentPeer {
+pub struct ParentPeer<'r> {
     peer_id: PeerId,
     url: String,
     http: HttpFetcher,
     length: u64,
+    relay: Option<&'r RelayWriter>,
 }
 
-impl ParentPeer {
+impl<'r> ParentPeer<'r> {
     pub fn new(
         peer_id: PeerId,
         addr: SocketAddr,
@@ -38,15 +40,28 @@ impl ParentPeer {
             peer_id,
             http,
             length,
+            relay: None,
         }
+    }
+
+    /// Passes the bytes on to `relay` as they arrive.
+    pub fn relaying(mut self, relay: &'r RelayWriter) -> Self {
+        self.relay = Some(relay);
+        self
     }
 }
 
-impl PieceSource for ParentPeer {
+impl PieceSource for ParentPeer<'_> {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes>> {
         Box::pin(async move {
             self.http
-                .get_range(&self.url, &HeaderMap::new(), range, Some(self.length))
+                .get_range(
+                    &self.url,
+                    &HeaderMap::new(),
+                    range,
+                    Some(self.length),
+                    self.relay,
+                )
                 .await
                 .map_err(|f| {
                     let reason = match &f {
@@ -55,6 +70,7 @@ impl PieceSource for ParentPeer {
                             FailReason::Timeout
                         }
                         FetchFailure::Transport(_) => FailReason::Unreachable,
+                        FetchFailure::Interrupted(_) => FailReason::Interrupted,
                         FetchFailure::Status(..) | FetchFailure::Protocol(_) => {
                             FailReason::Unreachable
                         }

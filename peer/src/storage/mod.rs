@@ -3,7 +3,9 @@
 //!
 //! A task reserves its full length when created, so concurrent downloads cannot together
 //! overrun the quota; "in use" means someone (a download, a reader, an upload) holds an `Arc`.
+//! Pieces still arriving from a parent can be relayed to other peers ([`Relays`]).
 
+mod relay;
 mod task_file;
 
 use std::collections::HashMap;
@@ -16,6 +18,7 @@ use prometheus::{IntCounter, IntGauge};
 use shoal_common::{PieceLayout, TaskId};
 
 use crate::error::{Error, Result};
+pub use relay::{Relay, RelayWriter, Relays};
 pub use task_file::{TaskFile, TaskMeta, TaskStatus};
 
 /// Gauges and counters the storage keeps current (owned by the peer's metrics).

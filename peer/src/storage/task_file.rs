@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ use shoal_common::api::PieceDigest;
 use shoal_common::{Digest, PieceLayout, PieceSet, TaskId};
 use tokio::sync::watch;
 
+use super::relay::Relays;
 use crate::error::{Error, Result};
 
 const META: &str = "meta.json";
@@ -51,6 +53,7 @@ pub struct TaskFile {
     log: Mutex<File>,
     pieces: Mutex<Pieces>,
     status: watch::Sender<TaskStatus>,
+    relays: Arc<Relays>,
 }
 
 impl std::fmt::Debug for TaskFile {
@@ -194,6 +197,7 @@ impl TaskFile {
             log: Mutex::new(log),
             pieces: Mutex::new(Pieces { have, digests }),
             status,
+            relays: Arc::new(Relays::default()),
         }
     }
 
@@ -247,6 +251,11 @@ impl TaskFile {
             .layout
             .pieces_for(start..end)
             .all(|i| p.have.contains(i))
+    }
+
+    /// Pieces being received from parents, served while they arrive (cut-through).
+    pub fn relays(&self) -> &Arc<Relays> {
+        &self.relays
     }
 
     pub fn subscribe(&self) -> watch::Receiver<TaskStatus> {

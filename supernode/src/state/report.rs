@@ -24,6 +24,7 @@ pub(crate) fn reason_label(reason: FailReason) -> &'static str {
         FailReason::NotFound => "not_found",
         FailReason::Corrupt => "corrupt",
         FailReason::Timeout => "timeout",
+        FailReason::Interrupted => "interrupted",
         FailReason::Abandoned => "abandoned",
     }
 }
@@ -124,7 +125,9 @@ impl Task {
                         self.strike(parent, now);
                     }
                     FailReason::NotFound => self.drop_holding(parent, p),
-                    FailReason::Unreachable | FailReason::Timeout => self.note_failure(parent, now),
+                    FailReason::Unreachable | FailReason::Timeout | FailReason::Interrupted => {
+                        self.note_failure(parent, now)
+                    }
                     FailReason::Abandoned => {}
                 }
             }

@@ -5,7 +5,8 @@
 //! - a member is in `pieces[p].holders` iff it holds `p` and is not blacklisted;
 //! - `available` counts the pieces with at least one holder;
 //! - a member's `uploads` counts the in-flight entries (of any member) naming it as parent;
-//! - `pieces[p].lease` names a member that has `p` in flight from the origin.
+//! - `pieces[p].lease` names a member that has `p` in flight from the origin;
+//! - `pieces[p].relays` lists the members that have `p` in flight from a parent.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -94,6 +95,9 @@ pub(crate) struct PieceState {
     /// What the origin served for this piece (recorded by the first origin fetch).
     pub digest: Option<Digest>,
     pub holders: IndexSet<Slot>,
+    /// Members fetching this piece from a parent: they pass it on while it arrives
+    /// (cut-through), so they can serve it too.
+    pub relays: IndexSet<Slot>,
     pub lease: Option<Lease>,
 }
 
@@ -130,6 +134,7 @@ impl Task {
             .map(|_| PieceState {
                 digest: None,
                 holders: IndexSet::new(),
+                relays: IndexSet::new(),
                 lease: None,
             })
             .collect();
@@ -377,6 +382,9 @@ impl Task {
         let entry = self.member_mut(slot)?.inflight.remove(&piece)?;
         match entry.parent {
             Some(parent) => {
+                if let Some(ps) = self.pieces.get_mut(piece as usize) {
+                    ps.relays.swap_remove(&slot);
+                }
                 if let Some(p) = self.member_mut(parent.slot) {
                     if p.serial == parent.serial {
                         p.uploads = p.uploads.saturating_sub(1);

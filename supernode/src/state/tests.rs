@@ -154,20 +154,28 @@ async fn origin_leases_are_exclusive_and_limited() {
     assert!(sched(&s, "b", 3).await.assignments.is_empty());
     let c = sched(&s, "c", 3).await;
     assert!(c.assignments.is_empty() && !c.done);
-    // Only a peer that got a lease is an origin peer.
-    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a"]);
+    // b took the second origin-peer place (it waits for room in the window); c may never
+    // go to the origin.
+    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
 
-    // a finishes piece 0 and the window opens to two leases, both b's; c gets piece 0 from
-    // a, with the recorded digest.
+    // a finishes piece 0 and the window opens to two leases, both b's; b also fetches piece
+    // 0 from a. c gets piece 0 from b, which relays it while it arrives and has no other
+    // upload (a is the backup), with the recorded digest.
     assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
-    assert_eq!(origin_pieces(&sched(&s, "b", 3).await), vec![1, 2]);
+    let b = sched(&s, "b", 3).await;
+    assert_eq!(origin_pieces(&b), vec![1, 2]);
+    assert_eq!(pieces(&b), vec![1, 2, 0]);
     let c = sched(&s, "c", 3).await;
     assert_eq!(pieces(&c), vec![0]);
-    assert_eq!(c.assignments[0].parents[0].peer_id, "a");
+    let parents: Vec<&str> = c.assignments[0]
+        .parents
+        .iter()
+        .map(|p| p.peer_id.as_str())
+        .collect();
+    assert_eq!(parents, vec!["b", "a"]);
     assert_eq!(c.assignments[0].sha256, Some(digest(0)));
     assert!(!c.assignments[0].origin);
-    // Two origin peers now: c may never go to the origin, even with room in the window.
-    assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
+    // Room in the window, but still not for c.
     done(&s, "b", 1, None, digest(1));
     assert!(origin_pieces(&sched(&s, "c", 3).await).is_empty());
     // A window of three with b's piece 2 still leased leaves two leases for a, never
@@ -304,14 +312,26 @@ async fn parents_ranked_by_load_and_saturation_respected() {
     }
     assert_eq!(first.get("a"), Some(&2));
     assert_eq!(first.get("b"), Some(&2));
-    // Saturated: nothing more for anyone until something is released.
+    // a and b are saturated, but c relays the four pieces it is fetching: d gets two of
+    // them from c (its two upload slots), with a or b as backup.
     join(&s, "d", &[]);
-    assert!(sched(&s, "d", 4).await.assignments.is_empty());
+    let d = sched(&s, "d", 4).await;
+    assert_eq!(d.assignments.len(), 2, "{d:?}");
+    assert!(d.assignments.iter().all(|a| a.parents[0].peer_id == "c"));
+    // Nobody ever has more uploads in flight than the limit.
+    let most = |s: &State| s.list_tasks()[0].peers.iter().map(|p| p.uploading).max();
+    assert_eq!(most(&s), Some(2));
+    // Everyone saturated: a newcomer gets only what d relays.
+    join(&s, "e", &[]);
+    let e = sched(&s, "e", 4).await;
+    assert!(e.assignments.iter().all(|a| a.parents[0].peer_id == "d"));
     let p = r.assignments[0].piece;
     let from = r.assignments[0].parents[0].peer_id.clone();
     done(&s, "c", p, Some(&from), digest(p));
-    // The freed slot and c (holding one piece) are parents now.
-    assert_eq!(sched(&s, "d", 4).await.assignments.len(), 2);
+    // The slot freed at a or b goes to whoever asks next.
+    join(&s, "f", &[]);
+    assert!(!sched(&s, "f", 4).await.assignments.is_empty());
+    assert_eq!(most(&s), Some(2));
 }
 
 #[tokio::test]
@@ -473,7 +493,8 @@ async fn expiry_releases_leases_assignments_and_holdings() {
     s.remove_peer("a").unwrap();
     s.remove_peer("b").unwrap();
     let t = &s.list_tasks()[0];
-    assert_eq!((t.pieces_available, t.origin_peers.len()), (0, 0));
+    assert_eq!(t.pieces_available, 0);
+    assert_eq!(t.origin_peers, vec!["c"]);
     // Nothing is available any more: the lease window is back to one.
     let r = sched(&s, "c", 8).await;
     assert_eq!(pieces(&r), vec![0]);
@@ -489,7 +510,7 @@ async fn expiry_releases_leases_assignments_and_holdings() {
 }
 
 #[tokio::test]
-async fn long_poll_wakes_few_of_many_waiters() {
+async fn many_waiters_are_served_at_once_by_a_relay_tree() {
     let s = state(SupernodeConfig {
         // Only a may fetch from the origin: the waiters can only get what a holds.
         max_origin_peers_per_task: 1,
@@ -518,16 +539,20 @@ async fn long_poll_wakes_few_of_many_waiters() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.list_tasks()[0].waiting, 100);
     done(&s, "a", 0, None, digest(0));
-    let mut fast = 0;
+    let mut parents = HashMap::<String, usize>::new();
     for w in waiters {
         let (r, took) = w.await.unwrap();
-        if !r.assignments.is_empty() {
-            assert!(took < Duration::from_millis(1_000), "{took:?}");
-            fast += 1;
-        }
+        assert_eq!(pieces(&r), vec![0]);
+        assert!(took < Duration::from_millis(1_000), "{took:?}");
+        *parents
+            .entry(r.assignments[0].parents[0].peer_id.clone())
+            .or_default() += 1;
     }
-    // a has 8 upload slots: 8 waiters got piece 0 from it at once, the rest timed out.
-    assert_eq!(fast, 8);
+    // Each waiter that gets piece 0 relays it to those woken after it: every waiter is
+    // served at once, by a tree of parents with at most 8 uploads each (a's 8 slots alone
+    // would have served 8 and left 92 to time out).
+    assert!(parents.len() >= 100 / 8, "{parents:?}");
+    assert!(parents.values().all(|&n| n <= 8), "{parents:?}");
 }
 
 #[tokio::test]

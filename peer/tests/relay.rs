@@ -1,0 +1,62 @@
+//! Cut-through relaying: a peer passes on the pieces it is still receiving. The seed is
+//! throttled and busy with r's download, so the supernode points d at r, which serves d the
+//! pieces while they arrive from the seed; d's copy is verified like any other.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Eight 1 MiB pieces.
+const BLOB: usize = 8 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_serves_pieces_it_is_still_receiving() {
+    with_timeout(Duration::from_secs(240), async {
+        let origin = Origin::start().await;
+        let blob = random_blob(12, BLOB);
+        let (digest, url) = origin.push("relay/app", &blob).await;
+        drop(blob);
+
+        let supernode = Supernode::start().await;
+        // 2 MiB/s: r's eight pieces arrive together over about 4 s.
+        let seed = Peer::start(
+            "seed",
+            PeerOpts::with_supernode(&supernode).arg("--upload-rate=2MiB"),
+        )
+        .await;
+        let out = tempfile::tempdir().unwrap();
+        get(&seed, &url, Some(&digest), &out.path().join("seed"))
+            .await
+            .assert_success("seeding");
+
+        let r = Peer::start("r", PeerOpts::with_supernode(&supernode)).await;
+        let d = Peer::start("d", PeerOpts::with_supernode(&supernode)).await;
+        let r_path = out.path().join("r");
+        let r_get = spawn_get(&r, &url, Some(&digest), &r_path);
+        // Once r is receiving, d asks: the seed's upload slots are r's, r's are free.
+        wait_for("the seed to serve r", Duration::from_secs(30), || {
+            let seed = &seed;
+            async move {
+                (seed.metric("shoal_peer_uploads_active", &[]).await >= 1.0).then_some(())
+            }
+        })
+        .await;
+        let d_path = out.path().join("d");
+        get(&d, &url, Some(&digest), &d_path)
+            .await
+            .assert_success("get via d");
+        r_get.await.unwrap().assert_success("get via r");
+        assert_file_digest(&r_path, &digest);
+        assert_file_digest(&d_path, &digest);
+
+        let relayed = r.metric("shoal_peer_relayed_bytes_total", &[]).await;
+        eprintln!("r relayed {relayed} B to d");
+        assert!(
+            relayed >= (1 << 20) as f64,
+            "r passed on no piece while receiving it ({relayed} B)"
+        );
+    })
+    .await
+}
