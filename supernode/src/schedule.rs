@@ -322,6 +322,11 @@ fn assign_from_peers(
         let Some(m) = task.member(s) else {
             continue;
         };
+        // Holders exclude blacklisted members already; relays are listed before anyone
+        // knows, so check.
+        if relay && task.blacklist.contains(&m.id) {
+            continue;
+        }
         let is_saturated = m.uploads >= policy.max_uploads;
         if is_saturated {
             if saturated >= policy.max_parents {

@@ -163,6 +163,7 @@ impl PieceContext {
                     {
                         return Ok(());
                     }
+                    relay.fail();
                     self.avoid.lock().insert(parent.peer_id.clone());
                     self.fail(a.piece, Some(parent.peer_id.clone()), FailReason::Corrupt);
                     last_err = Some(Error::Parent {

@@ -54,16 +54,16 @@ impl Relay {
                     rx.borrow_and_update();
                     {
                         let st = relay.state.lock();
-                        if let Some(chunk) = st.chunks.get(next).cloned() {
-                            drop(st);
-                            let sent = sent + chunk.len() as u64;
-                            return Some((Ok(chunk), (relay, rx, next + 1, sent)));
-                        }
                         if st.failed {
                             return Some((
                                 Err(Error::Cancelled),
                                 (relay.clone(), rx, usize::MAX, u64::MAX),
                             ));
+                        }
+                        if let Some(chunk) = st.chunks.get(next).cloned() {
+                            drop(st);
+                            let sent = sent + chunk.len() as u64;
+                            return Some((Ok(chunk), (relay, rx, next + 1, sent)));
                         }
                     }
                     if rx.changed().await.is_err() {
@@ -133,6 +133,13 @@ pub struct RelayWriter {
 }
 
 impl RelayWriter {
+    /// The bytes turned out wrong (digest mismatch): readers still receiving are cut off
+    /// instead of being handed the rest, so they do not blame this peer for its parent.
+    pub fn fail(&self) {
+        self.relay.state.lock().failed = true;
+        self.relay.bump();
+    }
+
     pub fn push(&self, chunk: &Bytes) {
         {
             let mut st = self.relay.state.lock();
@@ -211,7 +218,25 @@ mod tests {
         w.push(&Bytes::from_static(b"1234"));
         drop(w);
         let items: Vec<_> = s.collect().await;
-        assert_eq!(items.len(), 2);
-        assert!(items[0].is_ok() && items[1].is_err());
+        assert_eq!(
+            items.len(),
+            1,
+            "failed before the reader looked: no bytes, an error"
+        );
+        assert!(items[0].is_err());
+    }
+
+    #[tokio::test]
+    async fn readers_are_cut_off_when_the_bytes_turn_out_wrong() {
+        let relays = Arc::new(Relays::default());
+        let w = relays.start(0, 4);
+        let s = relays.get(0).unwrap().stream();
+        tokio::pin!(s);
+        w.push(&Bytes::from_static(b"12"));
+        assert!(s.next().await.unwrap().is_ok());
+        w.push(&Bytes::from_static(b"34"));
+        w.fail();
+        assert!(s.next().await.unwrap().is_err());
+        assert!(s.next().await.is_none());
     }
 }

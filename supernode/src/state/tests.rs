@@ -381,6 +381,29 @@ async fn same_zone_preferred() {
 }
 
 #[tokio::test]
+async fn blacklisted_peers_are_not_offered_as_relays() {
+    let s = state(SupernodeConfig::default());
+    join(&s, "a", &[0, 1, 2, 3, 4, 5, 6, 7]);
+    join(&s, "bad", &[]);
+    join(&s, "victim", &[]);
+    // bad fetches a piece from a, so it relays that piece ...
+    assert_eq!(pieces(&sched(&s, "bad", 1).await).len(), 1);
+    // ... and gets blacklisted meanwhile (it served corrupt pieces of this task).
+    for p in 5..8 {
+        failed(&s, "victim", p, "bad", FailReason::Corrupt);
+    }
+    assert_eq!(s.list_tasks()[0].blacklisted, vec!["bad"]);
+    join(&s, "d", &[]);
+    let r = sched(&s, "d", 8).await;
+    assert!(
+        r.assignments
+            .iter()
+            .all(|a| a.parents.iter().all(|p| p.peer_id != "bad")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
 async fn corrupt_parents_are_blacklisted() {
     let s = state(SupernodeConfig::default());
     join(&s, "bad", &[0, 1, 2, 3, 4, 5, 6, 7]);
