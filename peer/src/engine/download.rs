@@ -93,13 +93,14 @@ pub(super) async fn run(
                 message: format!("no progress for {STALL_TIMEOUT:?}"),
             });
         }
-        let capacity = max_inflight.saturating_sub(inflight.len());
         if !degraded {
             let missing = layout.piece_count().saturating_sub(count) as usize;
+            let room = max_inflight.saturating_sub(inflight.len());
             straggler_at = inflight
-                .duplicate_stragglers(missing, capacity)
+                .duplicate_stragglers(missing, room)
                 .map(tokio::time::Instant::from_std);
         }
+        // After any second fetches, which take slots too.
         let capacity = max_inflight.saturating_sub(inflight.len());
         if backoff_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
             backoff_until = None;

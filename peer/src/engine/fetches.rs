@@ -141,7 +141,6 @@ impl Fetches {
             return None;
         }
         let now = Instant::now();
-        let mut room = room;
         let mut next: Option<Instant> = None;
         let mut due = Vec::new();
         for (&piece, r) in &self.running {
@@ -158,17 +157,13 @@ impl Fetches {
             }
         }
         due.sort_unstable();
-        for piece in due {
-            if room == 0 {
-                break;
-            }
+        for piece in due.into_iter().take(room) {
             let Some(r) = self.running.get_mut(&piece) else {
                 continue;
             };
+            r.duplicated = true;
             let mut second = r.assignment.clone();
             second.parents.remove(0);
-            r.duplicated = true;
-            room -= 1;
             let handle = self.spawn(second);
             if let Some(r) = self.running.get_mut(&piece) {
                 r.tasks.push(handle);

@@ -117,28 +117,30 @@ impl HttpFetcher {
                     return Err(FetchFailure::Status(s.as_u16(), snippet));
                 }
             }
-            let mut buf = BytesMut::with_capacity(want as usize);
+            // Relayed bytes go to the relay's buffer only, so the piece is held once.
+            let mut buf = BytesMut::with_capacity(if relay.is_some() { 0 } else { want as usize });
+            let mut got = 0u64;
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| FetchFailure::Interrupted(error_chain(&e)))?;
-                if (buf.len() + chunk.len()) as u64 > want {
+                got += chunk.len() as u64;
+                if got > want {
                     return Err(FetchFailure::Protocol(format!(
                         "body longer than the {want} bytes asked for"
                     )));
                 }
                 self.limit.consume(chunk.len()).await;
-                if let Some(r) = relay {
-                    r.push(&chunk);
+                match relay {
+                    Some(r) => r.push(&chunk),
+                    None => buf.extend_from_slice(&chunk),
                 }
-                buf.extend_from_slice(&chunk);
             }
-            if buf.len() as u64 != want {
+            if got != want {
                 return Err(FetchFailure::Interrupted(format!(
-                    "body ended after {} of {want} bytes",
-                    buf.len()
+                    "body ended after {got} of {want} bytes"
                 )));
             }
-            Ok(buf.freeze())
+            Ok(relay.map_or_else(|| buf.freeze(), RelayWriter::finish))
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,

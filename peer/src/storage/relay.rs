@@ -11,19 +11,43 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
 use crate::error::{Error, Result};
 
-#[derive(Default)]
+/// The piece's one buffer, shared by the fetch and the readers: the relay costs no second
+/// copy of the piece.
+enum Buf {
+    Filling(BytesMut),
+    /// Handed to the fetch by `RelayWriter::finish`; readers slice it.
+    Whole(Bytes),
+}
+
 struct State {
-    chunks: Vec<Bytes>,
-    received: u64,
-    /// The fetch ended without all bytes.
+    buf: Buf,
+    /// The fetch ended without all bytes, or they were wrong.
     failed: bool,
+}
+
+impl State {
+    fn received(&self) -> usize {
+        match &self.buf {
+            Buf::Filling(b) => b.len(),
+            Buf::Whole(b) => b.len(),
+        }
+    }
+
+    /// The bytes from `from` on, if there are any yet.
+    fn since(&self, from: usize) -> Option<Bytes> {
+        match &self.buf {
+            Buf::Filling(b) if b.len() > from => Some(Bytes::copy_from_slice(&b[from..])),
+            Buf::Whole(b) if b.len() > from => Some(b.slice(from..)),
+            _ => None,
+        }
+    }
 }
 
 /// The bytes of one piece received so far.
@@ -43,36 +67,36 @@ impl Relay {
     /// fetch feeding the relay fails first.
     pub fn stream(self: Arc<Self>) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         let rx = self.changed.subscribe();
-        futures::stream::unfold(
-            (self, rx, 0usize, 0u64),
-            |(relay, mut rx, next, sent)| async move {
-                loop {
-                    if sent >= relay.len {
-                        return None;
+        futures::stream::unfold((self, rx, 0usize), |(relay, mut rx, sent)| async move {
+            // `sent == usize::MAX`: the stream already ended with an error.
+            if sent == usize::MAX || sent as u64 >= relay.len {
+                return None;
+            }
+            loop {
+                // Mark the version seen before looking, so a push after the look wakes us.
+                rx.borrow_and_update();
+                let next = {
+                    let st = relay.state.lock();
+                    if st.failed {
+                        Some(Err(Error::Cancelled))
+                    } else {
+                        st.since(sent).map(Ok)
                     }
-                    // Mark the version seen before looking, so a push after the look wakes us.
-                    rx.borrow_and_update();
-                    {
-                        let st = relay.state.lock();
-                        if st.failed {
-                            return Some((
-                                Err(Error::Cancelled),
-                                (relay.clone(), rx, usize::MAX, u64::MAX),
-                            ));
-                        }
-                        if let Some(chunk) = st.chunks.get(next).cloned() {
-                            drop(st);
-                            let sent = sent + chunk.len() as u64;
-                            return Some((Ok(chunk), (relay, rx, next + 1, sent)));
-                        }
+                };
+                match next {
+                    Some(Ok(chunk)) => {
+                        let sent = sent + chunk.len();
+                        return Some((Ok(chunk), (relay, rx, sent)));
                     }
-                    if rx.changed().await.is_err() {
-                        // The writer side is gone without a result: treat as failed.
-                        return Some((Err(Error::Cancelled), (relay, rx, usize::MAX, u64::MAX)));
+                    Some(Err(e)) => return Some((Err(e), (relay, rx, usize::MAX))),
+                    // The writer side is gone without a result: treat as failed.
+                    None if rx.changed().await.is_err() => {
+                        return Some((Err(Error::Cancelled), (relay, rx, usize::MAX)));
                     }
+                    None => {}
                 }
-            },
-        )
+            }
+        })
     }
 }
 
@@ -90,7 +114,10 @@ impl Relays {
         let (changed, _) = watch::channel(0);
         let relay = Arc::new(Relay {
             len,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                buf: Buf::Filling(BytesMut::with_capacity(usize::try_from(len).unwrap_or(0))),
+                failed: false,
+            }),
             changed,
         });
         self.by_piece.lock().insert(piece, relay.clone());
@@ -140,13 +167,22 @@ impl RelayWriter {
         self.relay.bump();
     }
 
-    pub fn push(&self, chunk: &Bytes) {
-        {
-            let mut st = self.relay.state.lock();
-            st.received += chunk.len() as u64;
-            st.chunks.push(chunk.clone());
+    pub fn push(&self, chunk: &[u8]) {
+        if let Buf::Filling(b) = &mut self.relay.state.lock().buf {
+            b.extend_from_slice(chunk);
         }
         self.relay.bump();
+    }
+
+    /// The bytes pushed so far, as the fetch's result; readers keep reading the same buffer.
+    pub fn finish(&self) -> Bytes {
+        let mut st = self.relay.state.lock();
+        let whole = match &mut st.buf {
+            Buf::Filling(b) => std::mem::take(b).freeze(),
+            Buf::Whole(b) => b.clone(),
+        };
+        st.buf = Buf::Whole(whole.clone());
+        whole
     }
 }
 
@@ -154,7 +190,7 @@ impl Drop for RelayWriter {
     fn drop(&mut self) {
         {
             let mut st = self.relay.state.lock();
-            if st.received < self.relay.len {
+            if (st.received() as u64) < self.relay.len {
                 st.failed = true;
             }
         }
@@ -180,10 +216,10 @@ mod tests {
         let w = relays.start(3, 6);
         let early = relays.get(3).unwrap().stream();
         tokio::pin!(early);
-        w.push(&Bytes::from_static(b"abc"));
+        w.push(b"abc");
         assert_eq!(early.next().await.unwrap().unwrap(), "abc");
         let late = relays.get(3).unwrap().stream();
-        w.push(&Bytes::from_static(b"def"));
+        w.push(b"def");
         drop(w);
         assert!(
             relays.get(3).is_none(),
@@ -215,7 +251,7 @@ mod tests {
         let relays = Arc::new(Relays::default());
         let w = relays.start(0, 10);
         let s = relays.get(0).unwrap().stream();
-        w.push(&Bytes::from_static(b"1234"));
+        w.push(b"1234");
         drop(w);
         let items: Vec<_> = s.collect().await;
         assert_eq!(
@@ -232,9 +268,9 @@ mod tests {
         let w = relays.start(0, 4);
         let s = relays.get(0).unwrap().stream();
         tokio::pin!(s);
-        w.push(&Bytes::from_static(b"12"));
+        w.push(b"12");
         assert!(s.next().await.unwrap().is_ok());
-        w.push(&Bytes::from_static(b"34"));
+        w.push(b"34");
         w.fail();
         assert!(s.next().await.unwrap().is_err());
         assert!(s.next().await.is_none());
