@@ -132,10 +132,9 @@ impl PieceContext {
             if self.avoid.lock().contains(&parent.peer_id) {
                 continue;
             }
-            let Some(expected) = a.sha256 else {
-                // Without a digest we could not verify a peer's bytes: never accept them.
-                break;
-            };
+            // Without a digest the parent is relaying the piece's first fetch from the
+            // origin (the only case the supernode offers one): its bytes are then trusted
+            // like that fetch, and the blob's digest is the final check.
             let started = Instant::now();
             // Other peers may fetch this piece from us while it arrives; the relay ends (and
             // fails its readers if incomplete) when `relay` is dropped, after the piece is
@@ -155,7 +154,7 @@ impl PieceContext {
                         .accept(
                             a.piece,
                             bytes,
-                            Some(expected),
+                            a.sha256,
                             Some(parent.peer_id.clone()),
                             started,
                         )
@@ -188,11 +187,14 @@ impl PieceContext {
         }
         if a.origin {
             let started = Instant::now();
-            match self.origin.fetch(range).await {
+            // Peers the supernode sends here get the bytes as they arrive from the origin.
+            let relay = self.file.relays().start(a.piece, range.end - range.start);
+            match self.origin.fetch_relaying(range, &relay).await {
                 Ok(bytes) => {
                     if self.accept(a.piece, bytes, a.sha256, None, started).await? {
                         return Ok(());
                     }
+                    relay.fail();
                     self.fail(a.piece, None, FailReason::Corrupt);
                     return Err(Error::Origin {
                         url: self.origin.url().to_string(),

@@ -1,8 +1,9 @@
 //! The piece server other peers fetch from: byte ranges of tasks this peer holds, complete or
 //! still downloading. Stored pieces come from disk, verified. A whole piece still arriving
-//! from a parent is relayed as it arrives (cut-through, see `storage::Relays`): those bytes
-//! are not verified yet, which is safe because every receiver checks each piece against its
-//! sha256, known before any relay is offered.
+//! from a parent or the origin is relayed as it arrives (cut-through, see `storage::Relays`):
+//! those bytes are not verified yet. Every receiver checks each piece against its sha256
+//! when one is known; a piece relayed from its first origin fetch has none yet, and its
+//! receivers trust it as they would that fetch, the blob's digest being the final check.
 
 use std::ops::Range;
 use std::sync::Arc;

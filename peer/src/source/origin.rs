@@ -12,6 +12,7 @@ use url::Url;
 use super::http::{error_chain, FetchFailure, HttpFetcher};
 use super::PieceSource;
 use crate::error::{Error, Result};
+use crate::storage::RelayWriter;
 
 #[derive(Clone)]
 pub struct Origin {
@@ -92,18 +93,25 @@ impl Origin {
             )),
         }
     }
+
+    /// Fetches `range`, passing the bytes on to `relay` as they arrive.
+    pub async fn fetch_relaying(&self, range: Range<u64>, relay: &RelayWriter) -> Result<Bytes> {
+        self.get(range, Some(relay)).await
+    }
+
+    async fn get(&self, range: Range<u64>, relay: Option<&RelayWriter>) -> Result<Bytes> {
+        self.http
+            .get_range(self.url.as_str(), &self.headers, range, self.length, relay)
+            .await
+            .map_err(|f| match f {
+                FetchFailure::Status(s, m) => self.err(format!("HTTP {s}: {m}"), Some(s)),
+                other => self.err(other.to_string(), None),
+            })
+    }
 }
 
 impl PieceSource for Origin {
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes>> {
-        Box::pin(async move {
-            self.http
-                .get_range(self.url.as_str(), &self.headers, range, self.length, None)
-                .await
-                .map_err(|f| match f {
-                    FetchFailure::Status(s, m) => self.err(format!("HTTP {s}: {m}"), Some(s)),
-                    other => self.err(other.to_string(), None),
-                })
-        })
+        Box::pin(self.get(range, None))
     }
 }

@@ -137,11 +137,21 @@ impl Supernode {
         Self::start_on(free_port()).await
     }
 
+    /// Starts a supernode with extra command-line arguments.
+    pub async fn start_with(args: &[&str]) -> Supernode {
+        Self::spawn(free_port(), args).await
+    }
+
     /// Starts a supernode on a given port (to replace one that was stopped).
     pub async fn start_on(port: u16) -> Supernode {
+        Self::spawn(port, &[]).await
+    }
+
+    async fn spawn(port: u16, args: &[&str]) -> Supernode {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(supernode_bin());
         cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        cmd.args(args);
         let mut daemon = Daemon::spawn("supernode", cmd, dir.path());
         let url = format!("http://127.0.0.1:{port}/readyz");
         let deadline = Instant::now() + READY_TIMEOUT;

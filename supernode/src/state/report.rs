@@ -71,20 +71,25 @@ impl Task {
                 }
                 continue;
             }
+            let leased = self.pieces[i].lease.is_some_and(|l| l.slot == slot);
+            let released = self.release(slot, p);
             let ok = match (&d.from, recorded) {
                 (_, Some(r)) => r == d.sha256,
-                (None, None) => {
-                    // Trust the first origin fetch, but only by a peer allowed to make it.
-                    let leased = self.pieces[i].lease.is_some_and(|l| l.slot == slot);
-                    let allowed = leased || self.origin_peers.contains(&slot);
+                (from, None) => {
+                    // Trust the first whole copy of an origin fetch: from the origin, only
+                    // by a peer allowed to go there; from a peer, only as assigned (the
+                    // supernode offers a piece without digest only as a relay of a live
+                    // origin fetch). The blob's digest is the final check either way.
+                    let allowed = match from {
+                        None => leased || self.origin_peers.contains(&slot),
+                        Some(_) => released.as_ref().is_some_and(|e| e.parent.is_some()),
+                    };
                     if allowed {
                         self.pieces[i].digest = Some(d.sha256);
                     }
                     allowed
                 }
-                (Some(_), None) => false,
             };
-            let released = self.release(slot, p);
             if ok {
                 self.add_holding(slot, p);
                 if let Some(parent) = parent {

@@ -396,6 +396,7 @@ impl Task {
                     if ps.lease.is_some_and(|l| l.slot == slot) {
                         ps.lease = None;
                     }
+                    ps.relays.swap_remove(&slot);
                 }
             }
         }
@@ -428,8 +429,9 @@ impl Task {
             released |= self.expire_member(slot, now);
         }
         for ps in &mut self.pieces {
-            if ps.lease.is_some_and(|l| l.expires <= now) {
+            if let Some(lease) = ps.lease.filter(|l| l.expires <= now) {
                 ps.lease = None;
+                ps.relays.swap_remove(&lease.slot);
                 released = true;
             }
         }

@@ -151,36 +151,64 @@ async fn origin_leases_are_exclusive_and_limited() {
     let a = sched(&s, "a", 3).await;
     assert_eq!(pieces(&a), vec![0]);
     assert!(a.assignments[0].origin && a.assignments[0].parents.is_empty());
-    assert!(sched(&s, "b", 3).await.assignments.is_empty());
+    // b takes the second origin-peer place but the window is full: it gets piece 0 relayed
+    // by a while the origin sends it, with no digest yet.
+    let b = sched(&s, "b", 3).await;
+    assert_eq!(pieces(&b), vec![0]);
+    assert!(!b.assignments[0].origin && b.assignments[0].sha256.is_none());
+    assert_eq!(parent_ids(&b, 0), vec!["a"]);
+    // c may never go to the origin; it gets piece 0 from b (less loaded than a), which
+    // relays it in turn.
     let c = sched(&s, "c", 3).await;
-    assert!(c.assignments.is_empty() && !c.done);
-    // b took the second origin-peer place (it waits for room in the window); c may never
-    // go to the origin.
+    assert_eq!(pieces(&c), vec![0]);
+    assert_eq!(parent_ids(&c, 0), vec!["b", "a"]);
     assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
 
-    // a finishes piece 0 and the window opens to two leases, both b's; b also fetches piece
-    // 0 from a. c gets piece 0 from b, which relays it while it arrives and has no other
-    // upload (a is the backup), with the recorded digest.
+    // a finishes piece 0 and the window opens to two leases, both b's; c gets both from b
+    // as they arrive.
     assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
     let b = sched(&s, "b", 3).await;
     assert_eq!(origin_pieces(&b), vec![1, 2]);
-    assert_eq!(pieces(&b), vec![1, 2, 0]);
     let c = sched(&s, "c", 3).await;
-    assert_eq!(pieces(&c), vec![0]);
-    let parents: Vec<&str> = c.assignments[0]
-        .parents
-        .iter()
-        .map(|p| p.peer_id.as_str())
-        .collect();
-    assert_eq!(parents, vec!["b", "a"]);
-    assert_eq!(c.assignments[0].sha256, Some(digest(0)));
-    assert!(!c.assignments[0].origin);
+    assert_eq!(pieces(&c), vec![1, 2]);
+    assert!(c.assignments.iter().all(|x| !x.origin));
     // Room in the window, but still not for c.
     done(&s, "b", 1, None, digest(1));
     assert!(origin_pieces(&sched(&s, "c", 3).await).is_empty());
     // A window of three with b's piece 2 still leased leaves two leases for a, never
     // piece 2.
     assert_eq!(origin_pieces(&sched(&s, "a", 8).await), vec![3, 4]);
+}
+
+fn parent_ids(r: &ScheduleReply, i: usize) -> Vec<&str> {
+    r.assignments[i]
+        .parents
+        .iter()
+        .map(|p| p.peer_id.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_relayed_origin_fetch_records_the_first_whole_copy() {
+    let s = state(SupernodeConfig {
+        max_origin_peers_per_task: 1,
+        ..Default::default()
+    });
+    for id in ["a", "b", "c"] {
+        join(&s, id, &[]);
+    }
+    assert_eq!(origin_pieces(&sched(&s, "a", 1).await), vec![0]);
+    assert_eq!(pieces(&sched(&s, "b", 1).await), vec![0]);
+    // c was assigned nothing: its claim to a digest-less piece from a peer is refused.
+    assert_eq!(done(&s, "c", 0, Some("a"), digest(0)).rejected, vec![0]);
+    // b's copy, relayed from a's origin fetch, arrives first and defines the digest ...
+    assert_eq!(done(&s, "b", 0, Some("a"), digest(0)).accepted, 1);
+    // ... which a's own report must then match.
+    assert_eq!(done(&s, "a", 0, None, digest(99)).rejected, vec![0]);
+    // c now gets the piece from b, with the digest.
+    let c = sched(&s, "c", 1).await;
+    assert_eq!(parent_ids(&c, 0), vec!["b"]);
+    assert_eq!(c.assignments[0].sha256, Some(digest(0)));
 }
 
 #[tokio::test]
@@ -234,9 +262,9 @@ async fn one_origin_peer_when_configured() {
     assert_eq!(pieces(&sched(&s, "a", 2).await), vec![0]);
     done(&s, "a", 0, None, digest(0));
     assert_eq!(origin_pieces(&sched(&s, "a", 2).await), vec![1, 2]);
-    // b only ever gets what a has.
+    // b only ever gets what a has or is fetching.
     let b = sched(&s, "b", 8).await;
-    assert_eq!(pieces(&b), vec![0]);
+    assert_eq!(pieces(&b), vec![0, 1, 2]);
     assert!(origin_pieces(&b).is_empty());
 }
 
@@ -535,17 +563,33 @@ async fn expiry_releases_leases_assignments_and_holdings() {
 #[tokio::test]
 async fn many_waiters_are_served_at_once_by_a_relay_tree() {
     let s = state(SupernodeConfig {
-        // Only a may fetch from the origin: the waiters can only get what a holds.
+        // Only a may fetch from the origin: the waiters can only get what a fetches.
         max_origin_peers_per_task: 1,
         max_origin_pieces_in_flight: 64,
         ..Default::default()
     });
     join(&s, "a", &[]);
-    assert_eq!(sched(&s, "a", 1).await.assignments.len(), 1);
-    let mut waiters = Vec::new();
+    assert_eq!(origin_pieces(&sched(&s, "a", 1).await), vec![0]);
+    // Each newcomer gets piece 0 as a relays it, from a or from one that relays it already:
+    // a tree of parents with at most 8 uploads each.
+    let mut parents = HashMap::<String, usize>::new();
     for i in 0..100 {
         let id = format!("w{i}");
         join(&s, &id, &[]);
+        let r = sched(&s, &id, 1).await;
+        assert_eq!(pieces(&r), vec![0], "{id}");
+        *parents
+            .entry(r.assignments[0].parents[0].peer_id.clone())
+            .or_default() += 1;
+    }
+    assert!(parents.len() >= 100 / 8, "{parents:?}");
+    assert!(parents.values().all(|&n| n <= 8), "{parents:?}");
+
+    // Now they wait for more; a's next lease wakes them and the relay tree serves them all
+    // at once (a's 8 upload slots alone would have served 8 and left 92 to time out).
+    let mut waiters = Vec::new();
+    for i in 0..100 {
+        let id = format!("w{i}");
         let s = s.clone();
         waiters.push(tokio::spawn(async move {
             let req = ScheduleRequest {
@@ -562,18 +606,16 @@ async fn many_waiters_are_served_at_once_by_a_relay_tree() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.list_tasks()[0].waiting, 100);
     done(&s, "a", 0, None, digest(0));
+    assert_eq!(origin_pieces(&sched(&s, "a", 1).await), vec![1]);
     let mut parents = HashMap::<String, usize>::new();
     for w in waiters {
         let (r, took) = w.await.unwrap();
-        assert_eq!(pieces(&r), vec![0]);
+        assert_eq!(pieces(&r), vec![1]);
         assert!(took < Duration::from_millis(1_000), "{took:?}");
         *parents
             .entry(r.assignments[0].parents[0].peer_id.clone())
             .or_default() += 1;
     }
-    // Each waiter that gets piece 0 relays it to those woken after it: every waiter is
-    // served at once, by a tree of parents with at most 8 uploads each (a's 8 slots alone
-    // would have served 8 and left 92 to time out).
     assert!(parents.len() >= 100 / 8, "{parents:?}");
     assert!(parents.values().all(|&n| n <= 8), "{parents:?}");
 }
