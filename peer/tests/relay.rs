@@ -44,15 +44,7 @@ async fn a_peer_serves_pieces_it_is_still_receiving() {
             }
         })
         .await;
-        let d_path = out.path().join("d");
-        get(&d, &url, Some(&digest), &d_path)
-            .await
-            .assert_success("get via d");
-        r_get.await.unwrap().assert_success("get via r");
-        assert_file_digest(&r_path, &digest);
-        assert_file_digest(&d_path, &digest);
-
-        let relayed = r.metric("shoal_peer_relayed_bytes_total", &[]).await;
+        let relayed = d_gets_while_r_receives(&d, &r, r_get, &url, &digest, out.path()).await;
         eprintln!("r relayed {relayed} B to d");
         assert!(
             relayed >= (1 << 20) as f64,
@@ -92,19 +84,12 @@ async fn a_peer_passes_on_pieces_while_the_origin_sends_them() {
             async move { supernode.task_has_peer(&task, "r").await.then_some(()) }
         })
         .await;
-        let d_path = out.path().join("d");
-        get(&d, &url, Some(&digest), &d_path)
-            .await
-            .assert_success("get via d");
-        r_get.await.unwrap().assert_success("get via r");
-        assert_file_digest(&r_path, &digest);
-        assert_file_digest(&d_path, &digest);
+        let relayed = d_gets_while_r_receives(&d, &r, r_get, &url, &digest, out.path()).await;
 
         let from_origin = d
             .metric("shoal_peer_download_bytes_total", &[("source", "origin")])
             .await;
         assert_eq!(from_origin, 0.0, "d went to the origin itself");
-        let relayed = r.metric("shoal_peer_relayed_bytes_total", &[]).await;
         eprintln!("r relayed {relayed} B of its origin fetches to d");
         assert!(
             relayed >= (1 << 20) as f64,
@@ -117,4 +102,24 @@ async fn a_peer_passes_on_pieces_while_the_origin_sends_them() {
         );
     })
     .await
+}
+
+/// d downloads while r's download (`r_get`, into `dir/r`) runs; both copies must be the
+/// blob. Returns the bytes r relayed.
+async fn d_gets_while_r_receives(
+    d: &Peer,
+    r: &Peer,
+    r_get: tokio::task::JoinHandle<GetOutput>,
+    url: &str,
+    digest: &shoal_common::Digest,
+    dir: &std::path::Path,
+) -> f64 {
+    let d_path = dir.join("d");
+    get(d, url, Some(digest), &d_path)
+        .await
+        .assert_success("get via d");
+    r_get.await.unwrap().assert_success("get via r");
+    assert_file_digest(&dir.join("r"), digest);
+    assert_file_digest(&d_path, digest);
+    r.metric("shoal_peer_relayed_bytes_total", &[]).await
 }
