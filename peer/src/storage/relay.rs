@@ -115,7 +115,8 @@ impl Relays {
         let relay = Arc::new(Relay {
             len,
             state: Mutex::new(State {
-                buf: Buf::Filling(BytesMut::with_capacity(usize::try_from(len).unwrap_or(0))),
+                // Allocated with the first bytes: a fetch may wait long for its source.
+                buf: Buf::Filling(BytesMut::new()),
                 failed: false,
             }),
             changed,
@@ -169,6 +170,9 @@ impl RelayWriter {
 
     pub fn push(&self, chunk: &[u8]) {
         if let Buf::Filling(b) = &mut self.relay.state.lock().buf {
+            if b.capacity() == 0 {
+                b.reserve(usize::try_from(self.relay.len).unwrap_or(0));
+            }
             b.extend_from_slice(chunk);
         }
         self.relay.bump();
