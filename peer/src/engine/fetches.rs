@@ -140,13 +140,19 @@ impl Fetches {
         if missing == 0 || missing != self.running.len() {
             return None;
         }
+        // An origin fetch of ours needs this downlink more: the swarm waits for its bytes.
+        if self.running.values().any(|r| r.assignment.origin) {
+            return None;
+        }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut due = Vec::new();
         for (&piece, r) in &self.running {
             // Only peer pieces with another parent to ask: a second origin fetch would cost
-            // origin egress, and the same parent would be just as slow.
-            if r.duplicated || r.assignment.origin || r.assignment.parents.len() < 2 {
+            // origin egress, and the same parent would be just as slow. Nor pieces still
+            // coming from the origin (no digest yet): every parent relays the same fetch.
+            let a = &r.assignment;
+            if r.duplicated || a.origin || a.sha256.is_none() || a.parents.len() < 2 {
                 continue;
             }
             let at = r.started + STRAGGLER_AFTER;
