@@ -143,16 +143,12 @@ async fn three_peers_share_a_task() {
         (Some(3), Some(0))
     );
 
-    // a and b split the origin fetches; c may not go to the origin. The lease window opens
-    // one lease per available piece: a takes piece 0 alone, then a and b one each.
+    // a and b split the origin fetches, each leasing what it has room for.
     let a = schedule(&app, "a", 2, 0).await;
-    assert_eq!(pieces(&a), vec![0]);
+    assert_eq!(pieces(&a), vec![0, 1]);
     assert_eq!(a["assignments"][0]["origin"], true);
-    assert_eq!(report_done(&app, "a", &[0], None).await["accepted"], 1);
-    assert_eq!(pieces(&schedule(&app, "a", 1, 0).await), vec![1]);
-    assert_eq!(pieces(&schedule(&app, "b", 1, 0).await), vec![2]);
-    assert_eq!(report_done(&app, "a", &[1], None).await["accepted"], 1);
-    assert_eq!(pieces(&schedule(&app, "b", 1, 0).await), vec![3]);
+    assert_eq!(pieces(&schedule(&app, "b", 2, 0).await), vec![2, 3]);
+    assert_eq!(report_done(&app, "a", &[0, 1], None).await["accepted"], 2);
     assert_eq!(report_done(&app, "b", &[2, 3], None).await["accepted"], 2);
 
     // c gets everything from a and b, with digests.
@@ -231,19 +227,21 @@ async fn three_peers_share_a_task() {
 }
 
 #[tokio::test]
-async fn long_poll_returns_when_a_piece_arrives() {
-    // Only a may fetch from the origin.
+async fn long_poll_returns_when_a_piece_starts_arriving() {
+    // Only a may fetch from the origin, one piece at a time.
     let app = app_with(SupernodeConfig {
         max_origin_peers_per_task: 1,
+        max_origin_pieces_in_flight: 1,
         ..Default::default()
     });
     for (i, id) in ["a", "c"].iter().enumerate() {
         announce(&app, id, 7000 + i as u16).await;
         register(&app, id).await;
     }
-    // a leases the first piece from the origin (the lease window starts at one): c has to
-    // wait.
+    // a leases the first piece from the origin and c gets it relayed by a; then c has to
+    // wait for a's next lease.
     assert_eq!(pieces(&schedule(&app, "a", 4, 0).await), vec![0]);
+    assert_eq!(pieces(&schedule(&app, "c", 1, 0).await), vec![0]);
     let waiting = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -253,8 +251,9 @@ async fn long_poll_returns_when_a_piece_arrives() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     report_done(&app, "a", &[0], None).await;
+    assert_eq!(pieces(&schedule(&app, "a", 4, 0).await), vec![1]);
     let (reply, took) = waiting.await.unwrap();
-    assert_eq!(pieces(&reply), vec![0]);
+    assert_eq!(pieces(&reply), vec![1]);
     assert!(took < Duration::from_secs(1), "{took:?}");
 
     // With nothing to wait for, the poll ends at its deadline with no assignments.

@@ -147,37 +147,27 @@ async fn origin_leases_are_exclusive_and_limited() {
     for id in ["a", "b", "c"] {
         join(&s, id, &[]);
     }
-    // Nothing available yet: the lease window holds one lease.
+    // Leases are exclusive: the two origin peers get different pieces, in order.
     let a = sched(&s, "a", 3).await;
-    assert_eq!(pieces(&a), vec![0]);
-    assert!(a.assignments[0].origin && a.assignments[0].parents.is_empty());
-    // b takes the second origin-peer place but the window is full: it gets piece 0 relayed
-    // by a while the origin sends it, with no digest yet.
-    let b = sched(&s, "b", 3).await;
-    assert_eq!(pieces(&b), vec![0]);
-    assert!(!b.assignments[0].origin && b.assignments[0].sha256.is_none());
-    assert_eq!(parent_ids(&b, 0), vec!["a"]);
-    // c may never go to the origin; it gets piece 0 from b (less loaded than a), which
-    // relays it in turn.
+    assert_eq!(origin_pieces(&a), vec![0, 1, 2]);
+    assert!(a.assignments.iter().all(|x| x.parents.is_empty()));
+    assert_eq!(origin_pieces(&sched(&s, "b", 3).await), vec![3, 4, 5]);
+    // c may never go to the origin: it gets pieces still arriving from it, relayed by their
+    // lessees, with no digest yet.
     let c = sched(&s, "c", 3).await;
-    assert_eq!(pieces(&c), vec![0]);
-    assert_eq!(parent_ids(&c, 0), vec!["b", "a"]);
+    assert!(origin_pieces(&c).is_empty());
+    assert_eq!(c.assignments.len(), 3);
+    for x in &c.assignments {
+        let lessee = if x.piece < 3 { "a" } else { "b" };
+        assert_eq!(x.parents.len(), 1, "{x:?}");
+        assert_eq!(x.parents[0].peer_id, lessee, "{x:?}");
+        assert!(x.sha256.is_none());
+    }
     assert_eq!(s.list_tasks()[0].origin_peers, vec!["a", "b"]);
-
-    // a finishes piece 0 and the window opens to two leases, both b's; c gets both from b
-    // as they arrive.
+    // The next leases go to whichever origin peer asks, never to c.
     assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
-    let b = sched(&s, "b", 3).await;
-    assert_eq!(origin_pieces(&b), vec![1, 2]);
-    let c = sched(&s, "c", 3).await;
-    assert_eq!(pieces(&c), vec![1, 2]);
-    assert!(c.assignments.iter().all(|x| !x.origin));
-    // Room in the window, but still not for c.
-    done(&s, "b", 1, None, digest(1));
     assert!(origin_pieces(&sched(&s, "c", 3).await).is_empty());
-    // A window of three with b's piece 2 still leased leaves two leases for a, never
-    // piece 2.
-    assert_eq!(origin_pieces(&sched(&s, "a", 8).await), vec![3, 4]);
+    assert_eq!(origin_pieces(&sched(&s, "a", 8).await), vec![6, 7]);
 }
 
 fn parent_ids(r: &ScheduleReply, i: usize) -> Vec<&str> {
@@ -212,19 +202,17 @@ async fn a_relayed_origin_fetch_records_the_first_whole_copy() {
 }
 
 #[tokio::test]
-async fn lease_window_opens_one_lease_per_available_piece() {
+async fn a_lone_peer_takes_every_lease_at_once() {
     let s = state(SupernodeConfig {
         max_origin_pieces_in_flight: 4,
         ..Default::default()
     });
-    // Alone, a peer ends up using every origin slot, after a slow start.
     join(&s, "a", &[]);
-    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![0]);
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![0, 1, 2, 3]);
+    // Never more than the limit in flight: one more when one is done.
+    assert!(sched(&s, "a", 8).await.assignments.is_empty());
     done(&s, "a", 0, None, digest(0));
-    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![1, 2]);
-    done(&s, "a", 1, None, digest(1));
-    done(&s, "a", 2, None, digest(2));
-    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![3, 4, 5, 6]);
+    assert_eq!(pieces(&sched(&s, "a", 8).await), vec![4]);
 }
 
 #[tokio::test]
@@ -233,7 +221,7 @@ async fn origin_leases_are_few_and_spread_over_peers() {
         max_origin_pieces_in_flight: 4,
         ..Default::default()
     });
-    // A seed holding the last four of sixteen pieces opens the lease window fully.
+    // A seed holding the last four of sixteen pieces.
     let seed: Vec<u32> = (12..16).collect();
     join_with(&s, "z", &seed, 16, None);
     // Two downloaders (and the seed): an even share each, and never more than 4 at once.
@@ -259,13 +247,17 @@ async fn one_origin_peer_when_configured() {
     });
     join(&s, "a", &[]);
     join(&s, "b", &[]);
-    assert_eq!(pieces(&sched(&s, "a", 2).await), vec![0]);
+    assert_eq!(pieces(&sched(&s, "a", 2).await), vec![0, 1]);
     done(&s, "a", 0, None, digest(0));
-    assert_eq!(origin_pieces(&sched(&s, "a", 2).await), vec![1, 2]);
-    // b only ever gets what a has or is fetching.
+    assert_eq!(origin_pieces(&sched(&s, "a", 2).await), vec![2, 3]);
+    // b only ever gets what a has or is fetching: piece 0 first (a holds it), then the
+    // pieces a relays.
     let b = sched(&s, "b", 8).await;
-    assert_eq!(pieces(&b), vec![0, 1, 2]);
     assert!(origin_pieces(&b).is_empty());
+    assert_eq!(pieces(&b)[0], 0);
+    let mut got = pieces(&b);
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 2, 3]);
 }
 
 #[tokio::test]
@@ -527,30 +519,32 @@ async fn empty_blobs_are_done_at_once() {
 async fn expiry_releases_leases_assignments_and_holdings() {
     let s = state(SupernodeConfig {
         assignment_timeout: Duration::from_secs(5),
+        max_origin_peers_per_task: 2,
         ..Default::default()
     });
     join(&s, "a", &[]);
     join(&s, "b", &[]);
-    assert_eq!(pieces(&sched(&s, "a", 4).await), vec![0]);
+    assert_eq!(pieces(&sched(&s, "a", 1).await), vec![0]);
     done(&s, "a", 0, None, digest(0));
-    assert_eq!(origin_pieces(&sched(&s, "b", 4).await), vec![1, 2]);
+    assert_eq!(origin_pieces(&sched(&s, "b", 2).await), vec![1, 2]);
     join(&s, "c", &[]);
     assert_eq!(pieces(&sched(&s, "c", 1).await), vec![0]); // from a
                                                            // c goes quiet about piece 0: after the assignment timeout it may be assigned again.
     s.sweep(Instant::now() + Duration::from_secs(6));
     assert_eq!(s.list_tasks()[0].peers[0].uploading, 0);
-    // a and b vanish (c keeps heartbeating): their leases and pieces go with them,
-    // and c becomes an origin peer.
+    // a and b vanish (c keeps heartbeating): their leases, pieces and origin-peer places go
+    // with them, and c takes one.
     s.remove_peer("a").unwrap();
     s.remove_peer("b").unwrap();
     let t = &s.list_tasks()[0];
     assert_eq!(t.pieces_available, 0);
-    assert_eq!(t.origin_peers, vec!["c"]);
-    // Nothing is available any more: the lease window is back to one.
+    assert!(t.origin_peers.is_empty());
+    // c fetches everything from the origin now; piece 0 keeps its recorded digest.
     let r = sched(&s, "c", 8).await;
-    assert_eq!(pieces(&r), vec![0]);
+    assert_eq!(pieces(&r), (0..PIECES).collect::<Vec<_>>());
     assert!(r.assignments.iter().all(|a| a.origin));
     assert_eq!(r.assignments[0].sha256, Some(digest(0)));
+    assert_eq!(s.list_tasks()[0].origin_peers, vec!["c"]);
     // Silence expires peers too.
     s.sweep(Instant::now() + Duration::from_secs(16));
     assert!(s.list_peers().is_empty());
