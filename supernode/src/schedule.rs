@@ -32,7 +32,8 @@
 //! 3. Pieces arriving from the origin right now, with their lessee (and its relays) as
 //!    parents and no digest yet: the bytes reach every peer while the origin sends them
 //!    instead of one piece time later. The first whole copy reported defines the digest, as
-//!    for an origin fetch; the blob's digest is the final check. These rank with the common
+//!    for an origin fetch, until the origin fetch itself reports (it wins over relayed
+//!    copies); the blob's digest is the final check. These rank with the common
 //!    pieces, by index, so they come after a peer's backlog: taken first, they left old pieces
 //!    to the very end, and the in-order blob hash then had up to 80 MiB left to read after
 //!    the last piece arrived (0.6–0.9 s in one 8-node run).

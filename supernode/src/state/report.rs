@@ -74,6 +74,21 @@ impl Task {
             let leased = self.pieces[i].lease.is_some_and(|l| l.slot == slot);
             let released = self.release(slot, p);
             let ok = match (&d.from, recorded) {
+                (None, Some(r)) if leased && self.pieces[i].digest_by_relay => {
+                    // The origin fetch a relayed copy came from: it has the registry's bytes
+                    // first hand, so it wins. A relayed copy that differs was corrupted (or
+                    // lied about) on the way; its holders are no longer offered.
+                    if r != d.sha256 {
+                        let holders: Vec<Slot> = self.pieces[i].holders.iter().copied().collect();
+                        for h in holders {
+                            self.drop_holding(h, p);
+                        }
+                        self.pieces[i].digest = Some(d.sha256);
+                        failures.push(DIGEST_MISMATCH);
+                    }
+                    self.pieces[i].digest_by_relay = false;
+                    true
+                }
                 (_, Some(r)) => r == d.sha256,
                 (from, None) => {
                     // Trust the first whole copy of an origin fetch: from the origin, only
@@ -86,6 +101,7 @@ impl Task {
                     };
                     if allowed {
                         self.pieces[i].digest = Some(d.sha256);
+                        self.pieces[i].digest_by_relay = from.is_some();
                     }
                     allowed
                 }

@@ -92,8 +92,11 @@ pub(crate) struct Member {
 }
 
 pub(crate) struct PieceState {
-    /// What the origin served for this piece (recorded by the first origin fetch).
+    /// What the origin served for this piece: recorded by the first whole copy reported,
+    /// from the origin or relayed from an origin fetch.
     pub digest: Option<Digest>,
+    /// `digest` came from a relayed copy and the origin fetch has not confirmed it yet.
+    pub digest_by_relay: bool,
     pub holders: IndexSet<Slot>,
     /// Members fetching this piece from a parent: they pass it on while it arrives
     /// (cut-through), so they can serve it too.
@@ -133,6 +136,7 @@ impl Task {
         let pieces = (0..layout.piece_count())
             .map(|_| PieceState {
                 digest: None,
+                digest_by_relay: false,
                 holders: IndexSet::new(),
                 relays: IndexSet::new(),
                 lease: None,

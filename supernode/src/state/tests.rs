@@ -191,14 +191,39 @@ async fn a_relayed_origin_fetch_records_the_first_whole_copy() {
     assert_eq!(pieces(&sched(&s, "b", 1).await), vec![0]);
     // c was assigned nothing: its claim to a digest-less piece from a peer is refused.
     assert_eq!(done(&s, "c", 0, Some("a"), digest(0)).rejected, vec![0]);
-    // b's copy, relayed from a's origin fetch, arrives first and defines the digest ...
+    // b's copy, relayed from a's origin fetch, arrives first and defines the digest.
     assert_eq!(done(&s, "b", 0, Some("a"), digest(0)).accepted, 1);
-    // ... which a's own report must then match.
-    assert_eq!(done(&s, "a", 0, None, digest(99)).rejected, vec![0]);
-    // c now gets the piece from b, with the digest.
     let c = sched(&s, "c", 1).await;
-    assert_eq!(parent_ids(&c, 0), vec!["b"]);
+    assert_eq!(parent_ids(&c, 0), vec!["b", "a"]);
     assert_eq!(c.assignments[0].sha256, Some(digest(0)));
+    // a's own copy from the origin differs: the origin fetch wins, and b (whose copy
+    // was wrong) is no longer a holder.
+    assert_eq!(done(&s, "a", 0, None, digest(99)).accepted, 1);
+    let t = &s.list_tasks()[0];
+    let held = |id: &str| t.peers.iter().find(|p| p.peer_id == id).unwrap().pieces;
+    assert_eq!((held("a"), held("b")), (1, 0));
+    // From now on the digest is settled: a second origin report must match it.
+    assert_eq!(done(&s, "a", 0, None, digest(0)).rejected, vec![0]);
+    failed(&s, "c", 0, "b", FailReason::Interrupted);
+    let c = sched(&s, "c", 1).await;
+    assert_eq!(parent_ids(&c, 0), vec!["a"]);
+    assert_eq!(c.assignments[0].sha256, Some(digest(99)));
+}
+
+#[tokio::test]
+async fn an_origin_fetch_confirms_its_relayed_copy() {
+    let s = state(SupernodeConfig {
+        max_origin_peers_per_task: 1,
+        ..Default::default()
+    });
+    join(&s, "a", &[]);
+    join(&s, "b", &[]);
+    sched(&s, "a", 1).await;
+    sched(&s, "b", 1).await;
+    assert_eq!(done(&s, "b", 0, Some("a"), digest(0)).accepted, 1);
+    assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
+    let t = &s.list_tasks()[0];
+    assert!(t.peers.iter().all(|p| p.pieces == 1));
 }
 
 #[tokio::test]
