@@ -45,6 +45,7 @@ where
     }
 
     let egress_before = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
+    let tcp_before = hosts.origin.ns.tcp_stats()?;
     let ports_before = netns::port_counters(hosts.switch).await?;
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::from_std(t0 + setup.timeout);
@@ -83,6 +84,7 @@ where
     let (mut node_results, samples) =
         tokio::join!(all_done, sample_links(hosts.switch, t0, stopped));
     let egress_after = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
+    let tcp = hosts.origin.ns.tcp_stats()?.since(tcp_before);
     let ports_after = netns::port_counters(hosts.switch).await?;
     let delta = |port: &str| {
         let a = ports_after.get(port).copied().unwrap_or_default();
@@ -106,6 +108,8 @@ where
         p99_s: None,
         origin_egress_bytes: egress_after.saturating_sub(egress_before),
         origin_egress_ratio: 0.0,
+        origin_retransmitted_segments: tcp.retransmitted_segments,
+        origin_tcp_timeouts: tcp.timeouts,
         origin_uplink_busy: 0.0,
         node_uplink_busy: 0.0,
         node_downlink_busy: 0.0,

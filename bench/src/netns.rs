@@ -110,6 +110,71 @@ impl Namespace {
     }
 }
 
+/// TCP counters of a namespace's stack, from `/proc/net/snmp` and `/proc/net/netstat`: the
+/// loss episodes a shaped link causes show up as retransmissions and, when whole windows are
+/// lost, retransmission timeouts (each a stall of at least 200 ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    pub retransmitted_segments: u64,
+    pub timeouts: u64,
+}
+
+impl TcpStats {
+    /// Parses the two files' text (header lines followed by value lines, `Prefix: names…` /
+    /// `Prefix: values…`); counters not found count as 0.
+    pub fn parse(text: &str) -> TcpStats {
+        let mut values = std::collections::HashMap::new();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.windows(2) {
+            let (Some((p1, names)), Some((p2, nums))) =
+                (pair[0].split_once(':'), pair[1].split_once(':'))
+            else {
+                continue;
+            };
+            if p1 != p2 || names.split_whitespace().any(|n| n.parse::<i64>().is_ok()) {
+                continue;
+            }
+            for (n, v) in names.split_whitespace().zip(nums.split_whitespace()) {
+                if let Ok(v) = v.parse::<u64>() {
+                    values.insert(format!("{p1}:{n}"), v);
+                }
+            }
+        }
+        let get = |k: &str| values.get(k).copied().unwrap_or(0);
+        TcpStats {
+            retransmitted_segments: get("Tcp:RetransSegs"),
+            timeouts: get("TcpExt:TCPTimeouts"),
+        }
+    }
+
+    pub fn since(self, before: TcpStats) -> TcpStats {
+        TcpStats {
+            retransmitted_segments: self
+                .retransmitted_segments
+                .saturating_sub(before.retransmitted_segments),
+            timeouts: self.timeouts.saturating_sub(before.timeouts),
+        }
+    }
+}
+
+impl Namespace {
+    pub fn tcp_stats(&self) -> Result<TcpStats> {
+        let out = self
+            .command("cat")
+            .args(["/proc/net/snmp", "/proc/net/netstat"])
+            .output()
+            .with_context(|| format!("reading TCP counters in {}", self.name))?;
+        if !out.status.success() {
+            bail!(
+                "reading TCP counters in {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(TcpStats::parse(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
 impl Drop for Namespace {
     fn drop(&mut self) {
         delete_namespace(&self.name);
@@ -349,5 +414,27 @@ mod tests {
         );
         assert_eq!(m.len(), 2);
         assert!(parse_port_counters(b"not json").is_err());
+    }
+
+    #[test]
+    fn tcp_counters_from_proc() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RetransSegs InErrs\nTcp: 1 42 0\n\
+                    TcpExt: SyncookiesSent TCPTimeouts\nTcpExt: 0 7\n";
+        let s = TcpStats::parse(text);
+        assert_eq!(
+            s,
+            TcpStats {
+                retransmitted_segments: 42,
+                timeouts: 7
+            }
+        );
+        assert_eq!(TcpStats::parse("garbage\n"), TcpStats::default());
+        let before = TcpStats {
+            retransmitted_segments: 40,
+            timeouts: 9,
+        };
+        assert_eq!(s.since(before).retransmitted_segments, 2);
+        assert_eq!(s.since(before).timeouts, 0);
     }
 }

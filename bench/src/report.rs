@@ -42,6 +42,12 @@ pub struct RoundReport {
     pub origin_egress_bytes: u64,
     /// `origin_egress_bytes` ÷ blob size.
     pub origin_egress_ratio: f64,
+    /// TCP segments the origin host retransmitted during the round (losses at the shaped
+    /// links), and its retransmission timeouts (stalls of at least 200 ms each).
+    #[serde(default)]
+    pub origin_retransmitted_segments: u64,
+    #[serde(default)]
+    pub origin_tcp_timeouts: u64,
     /// Share of the origin's uplink capacity used over the round (until the last node).
     pub origin_uplink_busy: f64,
     /// The same for the nodes' uplinks and downlinks, averaged over the nodes.
@@ -208,6 +214,18 @@ impl ClusterReport {
             "origin egress ÷ blob",
             format!("{:.3}", self.p2p.origin_egress_ratio),
             b.map(|b| format!("{:.3}", b.origin_egress_ratio)),
+        );
+        let tcp = |r: &RoundReport| {
+            format!(
+                "{} / {}",
+                r.origin_retransmitted_segments, r.origin_tcp_timeouts
+            )
+        };
+        row(
+            &mut s,
+            "origin TCP retransmits / RTOs",
+            tcp(&self.p2p),
+            b.map(tcp),
         );
         let pct = |v: f64| format!("{:.0}%", v * 100.0);
         row(
