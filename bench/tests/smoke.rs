@@ -120,6 +120,9 @@ fn cluster_three_nodes() {
         (0.95..=1.5).contains(&egress),
         "origin egress ÷ blob = {egress}"
     );
+    for counter in ["origin_retransmitted_segments", "origin_tcp_timeouts"] {
+        assert!(r["p2p"][counter].is_u64(), "{counter} missing: {r:#}");
+    }
     let nodes = r["p2p"]["node_results"].as_array().expect("node results");
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n["ok"] == Value::Bool(true)), "{r:#}");
