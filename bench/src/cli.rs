@@ -71,6 +71,12 @@ pub struct ClusterArgs {
     /// Skip the baseline.
     #[arg(long, overrides_with = "baseline")]
     pub no_baseline: bool,
+    /// Also run the ceiling: the same bytes moved by plain TCP on the ideal schedule (the
+    /// origin sends node k the k-th 1/N, node k forwards it to every other node as it
+    /// arrives; no hashing, disk or HTTP). Shows how close to the bound this machine's
+    /// simulated network gets at all.
+    #[arg(long)]
+    pub ceiling: bool,
     /// Keep every process's log in DIR (created); by default logs are deleted with the run.
     #[arg(long, value_name = "DIR")]
     pub keep_logs: Option<PathBuf>,
@@ -81,6 +87,9 @@ pub struct ClusterArgs {
     /// has room, else the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// How each node's client fetches the blob from its peer in the P2P round.
+    #[arg(long, value_enum, default_value_t = P2pClient::Mirror)]
+    pub client: P2pClient,
     /// Passed to every peer as `--concurrent-pieces`.
     #[arg(long)]
     pub concurrent_pieces: Option<u32>,
@@ -93,6 +102,22 @@ pub struct ClusterArgs {
     /// Give up on a round after this many seconds [default: 3 × the baseline's ideal + 60].
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+}
+
+/// The P2P round's client on every node.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum P2pClient {
+    /// containerd's path: `GET /v2/…/blobs/DIGEST?ns=ORIGIN` on the peer's registry mirror,
+    /// which holds back the last bytes until the blob matches its digest; the client checks
+    /// the length and discards the bytes (containerd's own copy is not the distribution's
+    /// cost).
+    Mirror,
+    /// `shoal-peer get -o FILE --digest …`: the client also hashes the bytes and writes a
+    /// second copy on the node.
+    Get,
 }
 
 impl ClusterArgs {
@@ -205,6 +230,35 @@ pub enum InternalCommand {
         #[arg(long)]
         digest: shoal_common::Digest,
     },
+    /// The ceiling round's origin: serves node k the k-th 1/N of SIZE zero bytes.
+    CeilingOrigin {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        nodes: u32,
+    },
+    /// The ceiling round's node daemon (see `ceiling`).
+    CeilingNode {
+        #[arg(long)]
+        index: u32,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        origin: std::net::SocketAddr,
+        /// Every node's address, this one's included, in index order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peers: Vec<std::net::Ipv4Addr>,
+    },
+    /// The ceiling round's client: starts the local node, exits once it holds the blob.
+    CeilingWait {
+        #[arg(long)]
+        node: std::net::SocketAddr,
+    },
+    /// GET a URL and discard the body; fails unless the status is 2xx and the whole
+    /// Content-Length arrived.
+    Drain { url: String },
     /// GET a URL and print the body; fails unless the status is 2xx.
     HttpGet {
         url: String,

@@ -1,5 +1,5 @@
-//! `shoal-bench cluster`: one blob from a registry to N simulated hosts, through Shoal and by
-//! direct pulls.
+//! `shoal-bench cluster`: one blob from a registry to N simulated hosts, through Shoal, by
+//! direct pulls, and (with `--ceiling`) by plain TCP on the ideal schedule.
 //!
 //! Hosts (network namespaces on one bridge, every link shaped RATE up and RATE down):
 //! - `origin` (10.77.0.1): docker-registry only, so its interface counters are the origin's
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::ceiling::ceiling_round;
 use crate::cli::ClusterArgs;
 use crate::cluster_p2p::p2p_round;
 use crate::cluster_round::timed_round;
@@ -35,7 +36,7 @@ pub async fn main(args: ClusterArgs) -> Result<()> {
             print!("{}", report.timelines());
         }
     }
-    let failed = report.p2p.failed + report.baseline.as_ref().map_or(0, |b| b.failed);
+    let failed: u32 = report.rounds().iter().map(|(_, r)| r.failed).sum();
     if failed > 0 {
         bail!("{failed} node download(s) failed (see above)");
     }
@@ -180,6 +181,21 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         started,
         format!("p2p done: last node at {}", fmt_opt(p2p.last_s)),
     );
+    let ceiling = if args.ceiling {
+        note(
+            started,
+            "ceiling: plain TCP on the ideal schedule (no hashing, disk or HTTP)",
+        );
+        let mut round = ceiling_round(args, &setup, &hosts).await?;
+        round.finish(bound, size, rate);
+        note(
+            started,
+            format!("ceiling done: last node at {}", fmt_opt(round.last_s)),
+        );
+        Some(round)
+    } else {
+        None
+    };
     let baseline = if args.run_baseline() {
         note(
             started,
@@ -218,10 +234,12 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         piece_size: args.piece_size,
         piece_size_applied: setup.piece_size_flag,
         supernodes: args.supernodes,
+        client: Some(args.client),
         digest: digest.to_string(),
         tbf: tbf.tc_args().join(" "),
         lower_bound_s: bound,
         p2p,
+        ceiling,
         baseline,
     };
     if args.keep_logs.is_some() {

@@ -1,5 +1,5 @@
 //! The P2P round of `shoal-bench cluster` (see `cluster`): the supernodes on `ctl`, one
-//! `shoal-peer run` daemon per node, every node's `shoal-peer get` timed by `cluster_round`,
+//! `shoal-peer run` daemon per node, every node's client timed by `cluster_round`,
 //! then the peers' and supernodes' own counters, read while they still run. Kept apart from
 //! the orchestration so that the daemons' whole lifetime is in one function.
 
@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use futures::future::join_all;
 use shoal_common::Digest;
 
-use crate::cli::ClusterArgs;
+use crate::cli::{ClusterArgs, P2pClient};
 use crate::cluster::{note, Hosts, Setup};
 use crate::cluster_round::timed_round;
 use crate::internal::{http_ok_in, http_text_in};
@@ -21,6 +21,7 @@ use crate::stats;
 
 const SUPERNODE_BASE_PORT: u16 = 8002;
 const PEER_METRICS: &str = "http://127.0.0.1:65003";
+const PEER_MIRROR: &str = "http://127.0.0.1:65001";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn p2p_round(
@@ -54,14 +55,29 @@ pub(crate) async fn p2p_round(
         )?);
     }
     wait_peers_ready(nodes, &mut peers, &mut supernodes).await?;
-    note(started, "peers ready; every node runs `shoal-peer get` now");
+    note(
+        started,
+        "peers ready; every node fetches the blob through its peer now",
+    );
 
     let peer_bin = setup.peer_bin.clone();
-    let mut round = timed_round(setup, hosts, "p2p", |host, out| {
-        let mut cmd = host.ns.command(&peer_bin);
-        cmd.args(["get", url, "--digest", &digest.to_string(), "-q", "-o"])
-            .arg(out);
-        Ok(cmd)
+    let mirror_url = format!(
+        "{PEER_MIRROR}/v2/{}/blobs/{digest}?ns={ORIGIN_IP}:{}",
+        registry::REPO,
+        registry::PORT
+    );
+    let mut round = timed_round(setup, hosts, "p2p", |host, out| match args.client {
+        P2pClient::Mirror => {
+            let mut cmd = host.ns.command(processes::self_exe()?);
+            cmd.args(["internal", "drain", &mirror_url]);
+            Ok(cmd)
+        }
+        P2pClient::Get => {
+            let mut cmd = host.ns.command(&peer_bin);
+            cmd.args(["get", url, "--digest", &digest.to_string(), "-q", "-o"])
+                .arg(out);
+            Ok(cmd)
+        }
     })
     .await?;
 

@@ -47,6 +47,7 @@ where
     let egress_before = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
     let tcp_before = hosts.origin.ns.tcp_stats()?;
     let ports_before = netns::port_counters(hosts.switch).await?;
+    let cpu_before = CpuTimes::now();
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::from_std(t0 + setup.timeout);
     let mut waits = Vec::new();
@@ -83,6 +84,10 @@ where
     };
     let (mut node_results, samples) =
         tokio::join!(all_done, sample_links(hosts.switch, t0, stopped));
+    let cpu_busy = match (cpu_before, CpuTimes::now()) {
+        (Some(a), Some(b)) => b.busy_share_since(a),
+        _ => 0.0,
+    };
     let egress_after = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
     let tcp = hosts.origin.ns.tcp_stats()?.since(tcp_before);
     let ports_after = netns::port_counters(hosts.switch).await?;
@@ -113,10 +118,47 @@ where
         origin_uplink_busy: 0.0,
         node_uplink_busy: 0.0,
         node_downlink_busy: 0.0,
+        cpu_busy,
         peers: None,
         timeline: timeline(&samples, hosts),
         node_results,
     })
+}
+
+/// The machine's CPU time counters (`/proc/stat`, all cores), in clock ticks.
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal [guest guest_nice, already in user].
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        let total = v.iter().take(8).sum();
+        Some(CpuTimes { idle, total })
+    }
+
+    /// Share of all cores' time that was busy since `before`.
+    fn busy_share_since(self, before: CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        let idle = self.idle.saturating_sub(before.idle);
+        if total == 0 {
+            return 0.0;
+        }
+        total.saturating_sub(idle) as f64 / total as f64
+    }
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
@@ -180,4 +222,18 @@ fn timeline(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_busy_share_from_proc_stat() {
+        let a = CpuTimes::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
+        let b = CpuTimes::parse("cpu  250 0 100 850 50 0 0 0 0 0\n").unwrap();
+        // 200 busy ticks out of 250.
+        assert!((b.busy_share_since(a) - 0.8).abs() < 1e-9);
+        assert!(CpuTimes::parse("intr 1 2\n").is_none());
+    }
 }

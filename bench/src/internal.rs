@@ -10,6 +10,7 @@ use futures::StreamExt;
 use shoal_common::{Digest, Sha256Hasher};
 use tokio::io::AsyncWriteExt;
 
+use crate::ceiling;
 use crate::cli::InternalCommand;
 use crate::netns::Namespace;
 use crate::processes;
@@ -27,6 +28,19 @@ pub async fn main(cmd: InternalCommand) -> Result<()> {
             file,
             digest,
         } => push(&registry, &repo, &file, &digest).await,
+        InternalCommand::CeilingOrigin {
+            listen,
+            size,
+            nodes,
+        } => ceiling::origin(listen, size, nodes).await,
+        InternalCommand::CeilingNode {
+            index,
+            size,
+            origin,
+            peers,
+        } => ceiling::node(index, size, origin, peers).await,
+        InternalCommand::CeilingWait { node } => ceiling::wait(node).await,
+        InternalCommand::Drain { url } => drain(&url).await,
         InternalCommand::HttpGet { url, quiet } => {
             let body = http_get(&url).await?;
             if !quiet {
@@ -60,9 +74,8 @@ async fn http_get(url: &str) -> Result<String> {
     Ok(body)
 }
 
-/// Downloads `url` to `output` (via a temporary file renamed at the end), failing unless the
-/// bytes have `digest`.
-async fn fetch(url: &str, output: &Path, digest: &Digest) -> Result<()> {
+/// `GET url`, failing unless the status is 2xx; the body is left to the caller.
+async fn get_ok(url: &str) -> Result<reqwest::Response> {
     let resp = client()?
         .get(url)
         .send()
@@ -71,6 +84,13 @@ async fn fetch(url: &str, output: &Path, digest: &Digest) -> Result<()> {
     if !resp.status().is_success() {
         bail!("GET {url}: HTTP {}", resp.status());
     }
+    Ok(resp)
+}
+
+/// Downloads `url` to `output` (via a temporary file renamed at the end), failing unless the
+/// bytes have `digest`.
+async fn fetch(url: &str, output: &Path, digest: &Digest) -> Result<()> {
+    let resp = get_ok(url).await?;
     let tmp = output.with_extension("part");
     let mut file = tokio::fs::File::create(&tmp)
         .await
@@ -91,6 +111,23 @@ async fn fetch(url: &str, output: &Path, digest: &Digest) -> Result<()> {
     }
     tokio::fs::rename(&tmp, output).await?;
     Ok(())
+}
+
+/// Reads the whole body of `GET url` and drops it; an error unless it is complete (a server
+/// that cuts the body short, as the mirror does on a digest mismatch, fails this).
+async fn drain(url: &str) -> Result<()> {
+    let resp = get_ok(url).await?;
+    let expected = resp.content_length();
+    let mut got = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        got += chunk.with_context(|| format!("reading {url}"))?.len() as u64;
+    }
+    match expected {
+        Some(len) if len != got => bail!("{url}: body ended after {got} of {len} bytes"),
+        None => bail!("{url}: no Content-Length"),
+        _ => Ok(()),
+    }
 }
 
 async fn push(registry: &str, repo: &str, file: &Path, digest: &Digest) -> Result<()> {

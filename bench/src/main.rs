@@ -2,6 +2,7 @@
 //! tokio runtime and turns Ctrl-C / SIGTERM into an orderly teardown (every namespace and
 //! process a benchmark created lives in a guard that cleans up when dropped).
 
+mod ceiling;
 mod cli;
 mod cluster;
 mod cluster_p2p;

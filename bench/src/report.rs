@@ -20,12 +20,18 @@ pub struct ClusterReport {
     /// Whether the peers accepted `--piece-size` (false when unsupported or not asked).
     pub piece_size_applied: bool,
     pub supernodes: u32,
+    /// How the nodes fetched from their peers in the P2P round.
+    #[serde(default)]
+    pub client: Option<crate::cli::P2pClient>,
     pub digest: String,
     /// The qdisc on both ends of every link.
     pub tbf: String,
     /// `max(F/u_s, F/d, N·F/(u_s + N·u))` in seconds.
     pub lower_bound_s: f64,
     pub p2p: RoundReport,
+    /// Plain TCP on the ideal schedule (`--ceiling`): what the simulated network allows.
+    #[serde(default)]
+    pub ceiling: Option<RoundReport>,
     pub baseline: Option<RoundReport>,
 }
 
@@ -53,6 +59,10 @@ pub struct RoundReport {
     /// The same for the nodes' uplinks and downlinks, averaged over the nodes.
     pub node_uplink_busy: f64,
     pub node_downlink_busy: f64,
+    /// Share of the machine's CPU time (all cores) that was busy during the round: near 100 %
+    /// means the simulated hosts were waiting for CPU, not for their links.
+    #[serde(default)]
+    pub cpu_busy: f64,
     /// Link rates sampled every 0.5 s from the switch.
     pub timeline: Vec<TimelinePoint>,
     /// Totals from the peers' `/metrics` (P2P round only).
@@ -149,6 +159,14 @@ fn mib(bytes: u64) -> String {
 }
 
 impl ClusterReport {
+    /// The rounds that ran, named as in the table.
+    pub fn rounds(&self) -> Vec<(&'static str, &RoundReport)> {
+        let mut rounds = vec![("shoal p2p", &self.p2p)];
+        rounds.extend(self.ceiling.as_ref().map(|r| ("tcp ceiling", r)));
+        rounds.extend(self.baseline.as_ref().map(|r| ("direct pulls", r)));
+        rounds
+    }
+
     pub fn table(&self) -> String {
         let mut s = String::new();
         let piece = match (self.piece_size, self.piece_size_applied) {
@@ -161,112 +179,72 @@ impl ClusterReport {
         let _ = writeln!(
             s,
             "shoal-bench cluster: {} nodes, {} Mbit/s links up and down ({}), {} MiB blob, \
-             piece size: {piece}, {} supernode(s)",
-            self.nodes, self.rate_mbit, self.tbf, self.size_mib, self.supernodes
+             piece size: {piece}, {} supernode(s), p2p client: {}",
+            self.nodes,
+            self.rate_mbit,
+            self.tbf,
+            self.size_mib,
+            self.supernodes,
+            match self.client {
+                Some(crate::cli::P2pClient::Mirror) => "registry mirror (as containerd)",
+                Some(crate::cli::P2pClient::Get) | None => "shoal-peer get",
+            }
         );
         let _ = writeln!(
             s,
             "lower bound max(F/u_s, F/d, N·F/(u_s+N·u)) = {:.2} s\n",
             self.lower_bound_s
         );
-        let b = self.baseline.as_ref();
-        let row = |s: &mut String, name: &str, p2p: String, base: Option<String>| {
-            let _ = writeln!(
-                s,
-                "{name:<28}{p2p:>14}{:>16}",
-                base.unwrap_or_else(|| "-".into())
-            );
+        let rounds = self.rounds();
+        let row = |s: &mut String, name: &str, cell: &dyn Fn(&RoundReport) -> String| {
+            let _ = write!(s, "{name:<30}");
+            for (_, r) in &rounds {
+                let _ = write!(s, "{:>16}", cell(r));
+            }
+            let _ = writeln!(s);
         };
-        row(&mut s, "", "shoal p2p".into(), Some("direct pulls".into()));
+        let _ = write!(s, "{:<30}", "");
+        for (name, _) in &rounds {
+            let _ = write!(s, "{name:>16}");
+        }
+        let _ = writeln!(s);
         let n = self.nodes;
-        row(
-            &mut s,
-            "nodes with a verified copy",
-            format!("{}/{n}", self.p2p.completed),
-            b.map(|b| format!("{}/{n}", b.completed)),
-        );
-        row(
-            &mut s,
-            "last node (s)",
-            secs(self.p2p.last_s),
-            b.map(|b| secs(b.last_s)),
-        );
-        row(
-            &mut s,
-            "  ÷ lower bound",
-            ratio(self.p2p.ratio_to_bound),
-            b.map(|b| ratio(b.ratio_to_bound)),
-        );
-        row(
-            &mut s,
-            "p50 node (s)",
-            secs(self.p2p.p50_s),
-            b.map(|b| secs(b.p50_s)),
-        );
-        row(
-            &mut s,
-            "p99 node (s)",
-            secs(self.p2p.p99_s),
-            b.map(|b| secs(b.p99_s)),
-        );
-        row(
-            &mut s,
-            "origin egress ÷ blob",
-            format!("{:.3}", self.p2p.origin_egress_ratio),
-            b.map(|b| format!("{:.3}", b.origin_egress_ratio)),
-        );
-        let tcp = |r: &RoundReport| {
+        row(&mut s, "nodes with a verified copy", &|r| {
+            format!("{}/{n}", r.completed)
+        });
+        row(&mut s, "last node (s)", &|r| secs(r.last_s));
+        row(&mut s, "  ÷ lower bound", &|r| ratio(r.ratio_to_bound));
+        row(&mut s, "p50 node (s)", &|r| secs(r.p50_s));
+        row(&mut s, "p99 node (s)", &|r| secs(r.p99_s));
+        row(&mut s, "origin egress ÷ blob", &|r| {
+            format!("{:.3}", r.origin_egress_ratio)
+        });
+        row(&mut s, "origin TCP retransmits / RTOs", &|r| {
             format!(
                 "{} / {}",
                 r.origin_retransmitted_segments, r.origin_tcp_timeouts
             )
-        };
-        row(
-            &mut s,
-            "origin TCP retransmits / RTOs",
-            tcp(&self.p2p),
-            b.map(tcp),
-        );
+        });
         let pct = |v: f64| format!("{:.0}%", v * 100.0);
-        row(
-            &mut s,
-            "origin uplink busy",
-            pct(self.p2p.origin_uplink_busy),
-            b.map(|b| pct(b.origin_uplink_busy)),
-        );
-        row(
-            &mut s,
-            "node downlinks busy (mean)",
-            pct(self.p2p.node_downlink_busy),
-            b.map(|b| pct(b.node_downlink_busy)),
-        );
-        row(
-            &mut s,
-            "node uplinks busy (mean)",
-            pct(self.p2p.node_uplink_busy),
-            b.map(|b| pct(b.node_uplink_busy)),
-        );
+        row(&mut s, "origin uplink busy", &|r| pct(r.origin_uplink_busy));
+        row(&mut s, "node downlinks busy (mean)", &|r| {
+            pct(r.node_downlink_busy)
+        });
+        row(&mut s, "node uplinks busy (mean)", &|r| {
+            pct(r.node_uplink_busy)
+        });
+        row(&mut s, "machine CPU busy", &|r| pct(r.cpu_busy));
         if let Some(p) = &self.p2p.peers {
-            row(
-                &mut s,
-                "bytes from peers (share)",
-                format!("{:.1}%", p.p2p_share * 100.0),
-                None,
-            );
-            row(
-                &mut s,
-                "bytes from origin (peers)",
+            let _ = writeln!(
+                s,
+                "shoal p2p: {:.1}% of the bytes from peers, {} from the origin, max peer RSS \
+                 {} at the end",
+                p.p2p_share * 100.0,
                 mib(p.from_origin_bytes),
-                None,
-            );
-            row(
-                &mut s,
-                "max peer RSS at the end",
-                mib(p.max_rss_bytes),
-                None,
+                mib(p.max_rss_bytes)
             );
         }
-        for (name, round) in std::iter::once(("p2p", &self.p2p)).chain(b.map(|b| ("baseline", b))) {
+        for (name, round) in &rounds {
             for n in round.node_results.iter().filter(|n| !n.ok) {
                 let _ = writeln!(
                     s,
@@ -285,9 +263,7 @@ impl ClusterReport {
 impl ClusterReport {
     pub fn timelines(&self) -> String {
         let mut s = String::new();
-        let rounds = std::iter::once(("shoal p2p", &self.p2p))
-            .chain(self.baseline.as_ref().map(|b| ("direct pulls", b)));
-        for (name, round) in rounds {
+        for (name, round) in self.rounds() {
             let _ = writeln!(
                 s,
                 "\n{name}: link rates (Mbit/s; nodes: mean per node)\n{:>7} {:>10} {:>11} {:>9} {:>6}",

@@ -100,6 +100,7 @@ fn cluster_three_nodes() {
         "--rate-mbit",
         "200",
         "--no-baseline",
+        "--ceiling",
         "--timeout",
         "120",
         "--json",
@@ -127,6 +128,19 @@ fn cluster_three_nodes() {
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n["ok"] == Value::Bool(true)), "{r:#}");
     assert!(r["baseline"].is_null());
+    // The ceiling round moved the same bytes by plain TCP: the origin sent the blob about
+    // once, and no faster than the bound allows.
+    assert_eq!(num(&r, "ceiling.completed"), 3.0, "{r:#}");
+    let ceiling = num(&r, "ceiling.ratio_to_bound");
+    assert!(
+        ceiling >= 0.95,
+        "ceiling faster than physically possible: {ceiling}"
+    );
+    let egress = num(&r, "ceiling.origin_egress_ratio");
+    assert!(
+        (0.95..=1.2).contains(&egress),
+        "ceiling egress ÷ blob = {egress}"
+    );
     // The namespaces are gone.
     let out = Command::new("ip")
         .args(["netns", "list"])
@@ -138,6 +152,30 @@ fn cluster_three_nodes() {
         !pid.is_empty() && !list.contains(&format!("shb-{pid}-")),
         "leftover namespaces:\n{list}"
     );
+}
+
+/// The other P2P client: `shoal-peer get`, which writes and hashes its own copy.
+#[test]
+fn cluster_with_the_get_client() {
+    require_cluster_prerequisites();
+    let r = run_json(&[
+        "cluster",
+        "--nodes",
+        "2",
+        "--size-mib",
+        "4",
+        "--rate-mbit",
+        "200",
+        "--no-baseline",
+        "--client",
+        "get",
+        "--timeout",
+        "120",
+        "--json",
+    ]);
+    assert_eq!(r["client"], Value::String("get".into()), "{r:#}");
+    assert_eq!(num(&r, "p2p.completed"), 2.0, "{r:#}");
+    assert!(num(&r, "p2p.ratio_to_bound") >= 0.95, "{r:#}");
 }
 
 #[test]
