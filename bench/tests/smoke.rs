@@ -221,7 +221,11 @@ fn lazyfs_tiny_tree() {
             "startup set fetched {link} of a {tree}-byte tree"
         );
     }
-    assert_eq!(num(&r, "warm_link_bytes"), 0.0, "warm reads used the link");
+    // Warm reads fetch nothing: at most a few control packets cross the origin's link
+    // meanwhile (an ARP reply, the FIN of an idle pooled connection; 70 bytes seen), never
+    // one full-size data segment.
+    let warm_link = num(&r, "warm_link_bytes");
+    assert!(warm_link < 1500.0, "warm reads used the link: {warm_link} bytes");
     for k in ["lazyfs_remount", "squashfuse", "native"] {
         assert!(num(&r, &format!("warm_mb_per_s.{k}")) > 0.0, "{k}");
     }
