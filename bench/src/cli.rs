@@ -71,12 +71,12 @@ pub struct ClusterArgs {
     /// Skip the baseline.
     #[arg(long, overrides_with = "baseline")]
     pub no_baseline: bool,
-    /// Also run the ceiling: the same bytes moved by plain TCP on the ideal schedule (the
-    /// origin sends node k the k-th 1/N, node k forwards it to every other node as it
-    /// arrives; no hashing, disk or HTTP). Shows how close to the bound this machine's
-    /// simulated network gets at all.
+    /// Also run the static TCP split: the same bytes moved by plain TCP on the schedule that
+    /// meets the bound on paper (the origin sends node k the k-th 1/N, node k forwards it to
+    /// every other node as it arrives; no hashing, disk, HTTP or scheduler). A reference for
+    /// what this machine's simulated network and TCP give with no application cost.
     #[arg(long)]
-    pub ceiling: bool,
+    pub tcp_split: bool,
     /// Keep every process's log in DIR (created); by default logs are deleted with the run.
     #[arg(long, value_name = "DIR")]
     pub keep_logs: Option<PathBuf>,
@@ -230,8 +230,8 @@ pub enum InternalCommand {
         #[arg(long)]
         digest: shoal_common::Digest,
     },
-    /// The ceiling round's origin: serves node k the k-th 1/N of SIZE zero bytes.
-    CeilingOrigin {
+    /// The TCP split round's origin: serves node k the k-th 1/N of SIZE zero bytes.
+    SplitOrigin {
         #[arg(long)]
         listen: std::net::SocketAddr,
         #[arg(long)]
@@ -239,8 +239,8 @@ pub enum InternalCommand {
         #[arg(long)]
         nodes: u32,
     },
-    /// The ceiling round's node daemon (see `ceiling`).
-    CeilingNode {
+    /// The TCP split round's node daemon (see `tcp_split`).
+    SplitNode {
         #[arg(long)]
         index: u32,
         #[arg(long)]
@@ -251,8 +251,8 @@ pub enum InternalCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         peers: Vec<std::net::Ipv4Addr>,
     },
-    /// The ceiling round's client: starts the local node, exits once it holds the blob.
-    CeilingWait {
+    /// The TCP split round's client: starts the local node, exits once it holds the blob.
+    SplitWait {
         #[arg(long)]
         node: std::net::SocketAddr,
     },

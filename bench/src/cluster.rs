@@ -1,5 +1,5 @@
 //! `shoal-bench cluster`: one blob from a registry to N simulated hosts, through Shoal, by
-//! direct pulls, and (with `--ceiling`) by plain TCP on the ideal schedule.
+//! direct pulls, and (with `--tcp-split`) by plain TCP on a static split.
 //!
 //! Hosts (network namespaces on one bridge, every link shaped RATE up and RATE down):
 //! - `origin` (10.77.0.1): docker-registry only, so its interface counters are the origin's
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::ceiling::ceiling_round;
 use crate::cli::ClusterArgs;
 use crate::cluster_p2p::p2p_round;
 use crate::cluster_round::timed_round;
@@ -25,6 +24,7 @@ use crate::registry;
 use crate::report::ClusterReport;
 use crate::shaping::{self, Tbf};
 use crate::stats;
+use crate::tcp_split::tcp_split_round;
 
 pub async fn main(args: ClusterArgs) -> Result<()> {
     let report = run(&args).await?;
@@ -181,16 +181,16 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         started,
         format!("p2p done: last node at {}", fmt_opt(p2p.last_s)),
     );
-    let ceiling = if args.ceiling {
+    let tcp_split = if args.tcp_split {
         note(
             started,
-            "ceiling: plain TCP on the ideal schedule (no hashing, disk or HTTP)",
+            "tcp split: plain TCP, each node forwards its 1/N from the origin to the others",
         );
-        let mut round = ceiling_round(args, &setup, &hosts).await?;
+        let mut round = tcp_split_round(args, &setup, &hosts).await?;
         round.finish(bound, size, rate);
         note(
             started,
-            format!("ceiling done: last node at {}", fmt_opt(round.last_s)),
+            format!("tcp split done: last node at {}", fmt_opt(round.last_s)),
         );
         Some(round)
     } else {
@@ -239,7 +239,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         tbf: tbf.tc_args().join(" "),
         lower_bound_s: bound,
         p2p,
-        ceiling,
+        tcp_split,
         baseline,
     };
     if args.keep_logs.is_some() {

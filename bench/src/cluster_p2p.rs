@@ -66,6 +66,7 @@ pub(crate) async fn p2p_round(
         registry::REPO,
         registry::PORT
     );
+    let cpu_before = peers_cpu(&peers);
     let mut round = timed_round(setup, hosts, "p2p", |host, out| match args.client {
         P2pClient::Mirror => {
             let mut cmd = host.ns.command(processes::self_exe()?);
@@ -82,7 +83,9 @@ pub(crate) async fn p2p_round(
     .await?;
 
     // Diagnostics while everything still runs.
-    round.peers = Some(peer_totals(setup, nodes, &peers).await);
+    let mut totals = peer_totals(setup, nodes, &peers).await;
+    totals.cpu_seconds = (peers_cpu(&peers) - cpu_before).as_secs_f64();
+    round.peers = Some(totals);
     for (k, sn) in sn_urls.iter().enumerate() {
         for what in ["tasks", "peers"] {
             if let Ok(text) = http_text_in(&ctl.ns, &format!("{sn}/api/v1/{what}")).await {
@@ -172,6 +175,7 @@ async fn peer_totals(setup: &Setup, nodes: &[&Host], peers: &Daemons) -> PeerTot
         from_origin_bytes: 0,
         uploaded_bytes: 0,
         p2p_share: 0.0,
+        cpu_seconds: 0.0,
         max_rss_bytes: peers
             .0
             .iter()
@@ -200,6 +204,11 @@ async fn peer_totals(setup: &Setup, nodes: &[&Host], peers: &Daemons) -> PeerTot
         totals.p2p_share = totals.from_peers_bytes as f64 / fetched as f64;
     }
     totals
+}
+
+/// CPU time (user + system) the peer daemons have used so far, summed.
+fn peers_cpu(peers: &Daemons) -> Duration {
+    peers.0.iter().filter_map(Daemon::cpu_time).sum()
 }
 
 async fn wait_peers_ready(

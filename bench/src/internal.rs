@@ -10,10 +10,10 @@ use futures::StreamExt;
 use shoal_common::{Digest, Sha256Hasher};
 use tokio::io::AsyncWriteExt;
 
-use crate::ceiling;
 use crate::cli::InternalCommand;
 use crate::netns::Namespace;
 use crate::processes;
+use crate::tcp_split;
 
 pub async fn main(cmd: InternalCommand) -> Result<()> {
     match cmd {
@@ -28,18 +28,18 @@ pub async fn main(cmd: InternalCommand) -> Result<()> {
             file,
             digest,
         } => push(&registry, &repo, &file, &digest).await,
-        InternalCommand::CeilingOrigin {
+        InternalCommand::SplitOrigin {
             listen,
             size,
             nodes,
-        } => ceiling::origin(listen, size, nodes).await,
-        InternalCommand::CeilingNode {
+        } => tcp_split::origin(listen, size, nodes).await,
+        InternalCommand::SplitNode {
             index,
             size,
             origin,
             peers,
-        } => ceiling::node(index, size, origin, peers).await,
-        InternalCommand::CeilingWait { node } => ceiling::wait(node).await,
+        } => tcp_split::node(index, size, origin, peers).await,
+        InternalCommand::SplitWait { node } => tcp_split::wait(node).await,
         InternalCommand::Drain { url } => drain(&url).await,
         InternalCommand::HttpGet { url, quiet } => {
             let body = http_get(&url).await?;

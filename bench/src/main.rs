@@ -2,7 +2,6 @@
 //! tokio runtime and turns Ctrl-C / SIGTERM into an orderly teardown (every namespace and
 //! process a benchmark created lives in a guard that cleans up when dropped).
 
-mod ceiling;
 mod cli;
 mod cluster;
 mod cluster_p2p;
@@ -22,6 +21,7 @@ mod report;
 mod shaping;
 mod stats;
 mod supernode_bench;
+mod tcp_split;
 
 use std::process::ExitCode;
 

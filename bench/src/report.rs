@@ -29,9 +29,9 @@ pub struct ClusterReport {
     /// `max(F/u_s, F/d, N·F/(u_s + N·u))` in seconds.
     pub lower_bound_s: f64,
     pub p2p: RoundReport,
-    /// Plain TCP on the ideal schedule (`--ceiling`): what the simulated network allows.
+    /// Plain TCP on a static split (`--tcp-split`): the network and TCP with no application.
     #[serde(default)]
-    pub ceiling: Option<RoundReport>,
+    pub tcp_split: Option<RoundReport>,
     pub baseline: Option<RoundReport>,
 }
 
@@ -77,6 +77,10 @@ pub struct PeerTotals {
     pub uploaded_bytes: u64,
     /// from_peers ÷ (from_peers + from_origin).
     pub p2p_share: f64,
+    /// CPU time the peer daemons used during the round (user + system, summed): the cost of
+    /// distribution itself, steadier from run to run than the times on this shared machine.
+    #[serde(default)]
+    pub cpu_seconds: f64,
     /// Largest resident set of any peer daemon at the end of the round.
     pub max_rss_bytes: u64,
 }
@@ -162,7 +166,7 @@ impl ClusterReport {
     /// The rounds that ran, named as in the table.
     pub fn rounds(&self) -> Vec<(&'static str, &RoundReport)> {
         let mut rounds = vec![("shoal p2p", &self.p2p)];
-        rounds.extend(self.ceiling.as_ref().map(|r| ("tcp ceiling", r)));
+        rounds.extend(self.tcp_split.as_ref().map(|r| ("tcp split", r)));
         rounds.extend(self.baseline.as_ref().map(|r| ("direct pulls", r)));
         rounds
     }
@@ -237,10 +241,11 @@ impl ClusterReport {
         if let Some(p) = &self.p2p.peers {
             let _ = writeln!(
                 s,
-                "shoal p2p: {:.1}% of the bytes from peers, {} from the origin, max peer RSS \
-                 {} at the end",
+                "shoal p2p: {:.1}% of the bytes from peers, {} from the origin, peers' CPU \
+                 {:.2} s, max peer RSS {} at the end",
                 p.p2p_share * 100.0,
                 mib(p.from_origin_bytes),
+                p.cpu_seconds,
                 mib(p.max_rss_bytes)
             );
         }

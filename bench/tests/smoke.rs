@@ -100,7 +100,7 @@ fn cluster_three_nodes() {
         "--rate-mbit",
         "200",
         "--no-baseline",
-        "--ceiling",
+        "--tcp-split",
         "--timeout",
         "120",
         "--json",
@@ -128,18 +128,18 @@ fn cluster_three_nodes() {
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n["ok"] == Value::Bool(true)), "{r:#}");
     assert!(r["baseline"].is_null());
-    // The ceiling round moved the same bytes by plain TCP: the origin sent the blob about
+    // The TCP split round moved the same bytes by plain TCP: the origin sent the blob about
     // once, and no faster than the bound allows.
-    assert_eq!(num(&r, "ceiling.completed"), 3.0, "{r:#}");
-    let ceiling = num(&r, "ceiling.ratio_to_bound");
+    assert_eq!(num(&r, "tcp_split.completed"), 3.0, "{r:#}");
+    let split = num(&r, "tcp_split.ratio_to_bound");
     assert!(
-        ceiling >= 0.95,
-        "ceiling faster than physically possible: {ceiling}"
+        split >= 0.95,
+        "tcp split faster than physically possible: {split}"
     );
-    let egress = num(&r, "ceiling.origin_egress_ratio");
+    let egress = num(&r, "tcp_split.origin_egress_ratio");
     assert!(
         (0.95..=1.2).contains(&egress),
-        "ceiling egress ÷ blob = {egress}"
+        "tcp split egress ÷ blob = {egress}"
     );
     // The namespaces are gone.
     let out = Command::new("ip")
@@ -225,7 +225,10 @@ fn lazyfs_tiny_tree() {
     // meanwhile (an ARP reply, the FIN of an idle pooled connection; 70 bytes seen), never
     // one full-size data segment.
     let warm_link = num(&r, "warm_link_bytes");
-    assert!(warm_link < 1500.0, "warm reads used the link: {warm_link} bytes");
+    assert!(
+        warm_link < 1500.0,
+        "warm reads used the link: {warm_link} bytes"
+    );
     for k in ["lazyfs_remount", "squashfuse", "native"] {
         assert!(num(&r, &format!("warm_mb_per_s.{k}")) > 0.0, "{k}");
     }

@@ -1,7 +1,9 @@
-//! The ceiling round of `shoal-bench cluster` (`--ceiling`): the same blob size over the same
-//! shaped network, moved by plain TCP on the ideal schedule, with no hashing, no disk, no
-//! scheduler and no HTTP. It answers "how close to the lower bound can *this machine* get",
-//! so that a P2P figure can be read against what the simulated network allows at all.
+//! The TCP split round of `shoal-bench cluster` (`--tcp-split`): the same blob size over the
+//! same shaped network, moved by plain TCP on a static schedule, with no hashing, no disk, no
+//! scheduler and no HTTP. A reference for reading the P2P figures: what the simulated network
+//! and TCP give when the application costs nothing and the schedule is fixed in advance. It
+//! is not an upper bound: a static split waits for its slowest stream, which a scheduler that
+//! hands out pieces as links free up does not.
 //!
 //! The schedule reaches the bound on paper: the origin sends node k the k-th 1/N of the blob
 //! (all N streams at once, so its uplink is busy from start to end, F/u_s), and node k
@@ -9,10 +11,10 @@
 //! downlink then carries F, its uplink (N−1)/N·F, all concurrently.
 //!
 //! Processes (each `shoal-bench internal …` inside a namespace):
-//! - `ceiling-origin` on the origin host serves the shares;
-//! - `ceiling-node` on every node host listens for its peers' streams and, once its local
+//! - `split-origin` on the origin host serves the shares;
+//! - `split-node` on every node host listens for its peers' streams and, once its local
 //!   client says "start", fetches its share and forwards it;
-//! - `ceiling-wait` is the timed client: it starts its node and exits when the node has
+//! - `split-wait` is the timed client: it starts its node and exits when the node has
 //!   received F bytes in all.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,7 +54,7 @@ pub fn share(size: u64, nodes: u32, index: u32) -> (u64, u64) {
 }
 
 /// Runs the round: daemons up, every node's client timed by `cluster_round`, daemons down.
-pub(crate) async fn ceiling_round(
+pub(crate) async fn tcp_split_round(
     args: &ClusterArgs,
     setup: &Setup,
     hosts: &Hosts<'_>,
@@ -62,26 +64,26 @@ pub(crate) async fn ceiling_round(
     let exe = processes::self_exe()?;
     let mut daemons = Daemons::default();
     let mut cmd = hosts.origin.ns.command(&exe);
-    cmd.args(["internal", "ceiling-origin", "--listen"])
+    cmd.args(["internal", "split-origin", "--listen"])
         .arg(format!("{ORIGIN_IP}:{ORIGIN_PORT}"))
         .args(["--size", &size.to_string(), "--nodes", &nodes.to_string()]);
     daemons.push(Daemon::spawn(
-        "ceiling-origin",
+        "split-origin",
         cmd,
-        &setup.logs.join("ceiling-origin.log"),
+        &setup.logs.join("split-origin.log"),
     )?);
     let peers: Vec<String> = hosts.nodes.iter().map(|h| h.ip.to_string()).collect();
     for (i, host) in hosts.nodes.iter().enumerate() {
         let mut cmd = host.ns.command(&exe);
-        cmd.args(["internal", "ceiling-node", "--index", &i.to_string()])
+        cmd.args(["internal", "split-node", "--index", &i.to_string()])
             .args(["--size", &size.to_string()])
             .arg("--origin")
             .arg(format!("{ORIGIN_IP}:{ORIGIN_PORT}"))
             .args(["--peers", &peers.join(",")]);
         daemons.push(Daemon::spawn(
-            &format!("ceiling-node n{}", i + 1),
+            &format!("split-node n{}", i + 1),
             cmd,
-            &setup.logs.join(format!("ceiling-node-n{}.log", i + 1)),
+            &setup.logs.join(format!("split-node-n{}.log", i + 1)),
         )?);
     }
     // Each daemon binds its listener before anything else; give them a moment, then check
@@ -89,9 +91,9 @@ pub(crate) async fn ceiling_round(
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemons.check_alive()?;
     let exe_for_round = exe.clone();
-    let round = timed_round(setup, hosts, "ceiling", |host, _out| {
+    let round = timed_round(setup, hosts, "tcp-split", |host, _out| {
         let mut cmd = host.ns.command(&exe_for_round);
-        cmd.args(["internal", "ceiling-wait", "--node"])
+        cmd.args(["internal", "split-wait", "--node"])
             .arg(format!("127.0.0.1:{NODE_PORT}"));
         Ok(cmd)
     })
@@ -100,7 +102,7 @@ pub(crate) async fn ceiling_round(
     round
 }
 
-/// `internal ceiling-origin`: serves each connecting node its share (the node sends its
+/// `internal split-origin`: serves each connecting node its share (the node sends its
 /// index as 4 bytes, big-endian), forever.
 pub async fn origin(listen: SocketAddr, size: u64, nodes: u32) -> Result<()> {
     let listener = TcpListener::bind(listen)
@@ -128,13 +130,13 @@ pub async fn origin(listen: SocketAddr, size: u64, nodes: u32) -> Result<()> {
             }
             .await;
             if let Err(e) = result {
-                eprintln!("ceiling-origin: {from}: {e:#}");
+                eprintln!("split-origin: {from}: {e:#}");
             }
         });
     }
 }
 
-/// `internal ceiling-node`: see the module doc.
+/// `internal split-node`: see the module doc.
 pub async fn node(index: u32, size: u64, origin: SocketAddr, peers: Vec<Ipv4Addr>) -> Result<()> {
     let nodes = peers.len() as u32;
     if index >= nodes {
@@ -163,7 +165,7 @@ pub async fn node(index: u32, size: u64, origin: SocketAddr, peers: Vec<Ipv4Addr
                                 if let Err(e) =
                                     fetch_and_forward(index, origin, &peers, &received).await
                                 {
-                                    eprintln!("ceiling-node: share: {e:#}");
+                                    eprintln!("split-node: share: {e:#}");
                                 }
                             });
                         }
@@ -178,7 +180,7 @@ pub async fn node(index: u32, size: u64, origin: SocketAddr, peers: Vec<Ipv4Addr
             }
             .await;
             if let Err(e) = result {
-                eprintln!("ceiling-node: {from}: {e:#}");
+                eprintln!("split-node: {from}: {e:#}");
             }
         });
     }
@@ -258,7 +260,7 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream> {
     }
 }
 
-/// `internal ceiling-wait`: tells the local node to start and waits until it holds the blob.
+/// `internal split-wait`: tells the local node to start and waits until it holds the blob.
 pub async fn wait(node: SocketAddr) -> Result<()> {
     let mut conn = connect(node).await?;
     conn.write_u8(KIND_START).await?;
