@@ -72,3 +72,74 @@ async fn cache_survives_restart_and_is_reannounced() {
     })
     .await
 }
+
+/// The mirror hands a whole blob over only once it is known to match its digest. After a
+/// download, the download's own check is recorded beside the file; a complete file without
+/// that record (the peer died before its check, or the record is gone) is hashed as it is
+/// sent, and damaged bytes cut the response before its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unverified_cached_blob_is_checked_before_it_is_served_whole() {
+    with_timeout(Duration::from_secs(120), async {
+        let origin = Origin::start().await;
+        let blob = random_blob(5, 4 << 20);
+        let (digest, _) = origin.push("restart/unverified", &blob).await;
+        let mut a = Peer::start(
+            "a",
+            PeerOpts::embedded()
+                .arg("--insecure-registry")
+                .arg(origin.host()),
+        )
+        .await;
+        let url = format!(
+            "{}/v2/restart/unverified/blobs/{digest}?ns={}",
+            a.mirror_url(),
+            origin.host()
+        );
+        let body = http()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(body == blob, "first GET through the mirror");
+
+        a.kill9();
+        let marker = find_file(&a.data_dir, "verified")
+            .expect("the download recorded its whole-blob check beside the file");
+        let data = marker.with_file_name("data");
+        std::fs::remove_file(&marker).unwrap();
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[1 << 20] ^= 0xff;
+        std::fs::write(&data, &bytes).unwrap();
+        a.restart().await;
+
+        let resp = http().get(&url).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        // A cut body is what a client must see; a short one would do too.
+        if let Ok(got) = resp.bytes().await {
+            assert!(
+                got.len() < blob.len(),
+                "a complete body ({} bytes) of a damaged, unverified blob",
+                got.len()
+            );
+        }
+        a.assert_running();
+    })
+    .await;
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}

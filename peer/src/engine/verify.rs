@@ -47,6 +47,9 @@ impl BlobHasher {
     }
 }
 
+/// Bytes read and hashed at a time.
+const HASH_CHUNK: usize = 256 << 10;
+
 async fn hash_in_order(file: Arc<TaskFile>) -> Result<Digest> {
     let count = file.layout().piece_count();
     let mut status = file.subscribe();
@@ -67,10 +70,19 @@ async fn hash_in_order(file: Arc<TaskFile>) -> Result<Digest> {
             let f = file.clone();
             let (start, end) = (next, run_end);
             hasher = tokio::task::spawn_blocking(move || -> Result<Sha256Hasher> {
-                for p in start..end {
-                    if let Some(r) = f.layout().range(p) {
-                        hasher.update(&f.read_at(r.start, (r.end - r.start) as usize)?);
-                    }
+                let (from, to) = match (f.layout().range(start), f.layout().range(end - 1)) {
+                    (Some(a), Some(b)) => (a.start, b.end),
+                    _ => return Ok(hasher),
+                };
+                // One small buffer for the whole run: a piece-sized read each time would
+                // allocate (and fault in) a fresh 4 MiB per piece.
+                let mut buf = vec![0u8; HASH_CHUNK.min((to - from) as usize)];
+                let mut pos = from;
+                while pos < to {
+                    let n = buf.len().min((to - pos) as usize);
+                    f.read_into(pos, &mut buf[..n])?;
+                    hasher.update(&buf[..n]);
+                    pos += n as u64;
                 }
                 Ok(hasher)
             })

@@ -24,6 +24,8 @@ const META: &str = "meta.json";
 const DATA: &str = "data";
 const LOG: &str = "pieces.log";
 const RECORD: usize = 4 + 32 + 4;
+/// Present once the whole blob was checked against its digest (see `mark_verified`).
+const VERIFIED: &str = "verified";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskMeta {
@@ -39,6 +41,8 @@ pub struct TaskStatus {
     pub pieces: u32,
     /// Set when the download gave up; readers stop waiting and report it.
     pub failed: Option<String>,
+    /// The whole blob matched its digest (content-addressed tasks only).
+    pub verified: bool,
 }
 
 struct Pieces {
@@ -96,6 +100,13 @@ impl TaskFile {
             .open(&log_path)
             .map_err(io(&log_path))?;
         log.set_len(0).map_err(io(&log_path))?;
+        // A marker left by an earlier task in this directory does not speak for these bytes.
+        match fs::remove_file(dir.join(VERIFIED)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(dir.join(VERIFIED), e))
+            }
+            _ => {}
+        }
         // meta.json last, atomically: a directory without it is debris and is removed on scan.
         let meta_path = dir.join(META);
         let tmp = dir.join("meta.json.tmp");
@@ -105,7 +116,7 @@ impl TaskFile {
         f.write_all(&json).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &meta_path).map_err(io(&meta_path))?;
-        Ok(Self::assemble(dir, meta, data, log, Vec::new()))
+        Ok(Self::assemble(dir, meta, data, log, Vec::new(), false))
     }
 
     /// Loads a task written earlier; pieces whose record is torn or invalid are dropped.
@@ -167,7 +178,8 @@ impl TaskFile {
             // A torn tail from a crash: cut it so later appends stay aligned.
             log.set_len(valid as u64).map_err(io(&log_path))?;
         }
-        Ok(Self::assemble(dir, meta, data, log, records))
+        let verified = dir.join(VERIFIED).exists();
+        Ok(Self::assemble(dir, meta, data, log, records, verified))
     }
 
     fn assemble(
@@ -176,6 +188,7 @@ impl TaskFile {
         data: File,
         log: File,
         records: Vec<(u32, Digest)>,
+        verified: bool,
     ) -> Self {
         let count = meta.layout.piece_count();
         let mut have = PieceSet::new(count);
@@ -189,6 +202,9 @@ impl TaskFile {
         let (status, _) = watch::channel(TaskStatus {
             pieces: have.count(),
             failed: None,
+            // Only a complete file can have been verified; a marker beside a partial one is
+            // debris.
+            verified: verified && have.is_complete(),
         });
         TaskFile {
             meta,
@@ -267,6 +283,18 @@ impl TaskFile {
         self.status.send_modify(|s| s.failed = Some(message));
     }
 
+    /// Records that the whole blob matched its digest, for readers now (they may release the
+    /// bytes they held back) and after a restart (blocking I/O: a small marker file).
+    pub fn mark_verified(&self) -> Result<()> {
+        self.status.send_modify(|s| s.verified = true);
+        let path = self.dir.join(VERIFIED);
+        fs::write(&path, b"").map_err(|e| Error::io(path, e))
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.status.borrow().verified
+    }
+
     /// Clears a previous failure when a new download attempt starts.
     pub fn clear_failed(&self) {
         self.status.send_if_modified(|s| s.failed.take().is_some());
@@ -326,10 +354,15 @@ impl TaskFile {
     /// Reads `len` bytes at `offset` (blocking I/O). Callers check `has_range` first.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        self.data
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| Error::io(self.dir.join(DATA), e))?;
+        self.read_into(offset, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Fills `buf` from `offset` (blocking I/O), for callers that reuse one buffer.
+    pub fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.data
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io(self.dir.join(DATA), e))
     }
 
     /// An independent handle on the data file, for streaming it.
@@ -394,6 +427,28 @@ mod tests {
         let t = TaskFile::open(dir.path()).unwrap();
         assert!(t.is_complete());
         assert_eq!(t.digests()[1].sha256, Digest::of(&p1));
+    }
+
+    #[test]
+    fn verification_survives_reopen_only_for_the_same_complete_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TaskFile::create(dir.path(), meta(4096)).unwrap();
+        assert!(!t.is_verified());
+        let p = vec![7u8; 4096];
+        t.write_piece(0, &p, Digest::of(&p)).unwrap();
+        let mut status = t.subscribe();
+        t.mark_verified().unwrap();
+        assert!(status.has_changed().unwrap() && status.borrow_and_update().verified);
+        drop(t);
+        assert!(TaskFile::open(dir.path()).unwrap().is_verified());
+        // A new task in the same directory starts unverified, also after a reopen.
+        let t = TaskFile::create(dir.path(), meta(4096)).unwrap();
+        assert!(!t.is_verified());
+        drop(t);
+        assert!(!TaskFile::open(dir.path()).unwrap().is_verified());
+        // A marker beside a file that lacks pieces means nothing.
+        fs::write(dir.path().join(VERIFIED), b"").unwrap();
+        assert!(!TaskFile::open(dir.path()).unwrap().is_verified());
     }
 
     #[test]

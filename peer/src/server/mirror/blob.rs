@@ -5,9 +5,12 @@
 //! and is the access check. It is then downloaded through the P2P engine and streamed while
 //! pieces arrive. A complete cached blob is served only after the same check (unless
 //! `verify_blob_access` is off), its positive answers remembered briefly per credential,
-//! repository and blob. A whole-blob response is hashed as it is sent and cut before its last
-//! bytes if they do not match the digest, so a client never receives a complete-looking wrong
-//! body.
+//! repository and blob. A whole-blob response holds back its last bytes until the blob is
+//! known to match the digest (the download's own check, or a hash as it is sent when nothing
+//! checked the file) and is cut if it does not, so a client never receives a
+//! complete-looking wrong body.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -24,6 +27,7 @@ use crate::access::AccessCache;
 use crate::engine::{stream_range, DownloadRequest};
 use crate::error::{Error, Result};
 use crate::server::range::{parse_range, RangeError};
+use crate::storage::TaskFile;
 use crate::upstream::Answer;
 
 pub(super) async fn blob(
@@ -147,11 +151,23 @@ pub(super) async fn blob(
     }
     let whole = r.start == 0 && r.end == length;
     let metrics = st.metrics.clone();
-    let stream = stream_range(file, r);
-    let body = if whole {
-        verified(stream, digest, length).boxed()
+    // A whole blob is never handed over unverified: the client (containerd) trusts a complete
+    // body. The download's own whole-blob check is awaited when there is one; only a file
+    // nobody checked (complete from before a restart) is hashed here.
+    let check = if !whole {
+        Check::None
+    } else if st.engine.is_downloading(&file.id()) && !file.is_verified() {
+        Check::AwaitDownload
+    } else if file.is_verified() {
+        Check::None
     } else {
-        stream.boxed()
+        Check::Hash
+    };
+    let stream = stream_range(file.clone(), r);
+    let body = match check {
+        Check::None => stream.boxed(),
+        Check::AwaitDownload => held_until_verified(stream, file, length).boxed(),
+        Check::Hash => verified(stream, digest, length).boxed(),
     }
     .map(move |chunk| {
         if let Ok(c) = &chunk {
@@ -339,6 +355,74 @@ async fn check_access(
             );
             Err(e)
         }
+    }
+}
+
+/// How a whole-blob response is checked before its last bytes go out.
+enum Check {
+    /// Already verified (or a range: the client checks what it asked for).
+    None,
+    /// The running download verifies the blob; wait for its verdict.
+    AwaitDownload,
+    /// Nobody did: hash the bytes on the way out.
+    Hash,
+}
+
+/// Passes `stream` on, holding back the last chunk until the running download has checked
+/// the whole blob against its digest; if that check fails (or the body is short) the stream
+/// ends with an error, which cuts the connection before the client has `length` bytes.
+fn held_until_verified(
+    stream: impl Stream<Item = Result<Bytes>> + Send + 'static,
+    file: Arc<TaskFile>,
+    length: u64,
+) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    let status = file.subscribe();
+    let state = (Box::pin(stream), status, file, 0u64, false);
+    futures::stream::unfold(
+        state,
+        move |(mut inner, mut status, file, mut sent, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match inner.next().await {
+                Some(Ok(chunk)) => {
+                    sent += chunk.len() as u64;
+                    if sent < length {
+                        Ok(chunk)
+                    } else {
+                        let verdict = status
+                            .wait_for(|s| s.verified || s.failed.is_some())
+                            .await
+                            .map(|s| s.verified)
+                            .unwrap_or(false);
+                        if sent == length && verdict {
+                            Ok(chunk)
+                        } else {
+                            Err(unverified(&file))
+                        }
+                    }
+                }
+                Some(Err(e)) => Err(e),
+                None if sent == length => return None,
+                None => Err(unverified(&file)),
+            };
+            let done = item.is_err() || sent >= length;
+            Some((item, (inner, status, file, sent, done)))
+        },
+    )
+}
+
+fn unverified(file: &TaskFile) -> Error {
+    let message = file
+        .subscribe()
+        .borrow()
+        .failed
+        .clone()
+        .unwrap_or_else(|| "the blob could not be verified".into());
+    tracing::warn!(task = %file.id(), %message, "blob not verified: response cut");
+    Error::DownloadFailed {
+        task: file.id(),
+        message,
     }
 }
 
