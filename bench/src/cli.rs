@@ -56,6 +56,13 @@ pub struct ClusterArgs {
     /// Piece size in bytes, passed to the peers when `shoal-peer run` supports `--piece-size`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
     pub piece_size: Option<u64>,
+    /// Bucket depth of every link's `tbf` in bytes [default: 5 ms at the rate, at least 96 KiB].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1600..=(64 << 20)))]
+    pub burst_bytes: Option<u64>,
+    /// A sysctl for every simulated host's namespace, e.g. `net.ipv4.tcp_min_tso_segs=8`
+    /// (repeatable).
+    #[arg(long = "host-sysctl", value_name = "KEY=VALUE")]
+    pub host_sysctls: Vec<String>,
     /// Supernodes (all on the control host; peers get every one).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub supernodes: u32,

@@ -149,8 +149,16 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
     for i in 0..args.nodes {
         nodes.push(net.add_host(&format!("n{}", i + 1), netns::node_ip(i))?);
     }
-    let tbf = Tbf::for_rate_mbit(args.rate_mbit);
+    let mut tbf = Tbf::for_rate_mbit(args.rate_mbit);
+    if let Some(burst) = args.burst_bytes {
+        tbf.burst_bytes = burst;
+    }
     shaping::shape_all(&net, &tbf)?;
+    for host in net.hosts() {
+        for setting in &args.host_sysctls {
+            host.ns.sysctl(setting)?;
+        }
+    }
 
     // Declared after `net`, so dropped before it.
     let mut origin_daemons = Daemons::default();
@@ -237,6 +245,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         client: Some(args.client),
         digest: digest.to_string(),
         tbf: tbf.tc_args().join(" "),
+        host_sysctls: args.host_sysctls.clone(),
         lower_bound_s: bound,
         p2p,
         tcp_split,

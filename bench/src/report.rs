@@ -26,6 +26,9 @@ pub struct ClusterReport {
     pub digest: String,
     /// The qdisc on both ends of every link.
     pub tbf: String,
+    /// Sysctls set in every simulated host (`--host-sysctl`).
+    #[serde(default)]
+    pub host_sysctls: Vec<String>,
     /// `max(F/u_s, F/d, N·F/(u_s + N·u))` in seconds.
     pub lower_bound_s: f64,
     pub p2p: RoundReport,
@@ -194,6 +197,9 @@ impl ClusterReport {
                 Some(crate::cli::P2pClient::Get) | None => "shoal-peer get",
             }
         );
+        if !self.host_sysctls.is_empty() {
+            let _ = writeln!(s, "host sysctls: {}", self.host_sysctls.join(" "));
+        }
         let _ = writeln!(
             s,
             "lower bound max(F/u_s, F/d, N·F/(u_s+N·u)) = {:.2} s\n",
