@@ -85,19 +85,7 @@ impl Namespace {
 
     /// Sets a sysctl (`net.ipv4.…=VALUE`) as this namespace sees it.
     pub fn sysctl(&self, setting: &str) -> Result<()> {
-        let out = self
-            .command("sysctl")
-            .args(["-q", "-w", setting])
-            .output()
-            .with_context(|| format!("running sysctl in {}", self.name))?;
-        if !out.status.success() {
-            bail!(
-                "sysctl -w {setting} in {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        ip(&["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]).map(drop)
     }
 
     pub fn tokio_command(&self, program: impl AsRef<Path>) -> tokio::process::Command {
