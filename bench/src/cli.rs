@@ -59,8 +59,17 @@ pub struct ClusterArgs {
     /// Bucket depth of every link's `tbf` in bytes [default: 5 ms at the rate, at least 96 KiB].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1600..=(64 << 20)))]
     pub burst_bytes: Option<u64>,
-    /// A sysctl for every simulated host's namespace, e.g. `net.ipv4.tcp_min_tso_segs=8`
-    /// (repeatable).
+    /// TCP congestion control of every simulated host; `machine`: the machine's default
+    /// (bbr here, which without the fq qdisc paces each packet by timer and costs the shared
+    /// cores more than the links do: see `host_tcp.rs`).
+    #[arg(long, default_value = "cubic", value_name = "NAME")]
+    pub congestion_control: String,
+    /// Smallest TSO packet of every simulated host, in segments (`net.ipv4.tcp_min_tso_segs`,
+    /// which cubic honours and bbr ignores); 0: the machine's default (2).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=255))]
+    pub min_tso_segs: u32,
+    /// Another sysctl for every simulated host, e.g. `net.ipv4.tcp_slow_start_after_idle=0`
+    /// (repeatable; applied after the two above).
     #[arg(long = "host-sysctl", value_name = "KEY=VALUE")]
     pub host_sysctls: Vec<String>,
     /// Supernodes (all on the control host; peers get every one).

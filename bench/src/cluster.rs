@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::ClusterArgs;
 use crate::cluster_p2p::p2p_round;
 use crate::cluster_round::timed_round;
+use crate::host_tcp::{AllowedCongestionControl, HostTcp};
 use crate::netns::{self, Host, Namespace, Network, CONTROL_IP, ORIGIN_IP};
 use crate::processes::{self, Daemons};
 use crate::registry;
@@ -79,6 +80,12 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         }
         None => false,
     };
+
+    let host_tcp = HostTcp::from_args(&args.congestion_control, args.min_tso_segs)?;
+    let mut host_sysctls = host_tcp.sysctls();
+    host_sysctls.extend(args.host_sysctls.iter().cloned());
+    // Dropped after the hosts, whose sockets may pick the congestion control until the end.
+    let _allowed = AllowedCongestionControl::ensure(&host_tcp)?;
 
     // Dropped last (declared first): the work directory outlives every process using it.
     let needed = args.size_mib.saturating_mul(2 * u64::from(args.nodes) + 4) << 20;
@@ -155,7 +162,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
     }
     shaping::shape_all(&net, &tbf)?;
     for host in net.hosts() {
-        for setting in &args.host_sysctls {
+        for setting in &host_sysctls {
             host.ns.sysctl(setting)?;
         }
     }
@@ -245,7 +252,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         client: Some(args.client),
         digest: digest.to_string(),
         tbf: tbf.tc_args().join(" "),
-        host_sysctls: args.host_sysctls.clone(),
+        host_sysctls,
         lower_bound_s: bound,
         p2p,
         tcp_split,

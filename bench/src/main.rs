@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod cluster_p2p;
 mod cluster_round;
+mod host_tcp;
 mod internal;
 mod lazyfs_bench;
 mod lazyfs_env;

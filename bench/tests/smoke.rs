@@ -91,6 +91,11 @@ fn num(v: &Value, path: &str) -> f64 {
 #[test]
 fn cluster_three_nodes() {
     require_cluster_prerequisites();
+    let allowed = || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+            .expect("reading the allowed congestion controls")
+    };
+    let allowed_before = allowed();
     let r = run_json(&[
         "cluster",
         "--nodes",
@@ -128,6 +133,26 @@ fn cluster_three_nodes() {
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(|n| n["ok"] == Value::Bool(true)), "{r:#}");
     assert!(r["baseline"].is_null());
+    // The simulated hosts' TCP (host_tcp.rs), and the machine's list of allowed congestion
+    // controls put back as it was.
+    let sysctls: Vec<&str> = r["host_sysctls"]
+        .as_array()
+        .expect("host_sysctls")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        sysctls,
+        [
+            "net.ipv4.tcp_congestion_control=cubic",
+            "net.ipv4.tcp_min_tso_segs=16"
+        ],
+        "{r:#}"
+    );
+    assert_eq!(allowed(), allowed_before);
+    let tbf = r["tbf"].as_str().expect("tbf");
+    // 5 ms of 200 Mbit/s: above the 96 KiB floor.
+    assert!(tbf.contains("burst 125000"), "{tbf}");
     // The TCP split round moved the same bytes by plain TCP: the origin sent the blob about
     // once, and no faster than the bound allows.
     assert_eq!(num(&r, "tcp_split.completed"), 3.0, "{r:#}");
@@ -154,7 +179,8 @@ fn cluster_three_nodes() {
     );
 }
 
-/// The other P2P client: `shoal-peer get`, which writes and hashes its own copy.
+/// The other P2P client: `shoal-peer get`, which writes and hashes its own copy; and the
+/// machine's own TCP settings in the simulated hosts.
 #[test]
 fn cluster_with_the_get_client() {
     require_cluster_prerequisites();
@@ -167,6 +193,10 @@ fn cluster_with_the_get_client() {
         "--rate-mbit",
         "200",
         "--no-baseline",
+        "--congestion-control",
+        "machine",
+        "--min-tso-segs",
+        "0",
         "--client",
         "get",
         "--timeout",
@@ -174,6 +204,7 @@ fn cluster_with_the_get_client() {
         "--json",
     ]);
     assert_eq!(r["client"], Value::String("get".into()), "{r:#}");
+    assert_eq!(r["host_sysctls"], Value::Array(Vec::new()), "{r:#}");
     assert_eq!(num(&r, "p2p.completed"), 2.0, "{r:#}");
     assert!(num(&r, "p2p.ratio_to_bound") >= 0.95, "{r:#}");
 }
