@@ -162,9 +162,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
     }
     shaping::shape_all(&net, &tbf)?;
     for host in net.hosts() {
-        for setting in &host_sysctls {
-            host.ns.sysctl(setting)?;
-        }
+        host.ns.sysctls(&host_sysctls)?;
     }
 
     // Declared after `net`, so dropped before it.

@@ -83,9 +83,14 @@ impl Namespace {
         cmd
     }
 
-    /// Sets a sysctl (`net.ipv4.…=VALUE`) as this namespace sees it.
-    pub fn sysctl(&self, setting: &str) -> Result<()> {
-        ip(&["netns", "exec", &self.name, "sysctl", "-q", "-w", setting]).map(drop)
+    /// Sets sysctls (`net.ipv4.…=VALUE`) as this namespace sees them, in one `sysctl` run.
+    pub fn sysctls(&self, settings: &[String]) -> Result<()> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec!["netns", "exec", &self.name, "sysctl", "-q", "-w"];
+        args.extend(settings.iter().map(String::as_str));
+        ip(&args).map(drop)
     }
 
     pub fn tokio_command(&self, program: impl AsRef<Path>) -> tokio::process::Command {

@@ -26,7 +26,8 @@ pub struct ClusterReport {
     pub digest: String,
     /// The qdisc on both ends of every link.
     pub tbf: String,
-    /// Sysctls set in every simulated host (`--host-sysctl`).
+    /// Sysctls set in every simulated host (`--congestion-control`, `--min-tso-segs`,
+    /// `--host-sysctl`).
     #[serde(default)]
     pub host_sysctls: Vec<String>,
     /// `max(F/u_s, F/d, N·F/(u_s + N·u))` in seconds.

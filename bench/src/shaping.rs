@@ -10,7 +10,7 @@ use crate::netns::{run_tool, Network, HOST_IFACE};
 /// than the bucket is cut into MTU-sized packets, which then cross the bridge, the other
 /// tbf and the receiver's stack one by one. At 62.5 KB (5 ms of 100 Mbit/s) that cost the
 /// 16-node benchmark a tenth of its CPU and the origin hundreds of retransmitted segments.
-pub const MIN_BURST: u64 = 96 << 10;
+const MIN_BURST: u64 = 96 << 10;
 
 /// `tc … tbf` parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
