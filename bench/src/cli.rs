@@ -38,8 +38,17 @@ pub enum Command {
     /// run. Removes those of runs in progress too.
     Cleanup(CleanupArgs),
     /// Helpers the benchmarks run inside namespaces.
-    #[command(subcommand, hide = true)]
-    Internal(InternalCommand),
+    #[command(hide = true)]
+    Internal(InternalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InternalArgs {
+    /// Print a line and wait for the start signal on stdin first (see `start_gate`).
+    #[arg(long)]
+    pub gate: bool,
+    #[command(subcommand)]
+    pub command: InternalCommand,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +284,12 @@ pub enum InternalCommand {
     /// GET a URL and discard the body; fails unless the status is 2xx and the whole
     /// Content-Length arrived.
     Drain { url: String },
+    /// Replace this process with another program (a gated start for a client that is not
+    /// one of these helpers).
+    Exec {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
     /// GET a URL and print the body; fails unless the status is 2xx.
     HttpGet {
         url: String,

@@ -214,18 +214,15 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
             started,
             "baseline: every node pulls straight from the registry",
         );
-        let mut round = timed_round(&setup, &hosts, "baseline", |host, out| {
-            let mut cmd = host.ns.command(processes::self_exe()?);
-            cmd.args([
-                "internal",
-                "fetch",
-                &url,
-                "--digest",
-                &digest.to_string(),
-                "-o",
+        let mut round = timed_round(&setup, &hosts, "baseline", |out| {
+            Ok(vec![
+                "fetch".into(),
+                url.clone().into(),
+                "--digest".into(),
+                digest.to_string().into(),
+                "-o".into(),
+                out.into(),
             ])
-            .arg(out);
-            Ok(cmd)
         })
         .await?;
         round.finish(bound, size, rate);

@@ -67,18 +67,20 @@ pub(crate) async fn p2p_round(
         registry::PORT
     );
     let cpu_before = peers_cpu(&peers);
-    let mut round = timed_round(setup, hosts, "p2p", |host, out| match args.client {
-        P2pClient::Mirror => {
-            let mut cmd = host.ns.command(processes::self_exe()?);
-            cmd.args(["internal", "drain", &mirror_url]);
-            Ok(cmd)
-        }
-        P2pClient::Get => {
-            let mut cmd = host.ns.command(&peer_bin);
-            cmd.args(["get", url, "--digest", &digest.to_string(), "-q", "-o"])
-                .arg(out);
-            Ok(cmd)
-        }
+    let mut round = timed_round(setup, hosts, "p2p", |out| match args.client {
+        P2pClient::Mirror => Ok(vec!["drain".into(), mirror_url.clone().into()]),
+        P2pClient::Get => Ok(vec![
+            "exec".into(),
+            "--".into(),
+            peer_bin.clone().into(),
+            "get".into(),
+            url.into(),
+            "--digest".into(),
+            digest.to_string().into(),
+            "-q".into(),
+            "-o".into(),
+            out.into(),
+        ]),
     })
     .await?;
 

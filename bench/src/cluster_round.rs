@@ -1,34 +1,39 @@
-//! One timed round of `shoal-bench cluster` (see `cluster`): every node's client started at
-//! once, each awaited until the timeout, while the switch's port counters are sampled into a
+//! One timed round of `shoal-bench cluster` (see `cluster`): every node's client released at
+//! once (see `start_gate`), each awaited until the timeout, while the switch's port counters are sampled into a
 //! link-rate timeline. Both rounds (P2P and direct pulls) share it; only the client command
 //! differs. Kept apart so that the measuring lives in one place, away from process setup.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::future::join_all;
+use tokio::process::Child;
 
 use crate::cluster::{Hosts, Setup};
-use crate::netns::{self, Host, HostBytes, Namespace, HOST_IFACE};
+use crate::netns::{self, HostBytes, Namespace, HOST_IFACE};
 use crate::processes;
 use crate::report::{NodeResult, RoundReport, TimelinePoint};
+use crate::start_gate::Gate;
 
-/// Starts `command(host, output)` on every node at once and waits for each (until the
-/// timeout). A node counts as done when its command exits 0: both clients only write the
-/// output once it is complete and matches the digest. Meanwhile every link's counters are
-/// sampled from the switch.
+/// Starts `shoal-bench internal --gate ARGS` with `args(output)` on every node, releases
+/// them all at once through the [`Gate`] and waits for each (until the timeout). A node counts
+/// as done when its command exits 0: every client only writes the output once it is complete
+/// and matches the digest. Meanwhile every link's counters are sampled from the switch.
 pub(crate) async fn timed_round<F>(
     setup: &Setup,
     hosts: &Hosts<'_>,
     round: &str,
-    mut command: F,
+    mut args: F,
 ) -> Result<RoundReport>
 where
-    F: FnMut(&Host, &Path) -> Result<std::process::Command>,
+    F: FnMut(&Path) -> Result<Vec<OsString>>,
 {
-    let mut prepared = Vec::new();
+    let exe = processes::self_exe()?;
+    let mut started = Vec::new();
     for (i, host) in hosts.nodes.iter().enumerate() {
         let name = format!("n{}", i + 1);
         let dir = setup.work.join(&name);
@@ -36,25 +41,35 @@ where
         let out_path = dir.join(format!("{round}.blob"));
         let log = setup.logs.join(format!("{round}-{name}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut cmd = command(host, &out_path)?;
-        cmd.stdout(log_file.try_clone()?).stderr(log_file);
+        let mut cmd = host.ns.command(&exe);
+        cmd.args(["internal", "--gate"])
+            .args(args(&out_path)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file);
         processes::die_with_parent(&mut cmd);
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);
-        prepared.push((name, host.ip, cmd, log, out_path));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting the {round} client on {name}"));
+        started.push((name, host.ip, child, log, out_path));
     }
+    let mut children: Vec<&mut Child> = started
+        .iter_mut()
+        .filter_map(|(_, _, child, _, _)| child.as_mut().ok())
+        .collect();
+    let gate = Gate::ready(&mut children).await;
 
     let egress_before = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
     let tcp_before = hosts.origin.ns.tcp_stats()?;
     let ports_before = netns::port_counters(hosts.switch).await?;
     let cpu_before = CpuTimes::now();
     let t0 = Instant::now();
+    gate.open().await;
     let deadline = tokio::time::Instant::from_std(t0 + setup.timeout);
     let mut waits = Vec::new();
-    for (name, ip, mut cmd, log, out_path) in prepared {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting the {round} client on {name}"));
+    for (name, ip, child, log, out_path) in started {
         waits.push(async move {
             let outcome = processes::wait_client(child, deadline).await;
             let seconds = t0.elapsed().as_secs_f64();

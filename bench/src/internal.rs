@@ -10,13 +10,17 @@ use futures::StreamExt;
 use shoal_common::{Digest, Sha256Hasher};
 use tokio::io::AsyncWriteExt;
 
-use crate::cli::InternalCommand;
+use crate::cli::{InternalArgs, InternalCommand};
 use crate::netns::Namespace;
 use crate::processes;
+use crate::start_gate;
 use crate::tcp_split;
 
-pub async fn main(cmd: InternalCommand) -> Result<()> {
-    match cmd {
+pub async fn main(args: InternalArgs) -> Result<()> {
+    if args.gate {
+        start_gate::wait_for_go().await?;
+    }
+    match args.command {
         InternalCommand::Fetch {
             url,
             output,
@@ -41,6 +45,7 @@ pub async fn main(cmd: InternalCommand) -> Result<()> {
         } => tcp_split::node(index, size, origin, peers).await,
         InternalCommand::SplitWait { node } => tcp_split::wait(node).await,
         InternalCommand::Drain { url } => drain(&url).await,
+        InternalCommand::Exec { argv } => exec(&argv),
         InternalCommand::HttpGet { url, quiet } => {
             let body = http_get(&url).await?;
             if !quiet {
@@ -128,6 +133,13 @@ async fn drain(url: &str) -> Result<()> {
         None => bail!("{url}: no Content-Length"),
         _ => Ok(()),
     }
+}
+
+fn exec(argv: &[std::ffi::OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let (program, args) = argv.split_first().context("exec: no program")?;
+    let err = std::process::Command::new(program).args(args).exec();
+    Err(err).with_context(|| format!("exec {}", program.to_string_lossy()))
 }
 
 async fn push(registry: &str, repo: &str, file: &Path, digest: &Digest) -> Result<()> {

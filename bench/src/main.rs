@@ -20,6 +20,7 @@ mod processes;
 mod registry;
 mod report;
 mod shaping;
+mod start_gate;
 mod stats;
 mod supernode_bench;
 mod tcp_split;

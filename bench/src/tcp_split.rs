@@ -90,12 +90,12 @@ pub(crate) async fn tcp_split_round(
     // that none failed to.
     tokio::time::sleep(Duration::from_millis(500)).await;
     daemons.check_alive()?;
-    let exe_for_round = exe.clone();
-    let round = timed_round(setup, hosts, "tcp-split", |host, _out| {
-        let mut cmd = host.ns.command(&exe_for_round);
-        cmd.args(["internal", "split-wait", "--node"])
-            .arg(format!("127.0.0.1:{NODE_PORT}"));
-        Ok(cmd)
+    let round = timed_round(setup, hosts, "tcp-split", |_out| {
+        Ok(vec![
+            "split-wait".into(),
+            "--node".into(),
+            format!("127.0.0.1:{NODE_PORT}").into(),
+        ])
     })
     .await;
     drop(daemons);
