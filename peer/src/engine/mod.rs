@@ -46,6 +46,10 @@ pub struct DownloadRequest {
     pub digest: Option<Digest>,
     /// Extra headers for the origin (credentials).
     pub headers: HeaderMap,
+    /// The blob's length, when the caller already asked the origin (the mirror's `HEAD`):
+    /// the first peers of a task then skip asking again before their first piece. Like the
+    /// origin's own answer it is checked by the blob's digest at the end.
+    pub length: Option<u64>,
 }
 
 pub struct EngineShared {
@@ -214,7 +218,10 @@ impl Engine {
                 l
             }
             None => {
-                let length = origin.probe_length().await?;
+                let length = match req.length {
+                    Some(length) => length,
+                    None => origin.probe_length().await?,
+                };
                 match shared.piece_size {
                     0 => PieceLayout::for_length(length),
                     size => PieceLayout::new(length, size).map_err(|e| {

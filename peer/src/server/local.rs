@@ -54,6 +54,7 @@ async fn download(
             url,
             digest,
             headers: HeaderMap::new(),
+            length: None,
         })
         .await?;
     let length = file.layout().length;

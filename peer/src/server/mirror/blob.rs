@@ -89,6 +89,12 @@ pub(super) async fn blob(
                     url,
                     digest: Some(digest),
                     headers: hdrs,
+                    length: answer
+                        .response
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
                 })
                 .await
                 .map_err(|e| upstream_failed(st, "blob", e, "BLOB_UNKNOWN"))?
