@@ -99,9 +99,9 @@ where
     };
     let (mut node_results, samples) =
         tokio::join!(all_done, sample_links(hosts.switch, t0, stopped));
-    let cpu_busy = match (cpu_before, CpuTimes::now()) {
-        (Some(a), Some(b)) => b.busy_share_since(a),
-        _ => 0.0,
+    let (cpu_busy, cpu_steal) = match (cpu_before, CpuTimes::now()) {
+        (Some(a), Some(b)) => b.shares_since(a),
+        _ => (0.0, 0.0),
     };
     let egress_after = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
     let tcp = hosts.origin.ns.tcp_stats()?.since(tcp_before);
@@ -134,6 +134,7 @@ where
         node_uplink_busy: 0.0,
         node_downlink_busy: 0.0,
         cpu_busy,
+        cpu_steal,
         peers: None,
         timeline: timeline(&samples, hosts),
         node_results,
@@ -144,6 +145,8 @@ where
 #[derive(Debug, Clone, Copy)]
 struct CpuTimes {
     idle: u64,
+    /// Time the hypervisor ran something else while this machine's cores wanted to run.
+    steal: u64,
     total: u64,
 }
 
@@ -161,18 +164,23 @@ impl CpuTimes {
             .collect();
         // user nice system idle iowait irq softirq steal [guest guest_nice, already in user].
         let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        let steal = v.get(7).copied().unwrap_or(0);
         let total = v.iter().take(8).sum();
-        Some(CpuTimes { idle, total })
+        Some(CpuTimes { idle, steal, total })
     }
 
-    /// Share of all cores' time that was busy since `before`.
-    fn busy_share_since(self, before: CpuTimes) -> f64 {
+    /// Shares of all cores' time since `before` that were busy (steal included) and stolen.
+    fn shares_since(self, before: CpuTimes) -> (f64, f64) {
         let total = self.total.saturating_sub(before.total);
         let idle = self.idle.saturating_sub(before.idle);
+        let steal = self.steal.saturating_sub(before.steal);
         if total == 0 {
-            return 0.0;
+            return (0.0, 0.0);
         }
-        total.saturating_sub(idle) as f64 / total as f64
+        (
+            total.saturating_sub(idle) as f64 / total as f64,
+            steal as f64 / total as f64,
+        )
     }
 }
 
@@ -245,10 +253,12 @@ mod tests {
 
     #[test]
     fn cpu_busy_share_from_proc_stat() {
-        let a = CpuTimes::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
-        let b = CpuTimes::parse("cpu  250 0 100 850 50 0 0 0 0 0\n").unwrap();
-        // 200 busy ticks out of 250.
-        assert!((b.busy_share_since(a) - 0.8).abs() < 1e-9);
+        let a = CpuTimes::parse("cpu  100 0 50 800 50 0 0 10 0 0\ncpu0 1 2 3\n").unwrap();
+        let b = CpuTimes::parse("cpu  250 0 100 850 50 0 0 35 0 0\n").unwrap();
+        // 225 busy ticks (25 of them stolen) out of 275.
+        let (busy, steal) = b.shares_since(a);
+        assert!((busy - 225.0 / 275.0).abs() < 1e-9, "{busy}");
+        assert!((steal - 25.0 / 275.0).abs() < 1e-9, "{steal}");
         assert!(CpuTimes::parse("intr 1 2\n").is_none());
     }
 }

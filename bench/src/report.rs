@@ -67,6 +67,10 @@ pub struct RoundReport {
     /// means the simulated hosts were waiting for CPU, not for their links.
     #[serde(default)]
     pub cpu_busy: f64,
+    /// The part of it the hypervisor gave to others (`steal` in `/proc/stat`): a run with
+    /// much of it was slowed down by the host, not by what it simulates.
+    #[serde(default)]
+    pub cpu_steal: f64,
     /// Link rates sampled every 0.5 s from the switch.
     pub timeline: Vec<TimelinePoint>,
     /// Totals from the peers' `/metrics` (P2P round only).
@@ -245,6 +249,9 @@ impl ClusterReport {
             pct(r.node_uplink_busy)
         });
         row(&mut s, "machine CPU busy", &|r| pct(r.cpu_busy));
+        row(&mut s, "  of it stolen by the host", &|r| {
+            format!("{:.1}%", r.cpu_steal * 100.0)
+        });
         if let Some(p) = &self.p2p.peers {
             let _ = writeln!(
                 s,
