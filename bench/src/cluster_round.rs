@@ -1,7 +1,8 @@
 //! One timed round of `shoal-bench cluster` (see `cluster`): every node's client released at
-//! once (see `start_gate`), each awaited until the timeout, while the switch's port counters are sampled into a
-//! link-rate timeline. Both rounds (P2P and direct pulls) share it; only the client command
-//! differs. Kept apart so that the measuring lives in one place, away from process setup.
+//! once (see `start_gate`), each awaited until the timeout, while the switch's port counters
+//! are sampled into a link-rate timeline. Every round (P2P, direct pulls, TCP split) shares
+//! it; only the client's arguments differ. Kept apart so that the measuring lives in one
+//! place, away from process setup.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
