@@ -388,6 +388,7 @@ impl Sim {
             capacity: self.capacity,
             wait_ms: 0,
             avoid: Vec::new(),
+            ..Default::default()
         };
         let url = format!("{}/schedule", self.task_url);
         let t = Instant::now();

@@ -130,7 +130,7 @@ pub struct TaskInfo {
     pub pieces_available: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleRequest {
     pub peer_id: PeerId,
     /// How many more pieces the peer can fetch at once right now.
@@ -142,7 +142,19 @@ pub struct ScheduleRequest {
     /// Parents this peer has given up on for this task.
     #[serde(default)]
     pub avoid: Vec<PeerId>,
+    /// Pieces readers are waiting for right now, most urgent first (at most
+    /// [`MAX_WANTED`]): assigned before any other piece.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub want: Vec<u32>,
+    /// A sparse task: the peer wants only the pieces in `want` (a lazy reader's ranges), not
+    /// the whole blob. Such a peer is only offered parents whose copy is verified (never a
+    /// relay of a piece still arriving), since no whole-blob digest will check it later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
 }
+
+/// Most wanted pieces one schedule request may name.
+pub const MAX_WANTED: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Parent {

@@ -16,6 +16,15 @@ const TARGET_PIECES: u64 = 128;
 /// More pieces than this would make bitmaps and schedules unwieldy (16 MiB × 2^20 = 16 TiB).
 pub const MAX_PIECES: u64 = 1 << 20;
 
+/// Blobs that readers fetch by byte range rather than whole, and the piece size they get.
+/// A lazyfs data blob is read a chunk at a time (64–256 KiB compressed, see lazyfs/FORMAT.md):
+/// with 8 MiB pieces, one small file's first read would cost 8 MiB on the node's link and at
+/// the origin. 64 KiB keeps the cost of a cold read within about one piece of the chunks it
+/// needs, at the price of more pieces per blob (about 10,000 for a 624 MiB blob; see
+/// docs/design.md, "Sparse tasks", for what that costs the supernode).
+const RANGE_READ_MEDIA_TYPES: &[(&str, u64)] =
+    &[("application/vnd.shoal.lazyfs.data.v1", 64 << 10)];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceLayout {
     /// Blob length in bytes.
@@ -31,6 +40,27 @@ impl PieceLayout {
         PieceLayout {
             length,
             piece_size: ideal.clamp(MIN_PIECE_SIZE, MAX_PIECE_SIZE),
+        }
+    }
+
+    /// The layout for a blob of `length` bytes whose media type is `media_type`, when known:
+    /// small pieces for blobs that are read by range (lazyfs data), else
+    /// [`PieceLayout::for_length`]. A function of the blob alone, so that every peer cuts it
+    /// the same way whatever its first request looked like (a whole `GET` or a `Range`).
+    pub fn for_blob(length: u64, media_type: Option<&str>) -> Self {
+        let small = media_type.and_then(|m| {
+            RANGE_READ_MEDIA_TYPES
+                .iter()
+                .find(|(t, _)| *t == m)
+                .map(|&(_, size)| size)
+        });
+        match small {
+            // Never more than MAX_PIECES: a huge blob gets bigger pieces.
+            Some(size) => PieceLayout {
+                length,
+                piece_size: size.max(length.div_ceil(MAX_PIECES).next_power_of_two()),
+            },
+            None => Self::for_length(length),
         }
     }
 
@@ -99,6 +129,26 @@ mod tests {
         }
         assert_eq!(PieceLayout::for_length(64 << 20).piece_size, 1 << 20);
         assert_eq!(PieceLayout::for_length(1 << 30).piece_size, 8 << 20);
+    }
+
+    #[test]
+    fn range_read_blobs_get_small_pieces() {
+        let lazy = Some("application/vnd.shoal.lazyfs.data.v1");
+        let l = PieceLayout::for_blob(624 << 20, lazy);
+        assert_eq!(l.piece_size, 64 << 10);
+        l.validate().unwrap();
+        assert_eq!(
+            PieceLayout::for_blob(
+                624 << 20,
+                Some("application/vnd.oci.image.layer.v1.tar+gzip")
+            ),
+            PieceLayout::for_length(624 << 20)
+        );
+        assert_eq!(PieceLayout::for_blob(5, None), PieceLayout::for_length(5));
+        // Never more than MAX_PIECES, however long.
+        let huge = PieceLayout::for_blob(1 << 40, lazy);
+        huge.validate().unwrap();
+        assert!(u64::from(huge.piece_count()) <= MAX_PIECES);
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub async fn run(
                 metrics: metrics.clone(),
                 upstream: Arc::new(crate::upstream::Upstream::from_config(&config)?),
                 default_upstream: config.default_upstream.clone(),
+                media_types: Default::default(),
             })),
         ),
         (

@@ -89,6 +89,13 @@ pub enum Error {
     #[error("task {task}: download failed: {message}")]
     DownloadFailed { task: TaskId, message: String },
 
+    #[error("task {task} has layout {theirs:?} at the supernode, {ours:?} here")]
+    LayoutConflict {
+        task: TaskId,
+        theirs: shoal_common::PieceLayout,
+        ours: shoal_common::PieceLayout,
+    },
+
     #[error("shutting down")]
     Cancelled,
 }

@@ -39,6 +39,7 @@ pub struct PeerMetrics {
     pub cache_evictions: IntCounter,
     pub supernode_errors: IntCounter,
     pub local_bytes_served: IntCounter,
+    pub range_bytes: IntCounterVec,
     pub download_duration: Histogram,
     pub mirror_requests: IntCounterVec,
     pub upstream_requests: IntCounterVec,
@@ -183,6 +184,22 @@ impl PeerMetrics {
                     "Blob bytes streamed to local clients (shoal-peer get, containerd).",
                 )?,
             )?,
+            range_bytes: {
+                let c = reg(
+                    registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "shoal_peer_range_bytes_total",
+                            "Piece bytes that range requests (lazy reads) needed, by where they came from: already in the cache, fetched from a peer, or from the origin.",
+                        ),
+                        &["source"],
+                    )?,
+                )?;
+                for source in ["cache", "peer", "origin"] {
+                    c.with_label_values(&[source]);
+                }
+                c
+            },
             download_duration: reg(
                 registry,
                 Histogram::with_opts(

@@ -157,13 +157,17 @@ pub(crate) fn schedule(
     slot: Slot,
     capacity: u32,
     avoid: &[String],
+    wanted: &Wanted<'_>,
     policy: &Policy,
     now: Instant,
 ) -> Outcome {
     task.expire_member(slot, now);
-    let Some(me) = task.member(slot) else {
+    let Some(me) = task.member_mut(slot) else {
         return Outcome::Empty;
     };
+    me.wants = wanted
+        .sparse
+        .then(|| wanted.pieces.iter().copied().collect());
     if me.held.is_complete() {
         return Outcome::Done;
     }
@@ -173,6 +177,22 @@ pub(crate) fn schedule(
     }
     let avoid: HashSet<Slot> = avoid.iter().filter_map(|id| task.slot_of(id)).collect();
     let mut rng = rand::rng();
+
+    let mut out = Vec::new();
+    let wanted_from_origin = assign_wanted(task, slot, cap, &avoid, wanted, policy, now, &mut out);
+    if wanted.sparse {
+        return if out.is_empty() {
+            Outcome::Empty
+        } else {
+            Outcome::Assigned {
+                assignments: out,
+                from_origin: wanted_from_origin,
+            }
+        };
+    }
+    let Some(me) = task.member(slot) else {
+        return Outcome::Empty;
+    };
 
     // (holders, jittered index, piece): sorting gives rarest first, then roughly in order.
     let mut from_peers: Vec<(usize, u32, u32)> = Vec::new();
@@ -204,42 +224,19 @@ pub(crate) fn schedule(
     // Origin leases first: the origin's uplink is the one resource every byte must cross
     // once, so a lease this peer may take must not wait behind peer pieces that any other
     // peer could serve later.
-    let mut out = Vec::new();
     // Only origin peers count their room: that is O(pieces + members), too much for each of
     // thousands of peers on a hot task. (Registering a peer only once it gets a lease kept
     // the origin-peer list short of full, so every peer counted: p99 scheduling latency went
     // from 43 to 74 ms with 5,000 peers.)
     if !from_origin.is_empty() && may_use_origin(task, slot, policy) {
         let room = origin_room(task, slot, policy, now);
-        for piece in from_origin.into_iter().take(room.min(cap)) {
-            let expires = now + policy.lease_timeout;
-            let ps = &mut task.pieces[piece as usize];
-            ps.lease = Some(Lease { slot, expires });
+        let room = room.min(cap.saturating_sub(out.len()));
+        for piece in from_origin.into_iter().take(room) {
             // The lessee relays the piece while the origin sends it.
-            ps.relays.insert(slot);
-            task.wake(Wake::Piece {
-                piece,
-                budget: policy.max_uploads as usize,
-                except: slot,
-            });
-            if let Some(me) = task.member_mut(slot) {
-                me.inflight.insert(
-                    piece,
-                    Inflight {
-                        parent: None,
-                        expires,
-                    },
-                );
-            }
-            out.push(Assignment {
-                piece,
-                sha256: task.pieces[piece as usize].digest,
-                parents: Vec::new(),
-                origin: true,
-            });
+            out.push(lease_origin(task, slot, piece, true, policy, now));
         }
     }
-    let origin_count = out.len();
+    let origin_count = out.iter().filter(|a| a.origin).count();
     // Sort only as much as is likely needed: most pieces end up assigned from the first few.
     let head = (4 * cap + 32).min(from_peers.len());
     if head < from_peers.len() {
@@ -255,7 +252,7 @@ pub(crate) fn schedule(
         }
         let piece = from_peers[i].2;
         i += 1;
-        if let Some(a) = assign_from_peers(task, slot, piece, &avoid, policy, now, &mut rng) {
+        if let Some(a) = assign_from_peers(task, slot, piece, &avoid, true, policy, now, &mut rng) {
             out.push(a);
         }
     }
@@ -265,6 +262,105 @@ pub(crate) fn schedule(
     Outcome::Assigned {
         assignments: out,
         from_origin: origin_count,
+    }
+}
+
+/// The pieces a request names as wanted, most urgent first: what readers wait for.
+pub(crate) struct Wanted<'a> {
+    pub pieces: &'a [u32],
+    /// The peer wants only these (a lazy reader), not the whole blob.
+    pub sparse: bool,
+}
+
+/// Assigns the wanted pieces first, into `out` (up to `cap` in all); returns how many go to
+/// the origin. A wanted piece comes from a holder whose copy is verified (a digest the origin
+/// fetch reported, never a relayed one still unconfirmed, never a relay of bytes still
+/// arriving: a sparse reader has no whole-blob digest to catch a bad copy later); failing
+/// that, from the origin under an exclusive lease, which any peer may take for a piece its
+/// readers wait for (the origin still sends each piece once). A piece leased to someone else
+/// is left alone: its report wakes this peer.
+#[allow(clippy::too_many_arguments)]
+fn assign_wanted(
+    task: &mut Task,
+    slot: Slot,
+    cap: usize,
+    avoid: &HashSet<Slot>,
+    wanted: &Wanted<'_>,
+    policy: &Policy,
+    now: Instant,
+    out: &mut Vec<Assignment>,
+) -> usize {
+    let mut rng = rand::rng();
+    let mut origin = 0;
+    let mut seen = HashSet::new();
+    for &piece in wanted.pieces {
+        if out.len() >= cap {
+            break;
+        }
+        if piece >= task.piece_count() || !seen.insert(piece) {
+            continue;
+        }
+        let Some(me) = task.member(slot) else {
+            break;
+        };
+        if me.held.contains(piece) || me.inflight.contains_key(&piece) {
+            continue;
+        }
+        let ps = &task.pieces[piece as usize];
+        let leased = ps.lease.is_some_and(|l| l.expires > now);
+        if !ps.holders.is_empty() {
+            // A relayed copy defined the digest and its origin fetch is still running: wait
+            // for the fetch to confirm (or correct) it.
+            if ps.digest.is_some() && !(ps.digest_by_relay && leased) {
+                if let Some(a) =
+                    assign_from_peers(task, slot, piece, avoid, false, policy, now, &mut rng)
+                {
+                    out.push(a);
+                }
+            }
+        } else if !leased {
+            out.push(lease_origin(task, slot, piece, !wanted.sparse, policy, now));
+            origin += 1;
+        }
+    }
+    origin
+}
+
+/// Leases `piece` from the origin to `slot` and records it in flight. With `relay`, other
+/// peers may be sent to `slot` for the bytes while they arrive.
+fn lease_origin(
+    task: &mut Task,
+    slot: Slot,
+    piece: u32,
+    relay: bool,
+    policy: &Policy,
+    now: Instant,
+) -> Assignment {
+    let expires = now + policy.lease_timeout;
+    let ps = &mut task.pieces[piece as usize];
+    ps.lease = Some(Lease { slot, expires });
+    if relay {
+        ps.relays.insert(slot);
+        task.wake(Wake::Piece {
+            piece,
+            budget: policy.max_uploads as usize,
+            except: slot,
+        });
+    }
+    if let Some(me) = task.member_mut(slot) {
+        me.inflight.insert(
+            piece,
+            Inflight {
+                parent: None,
+                expires,
+            },
+        );
+    }
+    Assignment {
+        piece,
+        sha256: task.pieces[piece as usize].digest,
+        parents: Vec::new(),
+        origin: true,
     }
 }
 
@@ -292,9 +388,10 @@ fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize 
             mine += usize::from(lease.slot == slot);
         }
     }
+    // Sparse members take leases for what their readers wait for, outside this share.
     let wanting = task
         .members()
-        .filter(|(_, m)| !m.held.is_complete())
+        .filter(|(_, m)| !m.held.is_complete() && m.wants.is_none())
         .count()
         .clamp(1, policy.max_origin_peers.max(1));
     let share = policy.max_origin_inflight.div_ceil(wanting).max(1);
@@ -305,12 +402,15 @@ fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize 
 }
 
 /// Picks parents for one piece and records the assignment; `None` when no usable parent has
-/// a free upload slot.
+/// a free upload slot. Without `relays`, only whole holders are offered, and the requester is
+/// not offered to others while its copy arrives (a sparse reader's pieces).
+#[allow(clippy::too_many_arguments)]
 fn assign_from_peers(
     task: &mut Task,
     slot: Slot,
     piece: u32,
     avoid: &HashSet<Slot>,
+    relays: bool,
     policy: &Policy,
     now: Instant,
     rng: &mut impl Rng,
@@ -323,7 +423,7 @@ fn assign_from_peers(
     let ps = &task.pieces[piece as usize];
     let holders = &ps.holders;
     let h = holders.len();
-    if h == 0 && ps.relays.is_empty() {
+    if h == 0 && (!relays || ps.relays.is_empty()) {
         return None;
     }
     let start = if h == 0 { 0 } else { rng.random_range(0..h) };
@@ -333,11 +433,11 @@ fn assign_from_peers(
     // rare: relays speed up a new piece's spread, and relay chains over common pieces
     // only add links that can stall (with relays for every piece, 3 of 17 runs of the
     // 8-node benchmark stalled for seconds).
-    let rare = h < COMMON_HOLDERS;
-    let relays = ps.relays.iter().filter(|_| rare).map(|&s| (s, true));
+    let rare = relays && h < COMMON_HOLDERS;
+    let relay_parents = ps.relays.iter().filter(|_| rare).map(|&s| (s, true));
     let order = (0..h)
         .filter_map(|k| holders.get_index((start + k) % h).map(|&s| (s, false)))
-        .chain(relays);
+        .chain(relay_parents);
     for (s, relay) in order {
         if s == slot || avoid.contains(&s) {
             continue;
@@ -410,12 +510,14 @@ fn assign_from_peers(
         },
     );
     // The requester relays the piece while it arrives: one more source for those who lack it.
-    task.pieces[piece as usize].relays.insert(slot);
-    task.wake(Wake::Piece {
-        piece,
-        budget: policy.max_uploads as usize,
-        except: slot,
-    });
+    if relays {
+        task.pieces[piece as usize].relays.insert(slot);
+        task.wake(Wake::Piece {
+            piece,
+            budget: policy.max_uploads as usize,
+            except: slot,
+        });
+    }
     Some(Assignment {
         piece,
         sha256,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest};
+use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest, MAX_WANTED};
+use shoal_common::piece::MIN_PIECE_SIZE;
 
 use super::fetches::{Fetches, Joined};
 use super::piece::PieceContext;
@@ -24,6 +25,8 @@ const WAIT_MS: u64 = 5_000;
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes in flight per task, to bound memory: pieces are buffered whole before verification.
 const INFLIGHT_BYTES: u64 = 48 << 20;
+/// Most pieces in flight per task, however small they are.
+const MAX_SLOTS: u64 = 64;
 /// Consecutive supernode failures before fetching from the origin alone.
 const DEGRADE_AFTER: u32 = 3;
 /// Consecutive failed origin fetches (no piece stored in between) before the download gives
@@ -44,47 +47,80 @@ pub(super) async fn register(shared: &EngineShared, file: &TaskFile) -> Result<(
         digests: file.digests(),
     };
     match shared.client.register(&file.id(), &body).await? {
-        Some(info) if info.layout != file.layout() => Err(Error::Supernode {
-            url: String::new(),
-            message: format!(
-                "task {} has layout {:?} at the supernode, {:?} here",
-                file.id(),
-                info.layout,
-                file.layout()
-            ),
-            unknown_peer: false,
+        Some(info) if info.layout != file.layout() => Err(Error::LayoutConflict {
+            task: file.id(),
+            theirs: info.layout,
+            ours: file.layout(),
         }),
         _ => Ok(()),
     }
 }
 
-/// Runs until the task is complete and verified.
+/// How a download loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Finished {
+    /// Every piece is stored (and the blob verified, when its digest is known).
+    Complete,
+    /// A sparse download had nothing left to fetch for [`SPARSE_IDLE`]: its pieces stay in
+    /// the cache, and the next range starts a new download.
+    Idle,
+}
+
+/// A sparse download idles this long for new ranges before it ends: a lazy mount reads in
+/// bursts (a container starting), and each new download costs a supernode round trip.
+const SPARSE_IDLE: Duration = Duration::from_secs(20);
+
+type SchedulePoll = BoxFuture<'static, Result<ScheduleReply>>;
+
+/// Fetch slots for pieces of `piece_size`: `concurrent_pieces` of 1 MiB or more, and as many
+/// bytes in flight for smaller pieces (a lazy read's 64 KiB pieces would otherwise crawl at
+/// one round trip per 8 small pieces), within [`INFLIGHT_BYTES`].
+fn fetch_slots(concurrent_pieces: u32, piece_size: u64) -> usize {
+    let per_mib = (MIN_PIECE_SIZE / piece_size.max(1)).max(1);
+    let slots = (u64::from(concurrent_pieces) * per_mib).min(MAX_SLOTS);
+    slots.min((INFLIGHT_BYTES / piece_size.max(1)).max(2)) as usize
+}
+
+/// Runs until the task is complete and verified, or, for a sparse task, until it has idled.
 pub(super) async fn run(
     shared: Arc<EngineShared>,
     ctx: Arc<PieceContext>,
     mut degraded: bool,
-) -> Result<()> {
+) -> Result<Finished> {
     let file = ctx.file.clone();
     let task = file.id();
     let layout = file.layout();
-    let max_inflight =
-        (shared.concurrent_pieces as u64).min((INFLIGHT_BYTES / layout.piece_size).max(2)) as usize;
+    let demand = ctx.demand.clone();
+    let mut demand_changed = demand.subscribe();
+    let max_inflight = fetch_slots(shared.concurrent_pieces, layout.piece_size);
     let mut inflight = Fetches::new(ctx.clone(), shared.piece_memory.clone());
     let mut straggler_at: Option<tokio::time::Instant> = None;
-    let mut schedule: Option<BoxFuture<'static, Result<ScheduleReply>>> = None;
+    // The long poll, and a second, immediate request for ranges asked while it waits.
+    let mut schedule: Option<SchedulePoll> = None;
+    let mut urgent: Option<SchedulePoll> = None;
+    let mut asked_generation = 0u64;
     let mut errors = 0u32;
     let mut origin_failures = 0u32;
     let mut backoff_until: Option<tokio::time::Instant> = None;
     let mut last_progress = Instant::now();
     let mut progress_mark = file.have().count();
-    let hasher = BlobHasher::start(&file);
+    let mut idle_since: Option<Instant> = None;
+    // The whole-blob hash runs only once the whole blob is wanted (or has arrived).
+    let mut hasher: Option<BlobHasher> = None;
 
     loop {
+        let generation = *demand_changed.borrow_and_update();
+        let whole = demand.is_whole();
+        if (whole || file.is_complete()) && hasher.is_none() {
+            hasher = BlobHasher::start(&file);
+        }
         if file.is_complete() && inflight.is_empty() {
             break;
         }
+        let wanted = demand.pending(&file, MAX_WANTED, |p| inflight.contains(p));
+        let idle = !whole && wanted.is_empty() && inflight.is_empty();
         let count = file.have().count();
-        if count != progress_mark {
+        if count != progress_mark || idle {
             progress_mark = count;
             last_progress = Instant::now();
         } else if last_progress.elapsed() > STALL_TIMEOUT {
@@ -93,7 +129,17 @@ pub(super) async fn run(
                 message: format!("no progress for {STALL_TIMEOUT:?}"),
             });
         }
-        if !degraded {
+        let idle_deadline = if idle {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SPARSE_IDLE && demand.retire_if_idle(&file) {
+                return Ok(Finished::Idle);
+            }
+            Some(tokio::time::Instant::from_std(since + SPARSE_IDLE))
+        } else {
+            idle_since = None;
+            None
+        };
+        if !degraded && whole {
             let missing = layout.piece_count().saturating_sub(count) as usize;
             let room = max_inflight.saturating_sub(inflight.len());
             straggler_at = inflight
@@ -105,32 +151,35 @@ pub(super) async fn run(
         if backoff_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
             backoff_until = None;
         }
-        if capacity > 0 && schedule.is_none() && backoff_until.is_none() && !file.is_complete() {
+        let more = whole || !wanted.is_empty();
+        if capacity > 0 && more && backoff_until.is_none() && !file.is_complete() {
             if degraded {
-                let missing: Vec<u32> = file
-                    .have()
-                    .missing()
-                    .filter(|&p| !inflight.contains(p))
-                    .take(capacity)
-                    .collect();
-                for piece in missing {
-                    let a = Assignment {
+                let mut pieces = wanted.clone();
+                if whole {
+                    let listed: HashSet<u32> = pieces.iter().copied().collect();
+                    pieces.extend(
+                        file.have()
+                            .missing()
+                            .filter(|p| !inflight.contains(*p) && !listed.contains(p))
+                            .take(capacity),
+                    );
+                }
+                for piece in pieces.into_iter().take(capacity) {
+                    inflight.start(Assignment {
                         piece,
                         sha256: None,
                         parents: Vec::new(),
                         origin: true,
-                    };
-                    inflight.start(a);
+                    });
                 }
-            } else {
-                let client = shared.client.clone();
-                let req = ScheduleRequest {
-                    peer_id: client.peer_id().to_owned(),
-                    capacity: capacity as u32,
-                    wait_ms: WAIT_MS,
-                    avoid: ctx.avoid.lock().iter().cloned().collect(),
-                };
-                schedule = Some(Box::pin(async move { client.schedule(&task, &req).await }));
+            } else if schedule.is_none() {
+                asked_generation = generation;
+                schedule = Some(ask(&shared, &ctx, capacity, wanted, !whole, WAIT_MS));
+            } else if urgent.is_none() && generation != asked_generation && !wanted.is_empty() {
+                // The long poll was sent before these ranges were asked for: it may wait
+                // seconds for something else. Ask now, without waiting.
+                asked_generation = generation;
+                urgent = Some(ask(&shared, &ctx, capacity, wanted, !whole, 0));
             }
         }
         tokio::select! {
@@ -164,13 +213,7 @@ pub(super) async fn run(
                     }
                 }
             }
-            reply = async {
-                match schedule.as_mut() {
-                    Some(f) => f.await,
-                    None => std::future::pending().await,
-                }
-            }, if schedule.is_some() => {
-                schedule = None;
+            reply = next_reply(&mut schedule, &mut urgent), if schedule.is_some() || urgent.is_some() => {
                 match reply {
                     Ok(reply) => {
                         errors = 0;
@@ -207,6 +250,8 @@ pub(super) async fn run(
                     }
                 }
             }
+            // New ranges (or the whole blob) wanted: look again.
+            Ok(()) = demand_changed.changed() => {}
             _ = async {
                 match backoff_until {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -219,13 +264,60 @@ pub(super) async fn run(
                     None => std::future::pending().await,
                 }
             }, if straggler_at.is_some() => {}
+            _ = async {
+                match idle_deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            }, if idle_deadline.is_some() => {}
             _ = shared.cancel.cancelled() => return Err(Error::Cancelled),
         }
     }
-    match hasher {
-        Some(h) => h.finish().await,
-        None => Ok(()),
+    if let Some(h) = hasher {
+        h.finish().await?;
     }
+    Ok(Finished::Complete)
+}
+
+/// A schedule request: `capacity` pieces, `wanted` first (only those when `sparse`).
+fn ask(
+    shared: &Arc<EngineShared>,
+    ctx: &PieceContext,
+    capacity: usize,
+    wanted: Vec<u32>,
+    sparse: bool,
+    wait_ms: u64,
+) -> SchedulePoll {
+    let client = shared.client.clone();
+    let task = ctx.file.id();
+    let req = ScheduleRequest {
+        peer_id: client.peer_id().to_owned(),
+        capacity: capacity as u32,
+        wait_ms,
+        avoid: ctx.avoid.lock().iter().cloned().collect(),
+        want: wanted,
+        sparse,
+    };
+    Box::pin(async move { client.schedule(&task, &req).await })
+}
+
+/// The first of the running schedule requests to answer; its slot is emptied.
+async fn next_reply(
+    a: &mut Option<SchedulePoll>,
+    b: &mut Option<SchedulePoll>,
+) -> Result<ScheduleReply> {
+    std::future::poll_fn(|cx| {
+        for slot in [&mut *a, &mut *b] {
+            if let Some(f) = slot.as_mut() {
+                if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                    *slot = None;
+                    return std::task::Poll::Ready(r);
+                }
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The per-task set of parents given up on, shared by its piece fetches.

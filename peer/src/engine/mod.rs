@@ -2,6 +2,8 @@
 //! download among all concurrent requesters of the same task, and lets readers stream it while
 //! pieces are still arriving.
 //!
+//! - [`demand`]: what readers want of a download: the whole blob, or the pieces under their
+//!   ranges (a sparse task), most urgent first.
 //! - [`download`]: the per-task loop (schedule, fetch, report).
 //! - [`memory`]: the budget for piece buffers shared by all downloads.
 //! - [`piece`]: fetching and verifying one piece from parents or the origin.
@@ -9,6 +11,7 @@
 //! - [`stream`]: reading a task in order as its pieces arrive.
 //! - [`verify`]: the whole-blob digest, hashed in order while the pieces arrive.
 
+mod demand;
 mod download;
 mod fetches;
 mod memory;
@@ -18,6 +21,7 @@ mod stream;
 mod verify;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,6 +38,7 @@ use crate::metrics::PeerMetrics;
 use crate::source::{HttpFetcher, Origin};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
+use demand::Demand;
 pub use memory::PieceMemory;
 pub use reporter::{ReportItem, Reporter};
 pub use stream::stream_range;
@@ -50,6 +55,9 @@ pub struct DownloadRequest {
     /// the first peers of a task then skip asking again before their first piece. Like the
     /// origin's own answer it is checked by the blob's digest at the end.
     pub length: Option<u64>,
+    /// The blob's media type, when the caller knows it (from a manifest): blobs read by range
+    /// get small pieces ([`PieceLayout::for_blob`]).
+    pub media_type: Option<String>,
 }
 
 pub struct EngineShared {
@@ -69,10 +77,18 @@ pub struct EngineShared {
 
 type Ready = watch::Receiver<Option<std::result::Result<Arc<TaskFile>, String>>>;
 
+/// A download running in this process: readers wait on `ready` for its file and tell it what
+/// they want through `demand`.
+#[derive(Clone)]
+struct Active {
+    ready: Ready,
+    demand: Arc<Demand>,
+}
+
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<EngineShared>,
-    active: Arc<Mutex<HashMap<TaskId, Ready>>>,
+    active: Arc<Mutex<HashMap<TaskId, Active>>>,
 }
 
 impl Engine {
@@ -92,31 +108,104 @@ impl Engine {
         self.active.lock().contains_key(task)
     }
 
-    /// Makes sure the blob is cached or being downloaded, and returns its file once its layout
-    /// is known. Readers then follow it with [`stream_range`].
+    /// Makes sure the whole blob is cached or being downloaded, and returns its file once its
+    /// layout is known. Readers then follow it with [`stream_range`].
     pub async fn open(&self, req: DownloadRequest) -> Result<Arc<TaskFile>> {
         let task = TaskId::for_download(&req.url, req.digest);
-        if let Some(file) = self.shared.storage.get(&task) {
-            if file.is_complete() {
-                file.touch();
-                return Ok(file);
+        if let Some(file) = self.complete(&task) {
+            return Ok(file);
+        }
+        loop {
+            let active = self.join(task, &req, true);
+            if active.demand.want_whole().is_ok() {
+                return self.ready(task, active.ready).await;
             }
         }
-        let mut ready = {
-            let mut active = self.active.lock();
-            match active.get(&task) {
-                Some(r) => r.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    active.insert(task, rx.clone());
-                    let engine = self.clone();
-                    self.shared.tracker.spawn(async move {
-                        engine.download(task, req, tx).await;
-                    });
-                    rx
-                }
+    }
+
+    /// The blob's file for reading ranges of it, without downloading anything yet: its layout
+    /// (and length) is known once this returns. Ask for the bytes with [`Engine::want`].
+    pub async fn open_sparse(&self, req: &DownloadRequest) -> Result<Arc<TaskFile>> {
+        let task = TaskId::for_download(&req.url, req.digest);
+        if let Some(file) = self.complete(&task) {
+            return Ok(file);
+        }
+        let active = self.join(task, req, false);
+        self.ready(task, active.ready).await
+    }
+
+    /// Fetches the pieces under `range` of `file` (from [`Engine::open_sparse`]) first, and
+    /// only those unless someone wants the whole blob. Returns at once: readers follow the
+    /// pieces with [`stream_range`].
+    pub async fn want(
+        &self,
+        req: &DownloadRequest,
+        file: &Arc<TaskFile>,
+        range: Range<u64>,
+    ) -> Result<()> {
+        let layout = file.layout();
+        let pieces: Vec<u32> = layout.pieces_for(range).collect();
+        let (held, missing): (Vec<u32>, Vec<u32>) =
+            pieces.into_iter().partition(|&p| file.has_piece(p));
+        let held_bytes: u64 = held
+            .iter()
+            .filter_map(|&p| layout.range(p))
+            .map(|r| r.end - r.start)
+            .sum();
+        self.shared
+            .metrics
+            .range_bytes
+            .with_label_values(&["cache"])
+            .inc_by(held_bytes);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let task = file.id();
+        loop {
+            let active = self.join(task, req, false);
+            let current = self.ready(task, active.ready.clone()).await?;
+            if !Arc::ptr_eq(&current, file) {
+                // The cache entry was replaced (evicted, or a new layout): the reader must
+                // start again with the new file.
+                return Err(Error::DownloadFailed {
+                    task,
+                    message: "the cached blob changed while it was being read".into(),
+                });
             }
+            if active.demand.want(missing.iter().copied()).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn complete(&self, task: &TaskId) -> Option<Arc<TaskFile>> {
+        let file = self.shared.storage.get(task).filter(|f| f.is_complete())?;
+        file.touch();
+        Some(file)
+    }
+
+    /// The running download of `task`, or a new one (wanting the whole blob when `whole`).
+    fn join(&self, task: TaskId, req: &DownloadRequest, whole: bool) -> Active {
+        let mut active = self.active.lock();
+        if let Some(a) = active.get(&task).filter(|a| !a.demand.is_retired()) {
+            return a.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        let entry = Active {
+            ready: rx,
+            demand: Arc::new(Demand::new(whole)),
         };
+        active.insert(task, entry.clone());
+        let engine = self.clone();
+        let demand = entry.demand.clone();
+        let req = req.clone();
+        self.shared.tracker.spawn(async move {
+            engine.download(task, req, tx, demand).await;
+        });
+        entry
+    }
+
+    async fn ready(&self, task: TaskId, mut ready: Ready) -> Result<Arc<TaskFile>> {
         let outcome = ready
             .wait_for(|v| v.is_some())
             .await
@@ -134,6 +223,7 @@ impl Engine {
         task: TaskId,
         req: DownloadRequest,
         ready: watch::Sender<Option<std::result::Result<Arc<TaskFile>, String>>>,
+        demand: Arc<Demand>,
     ) {
         let shared = &self.shared;
         shared.metrics.tasks_active.inc();
@@ -150,8 +240,12 @@ impl Engine {
                 metrics: shared.metrics.clone(),
                 reporter: shared.reporter.clone(),
                 avoid: download::new_avoid_set(),
+                demand: demand.clone(),
             });
-            download::run(shared.clone(), ctx, degraded).await?;
+            let finished = download::run(shared.clone(), ctx, degraded).await?;
+            if finished == download::Finished::Idle {
+                return Ok(false);
+            }
             if task.content_digest().is_some() {
                 // Readers holding back a blob's last bytes wait for this (see the mirror).
                 let f = file.clone();
@@ -160,12 +254,16 @@ impl Engine {
                     tracing::warn!(%task, error = %e, "could not record the verification");
                 }
             }
-            Ok::<(), Error>(())
+            Ok::<bool, Error>(true)
         }
         .await;
         shared.metrics.tasks_active.dec();
+        demand.retire();
         match result {
-            Ok(()) => {
+            Ok(false) => {
+                tracing::debug!(%task, elapsed = ?started.elapsed(), "sparse download idle: pieces kept");
+            }
+            Ok(true) => {
                 shared.metrics.downloads.with_label_values(&["ok"]).inc();
                 shared
                     .metrics
@@ -190,7 +288,14 @@ impl Engine {
                 let _ = ready.send(Some(Err(message)));
             }
         }
-        self.active.lock().remove(&task);
+        let mut active = self.active.lock();
+        // A new download may have taken the entry since this one retired.
+        if active
+            .get(&task)
+            .is_some_and(|a| Arc::ptr_eq(&a.demand, &demand))
+        {
+            active.remove(&task);
+        }
     }
 
     /// Learns the layout (from the supernode, else from the origin), reserves the cache entry
@@ -212,7 +317,10 @@ impl Engine {
                 None
             }
         };
-        let layout = match known {
+        // What the cache holds of the blob keeps its layout when the supernode has none (a
+        // restart): pieces already verified are worth more than a fresh choice.
+        let cached = || shared.storage.get(&task).map(|f| f.layout());
+        let layout = match known.or_else(cached) {
             Some(l) => {
                 l.validate()?;
                 l
@@ -223,26 +331,28 @@ impl Engine {
                     None => origin.probe_length().await?,
                 };
                 match shared.piece_size {
-                    0 => PieceLayout::for_length(length),
+                    0 => PieceLayout::for_blob(length, req.media_type.as_deref()),
                     size => PieceLayout::new(length, size).map_err(|e| {
                         Error::BadRequest(format!("piece size {size} for task {task}: {e}"))
                     })?,
                 }
             }
         };
-        let origin = origin.with_length(layout.length);
-        let (file, evicted) = shared
-            .storage
-            .get_or_create(task, req.url.as_str(), layout)?;
-        for old in evicted {
-            let client = shared.client.clone();
-            shared.tracker.spawn(async move {
-                let _ = client.leave_task(&old).await;
-            });
-        }
-        file.clear_failed();
+        let mut file = self.cache_entry(task, req, layout)?;
         if !degraded {
-            if let Err(e) = download::register(shared, &file).await {
+            let mut registered = download::register(shared, &file).await;
+            if let Err(Error::LayoutConflict { theirs, .. }) = &registered {
+                // Another peer registered the task first, with its own choice of layout
+                // (both asked before either registered): take theirs unless this file
+                // already holds pieces.
+                if file.have().count() == 0 && theirs.validate().is_ok() {
+                    tracing::info!(%task, layout = ?theirs, "taking the supernode's layout");
+                    shared.storage.remove(&task);
+                    file = self.cache_entry(task, req, *theirs)?;
+                    registered = download::register(shared, &file).await;
+                }
+            }
+            if let Err(e) = registered {
                 shared.metrics.supernode_errors.inc();
                 if let Error::Supernode {
                     unknown_peer: true, ..
@@ -256,7 +366,29 @@ impl Engine {
                 }
             }
         }
+        let origin = origin.with_length(file.layout().length);
         Ok((file, origin, degraded))
+    }
+
+    /// The cache entry for `task` with `layout` (evicting others to make room).
+    fn cache_entry(
+        &self,
+        task: TaskId,
+        req: &DownloadRequest,
+        layout: PieceLayout,
+    ) -> Result<Arc<TaskFile>> {
+        let shared = &self.shared;
+        let (file, evicted) = shared
+            .storage
+            .get_or_create(task, req.url.as_str(), layout)?;
+        for old in evicted {
+            let client = shared.client.clone();
+            shared.tracker.spawn(async move {
+                let _ = client.leave_task(&old).await;
+            });
+        }
+        file.clear_failed();
+        Ok(file)
     }
 
     /// Re-registers every cached task with the supernode (after a restart or when the

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use shoal_common::api::{Assignment, FailReason, PeerId, PieceDone, PieceFailed};
 use shoal_common::Digest;
 
+use super::demand::Demand;
 use super::reporter::{ReportItem, Reporter};
 use crate::error::{Error, Result};
 use crate::metrics::{PeerMetrics, Source};
@@ -24,6 +25,8 @@ pub struct PieceContext {
     pub metrics: PeerMetrics,
     pub reporter: Reporter,
     pub avoid: Arc<Mutex<HashSet<PeerId>>>,
+    /// What readers want of this download (the whole blob, or ranges first).
+    pub demand: Arc<Demand>,
 }
 
 impl PieceContext {
@@ -92,6 +95,12 @@ impl PieceContext {
             .download_bytes
             .with_label_values(&[source.label()])
             .inc_by(len as u64);
+        if self.demand.is_wanted(piece) {
+            self.metrics
+                .range_bytes
+                .with_label_values(&[source.label()])
+                .inc_by(len as u64);
+        }
         self.metrics
             .piece_duration
             .with_label_values(&[source.label()])

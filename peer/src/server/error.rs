@@ -44,9 +44,10 @@ impl ApiError {
                 StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_GATEWAY),
                 "origin_refused",
             ),
-            Error::Origin { .. } | Error::Parent { .. } | Error::Supernode { .. } => {
-                (StatusCode::BAD_GATEWAY, "upstream_failed")
-            }
+            Error::Origin { .. }
+            | Error::Parent { .. }
+            | Error::Supernode { .. }
+            | Error::LayoutConflict { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             Error::DownloadFailed { .. } | Error::PieceDigest { .. } | Error::BlobDigest { .. } => {
                 (StatusCode::BAD_GATEWAY, "download_failed")
             }

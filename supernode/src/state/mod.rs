@@ -263,17 +263,44 @@ impl State {
         shutdown: &CancellationToken,
     ) -> Result<ScheduleReply, Error> {
         check_peer_id(&req.peer_id)?;
+        if req.want.len() > api::MAX_WANTED {
+            return Err(Error::bad(format!(
+                "want lists {} pieces, at most {} are accepted",
+                req.want.len(),
+                api::MAX_WANTED
+            )));
+        }
         let wait = Duration::from_millis(req.wait_ms.min(api::MAX_WAIT_MS));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let start = Instant::now();
             let may_wait = req.capacity > 0 && tokio::time::Instant::now() < deadline;
-            let (outcome, waiter) = self.with_member(task_id, &req.peer_id, None, |t, slot| {
-                let outcome =
-                    schedule::schedule(t, slot, req.capacity, &req.avoid, &self.policy, start);
-                let waiter = (may_wait && outcome == Outcome::Empty).then(|| t.add_waiter(slot));
-                (outcome, waiter)
-            })?;
+            let (outcome, waiter) =
+                self.with_member(task_id, &req.peer_id, None, |t, slot| {
+                    if let Some(p) = req.want.iter().find(|&&p| p >= t.piece_count()) {
+                        return Err(Error::bad(format!(
+                            "wanted piece {p} is past the end of task {} ({} pieces)",
+                            t.id,
+                            t.piece_count()
+                        )));
+                    }
+                    let wanted = schedule::Wanted {
+                        pieces: &req.want,
+                        sparse: req.sparse,
+                    };
+                    let outcome = schedule::schedule(
+                        t,
+                        slot,
+                        req.capacity,
+                        &req.avoid,
+                        &wanted,
+                        &self.policy,
+                        start,
+                    );
+                    let waiter =
+                        (may_wait && outcome == Outcome::Empty).then(|| t.add_waiter(slot));
+                    Ok((outcome, waiter))
+                })??;
             self.metrics
                 .schedule_duration
                 .observe(start.elapsed().as_secs_f64());

@@ -89,6 +89,9 @@ pub(crate) struct Member {
     pub strikes: u32,
     /// Bytes per millisecond as a parent (moving average); 0 when unknown.
     pub throughput: f64,
+    /// A sparse member (a lazy reader): the pieces it asked for in its last schedule request.
+    /// It lacks only these as far as waking and origin shares go. `None`: it wants the blob.
+    pub wants: Option<HashSet<u32>>,
 }
 
 pub(crate) struct PieceState {
@@ -227,6 +230,7 @@ impl Task {
             zone,
             held: PieceSet::new(self.piece_count()),
             inflight: HashMap::new(),
+            wants: None,
             uploads: 0,
             failures: Decaying::new(now),
             strikes: 0,
@@ -499,7 +503,11 @@ impl Task {
             members
                 .get(slot as usize)
                 .and_then(Option::as_ref)
-                .is_none_or(|m| !m.held.contains(piece) && !m.inflight.contains_key(&piece))
+                .is_none_or(|m| {
+                    !m.held.contains(piece)
+                        && !m.inflight.contains_key(&piece)
+                        && m.wants.as_ref().is_none_or(|w| w.contains(&piece))
+                })
         });
     }
 }

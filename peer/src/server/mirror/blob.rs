@@ -2,14 +2,17 @@
 //!
 //! A blob not complete in the cache is first asked upstream with a `HEAD` (with the client's
 //! credentials, else the node's): that resolves the token, turns an unknown blob into a 404,
-//! and is the access check. It is then downloaded through the P2P engine and streamed while
-//! pieces arrive. A complete cached blob is served only after the same check (unless
-//! `verify_blob_access` is off), its positive answers remembered briefly per credential,
-//! repository and blob. A whole-blob response holds back its last bytes until the blob is
-//! known to match the digest (the download's own check, or a hash as it is sent when nothing
-//! checked the file) and is cut if it does not, so a client never receives a
-//! complete-looking wrong body.
+//! and is the access check. A whole-blob request then downloads it through the P2P engine and
+//! streams it while pieces arrive; a `Range` request joins the same task (the digest) but
+//! fetches only the pieces under its range, first, from peers that hold them or the origin
+//! (a sparse task: lazy mounts read this way). A cached blob, whole or in part, is served
+//! only after the same check (unless `verify_blob_access` is off), its positive answers
+//! remembered briefly per credential, repository and blob. A whole-blob response holds back
+//! its last bytes until the blob is known to match the digest (the download's own check, or
+//! a hash as it is sent when nothing checked the file) and is cut if it does not, so a client
+//! never receives a complete-looking wrong body.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -40,108 +43,106 @@ pub(super) async fn blob(
     let (name, reference) = split(rest, "/blobs/")?;
     let digest = parse_digest(reference)?;
     let host = upstream_host(st, q)?;
-    let digest_header = HeaderValue::from_str(&digest.to_string()).ok();
     let auth = client_auth(headers);
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => {
+            let s = v.to_str().map_err(|_| bad_range("bad Range header"))?;
+            // The syntax now, before anything goes upstream; the bounds once the length is known.
+            if let Err(RangeError::Malformed(m)) = parse_range(s, u64::MAX) {
+                return Err(bad_range(m));
+            }
+            Some(s.to_owned())
+        }
+    };
 
     let cached = st
         .engine
         .storage()
         .get(&TaskId::Content(digest))
         .filter(|f| f.is_complete());
-    let file = match cached {
-        Some(f) => {
-            check_access(st, &host, name, &digest, auth).await?;
-            f.touch();
-            f
+    if let Some(file) = cached {
+        check_access(st, &host, name, &digest, auth).await?;
+        file.touch();
+        return respond(st, method, file, digest, range.as_deref());
+    }
+    let answer = head_upstream(st, &host, name, &digest, auth).await?;
+    let length = answer
+        .response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if method == Method::HEAD && range.is_none() {
+        let mut out = blob_headers(&digest);
+        if let Some(length) = length {
+            out.insert(header::CONTENT_LENGTH, length.into());
         }
-        None if method == Method::GET && headers.contains_key(header::RANGE) => {
-            return range_from_upstream(st, &host, name, &digest, headers, auth).await;
-        }
-        None => {
-            let answer = head_upstream(st, &host, name, &digest, auth).await?;
-            if method == Method::HEAD {
-                let mut out = HeaderMap::new();
-                if let Some(v) = answer.response.headers().get(header::CONTENT_LENGTH) {
-                    out.insert(header::CONTENT_LENGTH, v.clone());
-                }
-                if let Some(v) = digest_header {
-                    out.insert("docker-content-digest", v);
-                }
-                out.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                return Ok((StatusCode::OK, out).into_response());
-            }
-            let url = url::Url::parse(&blob_url(st, &host, name, &digest)).map_err(|e| {
-                MirrorError::new(
-                    StatusCode::BAD_REQUEST,
-                    "UNSUPPORTED",
-                    format!("bad upstream URL: {e}"),
-                )
-            })?;
-            let mut hdrs = reqwest::header::HeaderMap::new();
-            if let Some(a) = answer.auth {
-                hdrs.insert(reqwest::header::AUTHORIZATION, a);
-            }
-            st.engine
-                .open(DownloadRequest {
-                    url,
-                    digest: Some(digest),
-                    headers: hdrs,
-                    length: answer
-                        .response
-                        .headers()
-                        .get(header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok()),
-                })
-                .await
-                .map_err(|e| upstream_failed(st, "blob", e, "BLOB_UNKNOWN"))?
-        }
+        return Ok((StatusCode::OK, out).into_response());
+    }
+    let url = url::Url::parse(&blob_url(st, &host, name, &digest)).map_err(|e| {
+        MirrorError::new(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            format!("bad upstream URL: {e}"),
+        )
+    })?;
+    let mut hdrs = reqwest::header::HeaderMap::new();
+    if let Some(a) = answer.auth {
+        hdrs.insert(reqwest::header::AUTHORIZATION, a);
+    }
+    let req = DownloadRequest {
+        url,
+        digest: Some(digest),
+        headers: hdrs,
+        length,
+        media_type: st.media_types.get(&digest),
     };
-    let length = file.layout().length;
+    let failed = |e| upstream_failed(st, "blob", e, "BLOB_UNKNOWN");
+    let Some(range) = range else {
+        let file = st.engine.open(req).await.map_err(failed)?;
+        return respond(st, method, file, digest, None);
+    };
+    let file = st.engine.open_sparse(&req).await.map_err(failed)?;
+    if method == Method::GET {
+        if let Ok(r) = parse_range(&range, file.layout().length) {
+            st.engine.want(&req, &file, r).await.map_err(failed)?;
+        }
+    }
+    respond(st, method, file, digest, Some(&range))
+}
+
+fn bad_range(message: impl Into<String>) -> MirrorError {
+    MirrorError::new(StatusCode::BAD_REQUEST, "RANGE_INVALID", message)
+}
+
+fn blob_headers(digest: &Digest) -> HeaderMap {
     let mut out = HeaderMap::new();
-    if let Some(v) = digest_header {
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         out.insert("docker-content-digest", v);
     }
     out.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    out
+}
+
+/// The answer for `file` (complete, or with the pieces under `range` on their way): headers,
+/// and for a `GET` the bytes as they arrive, a whole blob held back until verified.
+fn respond(
+    st: &MirrorState,
+    method: &Method,
+    file: Arc<TaskFile>,
+    digest: Digest,
+    range: Option<&str>,
+) -> Result<Response, MirrorError> {
+    let length = file.layout().length;
+    let mut out = blob_headers(&digest);
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let range = match headers.get(header::RANGE) {
-        None => None,
-        Some(v) => {
-            let s = v.to_str().map_err(|_| {
-                MirrorError::new(StatusCode::BAD_REQUEST, "RANGE_INVALID", "bad Range header")
-            })?;
-            match parse_range(s, length) {
-                Ok(r) => Some(r),
-                Err(RangeError::Malformed(m)) => {
-                    return Err(MirrorError::new(
-                        StatusCode::BAD_REQUEST,
-                        "RANGE_INVALID",
-                        m,
-                    ))
-                }
-                Err(RangeError::Unsatisfiable) => {
-                    let mut e = MirrorError::new(
-                        StatusCode::RANGE_NOT_SATISFIABLE,
-                        "RANGE_INVALID",
-                        format!("range starts past the end ({length} bytes)"),
-                    )
-                    .into_response();
-                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
-                        e.headers_mut().insert(header::CONTENT_RANGE, v);
-                    }
-                    return Ok(e);
-                }
-            }
-        }
-    };
-    let (status, r) = match range {
-        Some(r) => {
+    let (status, r) = match range.map(|h| parse_range(h, length)) {
+        None => (StatusCode::OK, 0..length),
+        Some(Ok(r)) => {
             if let Ok(v) =
                 HeaderValue::from_str(&format!("bytes {}-{}/{length}", r.start, r.end - 1))
             {
@@ -149,28 +150,51 @@ pub(super) async fn blob(
             }
             (StatusCode::PARTIAL_CONTENT, r)
         }
-        None => (StatusCode::OK, 0..length),
+        Some(Err(RangeError::Malformed(m))) => return Err(bad_range(m)),
+        Some(Err(RangeError::Unsatisfiable)) => {
+            let mut e = MirrorError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE_INVALID",
+                format!("range starts past the end ({length} bytes)"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                e.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(e);
+        }
     };
     out.insert(header::CONTENT_LENGTH, (r.end - r.start).into());
     if method == Method::HEAD {
         return Ok((status, out).into_response());
     }
+    let body = body(st, file, digest, r);
+    Ok((status, out, Body::from_stream(body)).into_response())
+}
+
+/// The bytes of `r`, counted as served to local clients. A whole blob is never handed over
+/// unverified: the client (containerd) trusts a complete body. The download's own whole-blob
+/// check is awaited when there is one; only a file nobody checked (complete from before a
+/// restart) is hashed here. A range needs neither: its pieces are verified one by one, and
+/// the client checks what it asked for (lazyfs verifies every chunk).
+fn body(
+    st: &MirrorState,
+    file: Arc<TaskFile>,
+    digest: Digest,
+    r: Range<u64>,
+) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    let length = file.layout().length;
     let whole = r.start == 0 && r.end == length;
-    let metrics = st.metrics.clone();
-    // A whole blob is never handed over unverified: the client (containerd) trusts a complete
-    // body. The download's own whole-blob check is awaited when there is one; only a file
-    // nobody checked (complete from before a restart) is hashed here.
-    let check = if !whole {
+    let check = if !whole || file.is_verified() {
         Check::None
-    } else if st.engine.is_downloading(&file.id()) && !file.is_verified() {
+    } else if st.engine.is_downloading(&file.id()) {
         Check::AwaitDownload
-    } else if file.is_verified() {
-        Check::None
     } else {
         Check::Hash
     };
     let stream = stream_range(file.clone(), r);
-    let body = match check {
+    let metrics = st.metrics.clone();
+    match check {
         Check::None => stream.boxed(),
         Check::AwaitDownload => held_until_verified(stream, file, length).boxed(),
         Check::Hash => verified(stream, digest, length).boxed(),
@@ -180,8 +204,7 @@ pub(super) async fn blob(
             metrics.local_bytes_served.inc_by(c.len() as u64);
         }
         chunk
-    });
-    Ok((status, out, Body::from_stream(body)).into_response())
+    })
 }
 
 fn blob_url(st: &MirrorState, host: &str, name: &str, digest: &Digest) -> String {
@@ -233,88 +256,6 @@ async fn head_upstream(
         cache.remember(key);
     }
     Ok(answer)
-}
-
-/// A byte range of a blob this peer does not hold whole: passed through from the registry
-/// (with the client's, else the node's, credentials), not turned into a whole-blob download.
-/// Lazy readers (lazyfs) ask for a few chunks of a large blob; fetching all of it first would
-/// defeat them. The bytes are not cached here: the client verifies its chunks, and whole-blob
-/// pulls still go through the P2P engine.
-async fn range_from_upstream(
-    st: &MirrorState,
-    host: &str,
-    name: &str,
-    digest: &Digest,
-    headers: &HeaderMap,
-    auth: Option<HeaderValue>,
-) -> Result<Response, MirrorError> {
-    let bad = |m: String| MirrorError::new(StatusCode::BAD_REQUEST, "RANGE_INVALID", m);
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| bad("bad Range header".into()))?;
-    // The length is not known here: check the syntax only, the registry judges the rest.
-    if let Err(RangeError::Malformed(m)) = parse_range(range, u64::MAX) {
-        return Err(bad(m));
-    }
-    st.metrics
-        .upstream_requests
-        .with_label_values(&["blob_range"])
-        .inc();
-    let mut extra = reqwest::header::HeaderMap::new();
-    if let Ok(v) = reqwest::header::HeaderValue::from_str(range) {
-        extra.insert(reqwest::header::RANGE, v);
-    }
-    let answer = st
-        .upstream
-        .send(
-            Method::GET,
-            host,
-            name,
-            &blob_url(st, host, name, digest),
-            extra,
-            auth,
-        )
-        .await
-        .map_err(|e| upstream_failed(st, "blob_range", e, "BLOB_UNKNOWN"))?;
-    let resp = answer.response;
-    let status = resp.status();
-    if status == StatusCode::RANGE_NOT_SATISFIABLE {
-        let mut e = MirrorError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "RANGE_INVALID",
-            "range starts past the end of the blob",
-        )
-        .into_response();
-        if let Some(v) = resp.headers().get(header::CONTENT_RANGE) {
-            e.headers_mut().insert(header::CONTENT_RANGE, v.clone());
-        }
-        return Ok(e);
-    }
-    if !(status == StatusCode::PARTIAL_CONTENT || status == StatusCode::OK) {
-        return Err(upstream_refused(st, &resp, "BLOB_UNKNOWN", "blob_range"));
-    }
-    let mut out = HeaderMap::new();
-    for h in [
-        header::CONTENT_LENGTH,
-        header::CONTENT_RANGE,
-        header::CONTENT_TYPE,
-    ] {
-        if let Some(v) = resp.headers().get(&h) {
-            out.insert(h, v.clone());
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        out.insert("docker-content-digest", v);
-    }
-    let metrics = st.metrics.clone();
-    let body = resp.bytes_stream().map(move |chunk| {
-        if let Ok(c) = &chunk {
-            metrics.local_bytes_served.inc_by(c.len() as u64);
-        }
-        chunk
-    });
-    Ok((status, out, Body::from_stream(body)).into_response())
 }
 
 /// Before a cached blob is served: may this client read it upstream? Fails closed (an

@@ -7,10 +7,12 @@
 //! are streamed while pieces arrive; before a cached blob is served, the client's right to
 //! read it is confirmed upstream ([`blob`]). Errors use the OCI error format.
 //!
-//! - [`blob`]: blob requests, the access check, the verified stream.
+//! - [`blob`]: blob requests (whole or ranges), the access check, the verified stream.
+//! - [`media_types`]: what the manifests served said each blob is (its piece layout).
 //! - [`names`]: repository name and tag rules.
 
 mod blob;
+mod media_types;
 mod names;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::metrics::PeerMetrics;
 pub use crate::server::error::MirrorError;
 use crate::upstream::{read_limited, valid_host, Upstream};
 use blob::blob;
+pub use media_types::MediaTypes;
 pub use names::{valid_name, valid_tag};
 
 /// Largest manifest accepted from upstream.
@@ -40,6 +43,7 @@ pub struct MirrorState {
     pub metrics: PeerMetrics,
     pub upstream: Arc<Upstream>,
     pub default_upstream: Option<String>,
+    pub media_types: Arc<MediaTypes>,
 }
 
 pub fn router(state: MirrorState) -> Router {
@@ -280,6 +284,7 @@ async fn manifest(
             format!("upstream manifest {name}:{reference} is not JSON"),
         ));
     }
+    st.media_types.learn(&body);
     if !out.contains_key("docker-content-digest") {
         if let Ok(v) = HeaderValue::from_str(&actual.to_string()) {
             out.insert("docker-content-digest", v);
