@@ -151,28 +151,9 @@ impl Upstream {
         headers: HeaderMap,
         client_auth: Option<HeaderValue>,
     ) -> Result<Answer> {
-        let (who, initial) = match client_auth {
-            Some(a) => (Who::Client, Some(a)),
-            None => match self.credentials.get(host) {
-                Some(c) => (Who::Node, Some(c.header().clone())),
-                None => (Who::Anonymous, None),
-            },
-        };
+        let (who, initial) = self.who(host, client_auth);
         let key = (host.to_owned(), repo.to_owned(), who);
-        let cached = if who == Who::Client {
-            None
-        } else {
-            let mut tokens = self.tokens.lock();
-            match tokens.get(&key) {
-                Some((t, exp)) if *exp > Instant::now() => Some(t.clone()),
-                Some(_) => {
-                    tokens.remove(&key);
-                    None
-                }
-                None => None,
-            }
-        };
-        let auth = cached.or_else(|| initial.clone());
+        let auth = self.cached_token(&key).or_else(|| initial.clone());
         let response = self
             .request(method.clone(), url, &headers, auth.as_ref())
             .await?;
@@ -203,6 +184,46 @@ impl Upstream {
             response,
             auth: Some(token),
         })
+    }
+
+    /// The `Authorization` the next request for `repo` would start with (the client's own,
+    /// a cached token, or the node's credentials), without asking anything: for a download
+    /// that joins a blob already checked upstream.
+    pub fn auth_for(
+        &self,
+        host: &str,
+        repo: &str,
+        client_auth: Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        let (who, initial) = self.who(host, client_auth);
+        self.cached_token(&(host.to_owned(), repo.to_owned(), who))
+            .or(initial)
+    }
+
+    fn who(&self, host: &str, client_auth: Option<HeaderValue>) -> (Who, Option<HeaderValue>) {
+        match client_auth {
+            Some(a) => (Who::Client, Some(a)),
+            None => match self.credentials.get(host) {
+                Some(c) => (Who::Node, Some(c.header().clone())),
+                None => (Who::Anonymous, None),
+            },
+        }
+    }
+
+    /// A live token for `key`; a client's tokens are never cached.
+    fn cached_token(&self, key: &(String, String, Who)) -> Option<HeaderValue> {
+        if key.2 == Who::Client {
+            return None;
+        }
+        let mut tokens = self.tokens.lock();
+        match tokens.get(key) {
+            Some((t, exp)) if *exp > Instant::now() => Some(t.clone()),
+            Some(_) => {
+                tokens.remove(key);
+                None
+            }
+            None => None,
+        }
     }
 
     async fn request(

@@ -1,9 +1,12 @@
 //! Real processes for the mount tests: `docker-registry`, `shoal-peer`, a byte-counting TCP
 //! proxy, and `shoal-lazyfs mount` itself. Every handle kills its process (and the mount
-//! handle detaches its mountpoint) on drop, also when a test panics.
+//! handle detaches its mountpoint) on drop, also when a test panics. [`swarm`]: a supernode
+//! and peers registered with it; [`http_log`]: a proxy logging each HTTP request and response.
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod http_log;
+pub mod swarm;
 
 use std::fs;
 use std::io::{Read, Write};

@@ -41,7 +41,7 @@ use crate::supernode_client::SupernodeClient;
 use demand::Demand;
 pub use memory::PieceMemory;
 pub use reporter::{ReportItem, Reporter};
-pub use stream::stream_range;
+pub use stream::{byte_ready, stream_range};
 
 /// What a client asks for.
 #[derive(Debug, Clone)]

@@ -21,6 +21,40 @@ struct State {
     end: u64,
 }
 
+/// Waits until the piece holding byte `offset` is stored, or the download fails: a response
+/// can then promise bytes (a `206`) or give a clear error instead of a body cut short.
+pub async fn byte_ready(file: &TaskFile, offset: u64) -> Result<()> {
+    let piece = (offset / file.layout().piece_size) as u32;
+    piece_ready(file, &mut file.subscribe(), piece).await
+}
+
+async fn piece_ready(
+    file: &TaskFile,
+    status: &mut watch::Receiver<TaskStatus>,
+    piece: u32,
+) -> Result<()> {
+    loop {
+        if file.has_piece(piece) {
+            return Ok(());
+        }
+        // Marks the status seen before the check above is repeated, so a change after it
+        // wakes `changed()`.
+        let failed = status.borrow_and_update().failed.clone();
+        if let Some(message) = failed {
+            return Err(Error::DownloadFailed {
+                task: file.id(),
+                message,
+            });
+        }
+        if file.has_piece(piece) {
+            return Ok(());
+        }
+        if status.changed().await.is_err() {
+            return Err(Error::Cancelled);
+        }
+    }
+}
+
 /// Streams `range` of the task (clamped to its length), waiting for pieces as needed.
 pub fn stream_range(
     file: Arc<TaskFile>,
@@ -40,25 +74,9 @@ pub fn stream_range(
         }
         let layout = st.file.layout();
         let piece = (st.pos / layout.piece_size) as u32;
-        loop {
-            if st.file.has_piece(piece) {
-                break;
-            }
-            let failed = st.status.borrow_and_update().failed.clone();
-            if let Some(msg) = failed {
-                st.pos = st.end;
-                return Some((
-                    Err(Error::DownloadFailed {
-                        task: st.file.id(),
-                        message: msg,
-                    }),
-                    st,
-                ));
-            }
-            if st.status.changed().await.is_err() {
-                st.pos = st.end;
-                return Some((Err(Error::Cancelled), st));
-            }
+        if let Err(e) = piece_ready(&st.file, &mut st.status, piece).await {
+            st.pos = st.end;
+            return Some((Err(e), st));
         }
         // Read up to the end of this piece (it is present), at most READ_CHUNK.
         let piece_end = layout.range(piece).map(|r| r.end).unwrap_or(st.end);

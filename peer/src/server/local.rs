@@ -15,7 +15,7 @@ use shoal_common::task::parse_download_url;
 use shoal_common::Digest;
 
 use super::error::ApiError;
-use crate::engine::{stream_range, DownloadRequest, Engine};
+use crate::engine::{byte_ready, stream_range, DownloadRequest, Engine};
 use crate::error::Error;
 use crate::metrics::PeerMetrics;
 use crate::server::range::{parse_range, RangeError};
@@ -97,6 +97,7 @@ async fn download(
                 }
             };
             st.engine.want(&req, &file, r.clone()).await?;
+            byte_ready(&file, r.start).await?;
             (file, StatusCode::PARTIAL_CONTENT, r)
         }
     };

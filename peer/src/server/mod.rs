@@ -29,7 +29,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(server = name, %addr, "listening");
-    // Replies are streamed in pieces as they arrive (range passthrough, pieces in progress):
+    // Replies are streamed in pieces as they arrive (ranges and pieces in progress):
     // with Nagle on, each short tail segment waits for the client's delayed ACK, which put
     // up to 40 ms on every small range request.
     let listener = listener.tap_io(|tcp| {

@@ -101,6 +101,22 @@ impl HttpFetcher {
                                 "asked for {expect}…, got Content-Range {cr:?}"
                             )));
                         }
+                        // A blob of another length than the layout's (a registry whose HEAD
+                        // misreported it): no piece of this layout can be trusted to exist.
+                        // Final, like a 416, so the download fails at once with the reason.
+                        let total = cr
+                            .to_str()
+                            .ok()
+                            .and_then(|s| s.rsplit_once('/'))
+                            .and_then(|(_, t)| t.parse::<u64>().ok());
+                        if let (Some(total), Some(expected)) = (total, total_len) {
+                            if total != expected {
+                                return Err(FetchFailure::Status(
+                                    416,
+                                    format!("the blob has {total} bytes, not the {expected} it was said to have"),
+                                ));
+                            }
+                        }
                     }
                 }
                 // A server that ignores Range sends the whole blob: acceptable only when the

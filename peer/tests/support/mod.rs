@@ -1,7 +1,9 @@
 //! Shared helpers for the end-to-end tests: binaries, ports, timeouts and blobs here;
 //! [`registry`] (a real registry behind a byte-counting proxy), [`process`] (supernode and peer
 //! processes), [`get`] (`shoal-peer get`), [`metrics`] (reading a scrape), [`image`]
-//! (umoci/skopeo images, OCI client requests) and [`containerd`] (a real containerd).
+//! (umoci/skopeo images, OCI client requests), [`containerd`] (a real containerd), [`ranged`]
+//! (ranged blob requests through a mirror) and [`token`] (a bearer-token issuer for a real
+//! registry).
 //!
 //! Every process a test starts is killed when its handle drops (also on panic, after its log
 //! tail is printed), and every file lives in a temp dir owned by the test.
@@ -43,7 +45,9 @@ mod get;
 mod image;
 mod metrics;
 mod process;
+mod ranged;
 mod registry;
+mod token;
 // Each test file uses a different subset.
 #[allow(unused_imports)]
 pub use containerd::*;
@@ -56,7 +60,11 @@ pub use metrics::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]
+pub use ranged::*;
+#[allow(unused_imports)]
 pub use registry::*;
+#[allow(unused_imports)]
+pub use token::*;
 
 // ---------------------------------------------------------------------------------------------
 // Binaries, ports, timeouts

@@ -141,6 +141,44 @@ impl Registry {
         digest
     }
 
+    /// Like [`Registry::push`], for a registry that wants credentials: every request carries
+    /// `authorization` (`Basic …` for htpasswd, `Bearer …` with a push token for token auth).
+    pub async fn push_with_auth(&self, repo: &str, data: &[u8], authorization: &str) -> Digest {
+        let digest = Digest::of(data);
+        let client = http();
+        let base = format!("http://127.0.0.1:{}", self.port);
+        let resp = client
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .header("authorization", authorization)
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(resp.status().as_u16(), 202, "start upload: {resp:?}");
+        let location = resp
+            .headers()
+            .get("location")
+            .expect("upload Location")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let location = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = client
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("authorization", authorization)
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("finish upload");
+        assert_eq!(resp.status().as_u16(), 201, "finish upload: {resp:?}");
+        digest
+    }
+
     pub fn stop(&mut self) {
         self.daemon.kill();
     }

@@ -27,7 +27,7 @@ use super::{
     MirrorError, MirrorQuery, MirrorState,
 };
 use crate::access::AccessCache;
-use crate::engine::{stream_range, DownloadRequest};
+use crate::engine::{byte_ready, stream_range, DownloadRequest};
 use crate::error::{Error, Result};
 use crate::server::range::{parse_range, RangeError};
 use crate::storage::TaskFile;
@@ -66,13 +66,28 @@ pub(super) async fn blob(
         file.touch();
         return respond(st, method, file, digest, range.as_deref());
     }
-    let answer = head_upstream(st, &host, name, &digest, auth).await?;
-    let length = answer
-        .response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // A range of a blob held in part (a lazy mount's next read): the remembered access
+    // check, and the length the cache entry already has, spare a HEAD per read.
+    let partial = range
+        .as_ref()
+        .and_then(|_| st.engine.storage().get(&TaskId::Content(digest)));
+    let (length, upstream_auth) = match partial {
+        Some(file) => {
+            check_access(st, &host, name, &digest, auth.clone()).await?;
+            let length = file.layout().length;
+            (Some(length), st.upstream.auth_for(&host, name, auth))
+        }
+        None => {
+            let answer = head_upstream(st, &host, name, &digest, auth).await?;
+            let length = answer
+                .response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (length, answer.auth)
+        }
+    };
     if method == Method::HEAD && range.is_none() {
         let mut out = blob_headers(&digest);
         if let Some(length) = length {
@@ -88,7 +103,7 @@ pub(super) async fn blob(
         )
     })?;
     let mut hdrs = reqwest::header::HeaderMap::new();
-    if let Some(a) = answer.auth {
+    if let Some(a) = upstream_auth {
         hdrs.insert(reqwest::header::AUTHORIZATION, a);
     }
     let req = DownloadRequest {
@@ -106,7 +121,13 @@ pub(super) async fn blob(
     let file = st.engine.open_sparse(&req).await.map_err(failed)?;
     if method == Method::GET {
         if let Ok(r) = parse_range(&range, file.layout().length) {
-            st.engine.want(&req, &file, r).await.map_err(failed)?;
+            st.engine
+                .want(&req, &file, r.clone())
+                .await
+                .map_err(failed)?;
+            // The first bytes decide between a 206 and an error (an origin that refuses the
+            // range, a blob shorter than the registry said): never a 206 cut short at once.
+            byte_ready(&file, r.start).await.map_err(failed)?;
         }
     }
     respond(st, method, file, digest, Some(&range))
