@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
     name = "shoal-bench",
     version,
     about = "Shoal benchmarks: blob distribution on a simulated network, supernode scale, peer \
-             memory."
+             memory, lazyfs mounts."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,6 +34,11 @@ pub enum Command {
     /// native, mount time of a 100 k-file image). Needs root, /dev/fuse, docker-registry,
     /// containerd, skopeo, umoci, squashfuse, squashfs-tools.
     Lazyfs(crate::lazyfs_bench::LazyfsArgs),
+    /// N nodes lazily mount the same lazyfs image through their peers and read the same
+    /// startup set at once: the last node against one node alone, the origin's egress against
+    /// the set. Simulated hosts (origin, supernode, N nodes) on shaped links. Needs root,
+    /// /dev/fuse, docker-registry, fuse3, zstd.
+    LazyCluster(crate::lazy_cluster::LazyClusterArgs),
     /// Remove namespaces (and the processes in them) and work directories left by a killed
     /// run. Removes those of runs in progress too.
     Cleanup(CleanupArgs),
@@ -289,6 +294,22 @@ pub enum InternalCommand {
     Exec {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<std::ffi::OsString>,
+    },
+    /// Wait for a lazyfs mount, read the listed files from it and compare every byte with
+    /// the source tree (`lazy-cluster`'s reader); write the times to RESULT as JSON.
+    ReadSet {
+        #[arg(long)]
+        mount: PathBuf,
+        #[arg(long)]
+        source: PathBuf,
+        /// Paths relative to both roots, one a line.
+        #[arg(long)]
+        list: PathBuf,
+        #[arg(long)]
+        result: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
     /// GET a URL and print the body; fails unless the status is 2xx.
     HttpGet {

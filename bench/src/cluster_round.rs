@@ -144,7 +144,7 @@ where
 
 /// The machine's CPU time counters (`/proc/stat`, all cores), in clock ticks.
 #[derive(Debug, Clone, Copy)]
-struct CpuTimes {
+pub(crate) struct CpuTimes {
     idle: u64,
     /// Time the hypervisor ran something else while this machine's cores wanted to run.
     steal: u64,
@@ -152,7 +152,7 @@ struct CpuTimes {
 }
 
 impl CpuTimes {
-    fn now() -> Option<Self> {
+    pub(crate) fn now() -> Option<Self> {
         Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
@@ -171,7 +171,7 @@ impl CpuTimes {
     }
 
     /// Shares of all cores' time since `before` that were busy (steal included) and stolen.
-    fn shares_since(self, before: CpuTimes) -> (f64, f64) {
+    pub(crate) fn shares_since(self, before: CpuTimes) -> (f64, f64) {
         let total = self.total.saturating_sub(before.total);
         let idle = self.idle.saturating_sub(before.idle);
         let steal = self.steal.saturating_sub(before.steal);

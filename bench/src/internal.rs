@@ -48,6 +48,22 @@ pub async fn main(args: InternalArgs) -> Result<()> {
         InternalCommand::SplitWait { node } => tcp_split::wait(node).await,
         InternalCommand::Drain { url } => drain(&url).await,
         InternalCommand::Exec { argv } => exec(&argv),
+        InternalCommand::ReadSet {
+            mount,
+            source,
+            list,
+            result,
+            timeout,
+        } => {
+            crate::lazy_cluster_read::main(crate::lazy_cluster_read::ReadSet {
+                mount,
+                source,
+                list,
+                result,
+                timeout: Duration::from_secs(timeout),
+            })
+            .await
+        }
         InternalCommand::HttpGet { url, quiet } => {
             let body = http_get(&url).await?;
             if !quiet {

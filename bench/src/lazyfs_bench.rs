@@ -183,7 +183,7 @@ fn mode(via_peer: bool) -> &'static str {
 /// Through a peer's mirror endpoint (no fallback), or straight to the registry
 /// (`--peer ""`): the peer's mirror opens a whole-blob download on the first range request,
 /// so both paths are measured.
-fn mount_flags(cache: &Path, registry: &str, via_peer: bool) -> Vec<String> {
+pub(crate) fn mount_flags(cache: &Path, registry: &str, via_peer: bool) -> Vec<String> {
     let peer = if via_peer { PEER_MIRROR } else { "" };
     let cache = cache.display().to_string();
     let mut flags = vec!["--peer", peer, "--cache-dir", &cache];
@@ -200,7 +200,7 @@ async fn setup(args: LazyfsArgs) -> Result<Bench> {
     preflight()?;
     let lazyfs_bin = processes::find_binary(args.bin_dir.as_deref(), "shoal-lazyfs")?;
     let peer_bin = processes::find_binary(args.bin_dir.as_deref(), "shoal-peer")?;
-    let work_dir = make_work_dir(args.work_parent.as_deref())?;
+    let work_dir = make_work_dir(args.work_parent.as_deref(), "lazyfs")?;
     let work = work_dir.path().to_owned();
     let sweep = MountSweep(work.clone());
     eprintln!("work directory {}", work.display());

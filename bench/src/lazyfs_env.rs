@@ -47,14 +47,16 @@ pub(crate) async fn run_ok(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn make_work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+/// `shoal-bench-NAME-…` in `parent`, else in /dev/shm when it has 10 GiB free, else in the
+/// temp dir.
+pub(crate) fn make_work_dir(parent: Option<&Path>, name: &str) -> Result<tempfile::TempDir> {
     let parent = match parent {
         Some(p) => p.to_owned(),
         None if free_bytes(Path::new("/dev/shm")).unwrap_or(0) > 10 << 30 => "/dev/shm".into(),
         None => std::env::temp_dir(),
     };
     tempfile::Builder::new()
-        .prefix(&format!("{WORK_DIR_PREFIX}lazyfs-"))
+        .prefix(&format!("{WORK_DIR_PREFIX}{name}-"))
         .tempdir_in(&parent)
         .with_context(|| format!("creating a work directory in {}", parent.display()))
 }

@@ -3,7 +3,7 @@
 //! Plus the check that every tool they need is installed.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -13,6 +13,30 @@ use crate::processes;
 
 /// File name of the squashfs image in the work directory.
 pub(crate) const SQFS: &str = "tree.sqfs";
+
+/// `shoal-lazyfs convert dir:DIR LOCAL/NAME:t [--prefetch-list FILE]`, run in the origin
+/// namespace so the push goes over its loopback (the shaped link stays idle); returns how
+/// long it took.
+pub(crate) async fn convert_dir(
+    origin_ns: &str,
+    lazyfs_bin: &Path,
+    dir: &Path,
+    local: &str,
+    name: &str,
+    prefetch_list: Option<&Path>,
+) -> Result<Duration> {
+    let mut c = nsenter(origin_ns, lazyfs_bin);
+    c.arg("convert")
+        .arg(format!("dir:{}", dir.display()))
+        .arg(format!("{local}/{name}:t"))
+        .args(["--insecure-registry", local]);
+    if let Some(list) = prefetch_list {
+        c.arg("--prefetch-list").arg(list);
+    }
+    let t = Instant::now();
+    run_ok(&mut c).await?;
+    Ok(t.elapsed())
+}
 
 /// Fails early, naming the Debian package, when a tool the benchmark runs is missing.
 pub(crate) fn preflight() -> Result<()> {
@@ -78,19 +102,9 @@ pub(crate) async fn build_images(
     std::fs::remove_dir_all(&oci)?;
 
     eprintln!("converting the tree to lazyfs");
-    let convert = |dir: &Path, name: &str| {
-        let mut c = nsenter(origin_ns, lazyfs_bin);
-        c.arg("convert")
-            .arg(format!("dir:{}", dir.display()))
-            .arg(format!("{local}/{name}:t"))
-            .args(["--insecure-registry", local]);
-        c
-    };
-    let t = Instant::now();
-    run_ok(&mut convert(src, "lazy")).await?;
-    let convert_time = t.elapsed();
+    let convert_time = convert_dir(origin_ns, lazyfs_bin, src, local, "lazy", None).await?;
     if let Some(many_src) = many_src {
-        run_ok(&mut convert(many_src, "many")).await?;
+        convert_dir(origin_ns, lazyfs_bin, many_src, local, "many", None).await?;
     }
     let registry_bytes = dir_bytes(&work.join("registry"))?;
 

@@ -49,6 +49,18 @@ pub struct FileSpec {
     seed: u64,
 }
 
+#[cfg(test)]
+impl FileSpec {
+    /// A spec for a file some other test made up (its contents are not generated).
+    pub fn for_test(path: &str, size: u64) -> Self {
+        FileSpec {
+            path: path.into(),
+            size,
+            seed: 0,
+        }
+    }
+}
+
 /// Layout of the ≥ 1 GiB tree: `small` files of 1–64 KiB, `medium` of 64 KiB–4 MiB and
 /// `large` of 50–200 MiB, spread over nested directories.
 #[derive(Debug, Clone, Copy)]

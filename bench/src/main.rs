@@ -8,6 +8,11 @@ mod cluster_p2p;
 mod cluster_round;
 mod host_tcp;
 mod internal;
+mod lazy_cluster;
+mod lazy_cluster_read;
+mod lazy_cluster_report;
+mod lazy_cluster_round;
+mod lazy_index;
 mod lazyfs_bench;
 mod lazyfs_env;
 mod lazyfs_images;
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
                 Command::Supernode(args) => supernode_bench::main(args).await,
                 Command::Memory(args) => memory::main(args).await,
                 Command::Lazyfs(args) => lazyfs_bench::main(args).await,
+                Command::LazyCluster(args) => lazy_cluster::main(args).await,
                 Command::Cleanup(args) => netns::cleanup_command(&args.prefix),
                 Command::Internal(cmd) => internal::main(cmd).await,
             }

@@ -274,6 +274,87 @@ fn lazyfs_tiny_tree() {
     );
 }
 
+/// Three nodes mount one small image through their peers and read its startup set at once;
+/// every byte is compared with the tree, so only the plumbing and the accounting are checked
+/// here, not how well the peers share.
+#[test]
+fn lazy_cluster_three_nodes() {
+    require_cluster_prerequisites();
+    require_programs(&[
+        ("fusermount3", "fuse3"),
+        ("nsenter", "util-linux"),
+        ("curl", "curl"),
+        ("zstd", "zstd"),
+    ]);
+    require_binaries(&["shoal-lazyfs"]);
+    let r = run_json(&[
+        "lazy-cluster",
+        "--nodes",
+        "3",
+        "--small-files",
+        "300",
+        "--medium-files",
+        "5",
+        "--large-files",
+        "0",
+        "--rate-mbit",
+        "200",
+        "--repeat",
+        "1",
+        "--timeout",
+        "120",
+        // The machine's TCP: the cluster smoke test checks that the list of allowed
+        // congestion controls is back as it was, and may run at the same time.
+        "--congestion-control",
+        "machine",
+        "--min-tso-segs",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(num(&r, "nodes"), 3.0);
+    assert_eq!(num(&r, "files"), 305.0, "{r:#}");
+    // Every 20th of 305 files; their chunks from the index, rounded out to 64 KiB pieces.
+    assert_eq!(num(&r, "set.files"), 16.0, "{r:#}");
+    let chunks = num(&r, "set.chunk_bytes");
+    assert!(chunks > 0.0 && chunks < num(&r, "set.file_bytes"), "{r:#}");
+    assert!(num(&r, "set.piece_bytes") >= chunks, "{r:#}");
+    assert!(num(&r, "set.index_bytes") > 0.0, "{r:#}");
+    let first = &r["first_reads"][0];
+    let t = first["seconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(t > 0.0 && t < 30.0, "{r:#}");
+    assert!(num(first, "node_link_bytes") > 0.0, "{r:#}");
+    for (round, nodes) in [("alone", 1.0), ("together", 3.0)] {
+        assert_eq!(num(&r, &format!("{round}.completed")), nodes, "{r:#}");
+        assert_eq!(num(&r, &format!("{round}.failed")), 0.0, "{r:#}");
+        // The origin sent the index and the set's chunks at least once.
+        let egress = num(&r, &format!("{round}.origin_egress_bytes"));
+        assert!(egress >= chunks, "{round}: origin sent {egress} B: {r:#}");
+        for n in r[round]["node_results"].as_array().expect("node results") {
+            assert!(num(n, "mounted_s") <= num(n, "read_s"), "{r:#}");
+            assert!(num(n, "read_s") <= num(n, "seconds"), "{r:#}");
+            assert_eq!(num(n, "mount_read_errors"), 0.0, "{r:#}");
+        }
+    }
+    assert!(num(&r, "summary.last_over_alone") > 0.0, "{r:#}");
+    assert!(num(&r, "summary.egress_over_set") > 0.0, "{r:#}");
+    // No mount or namespace is left behind.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    assert!(
+        !mounts.contains("shoal-bench-lazy-cluster"),
+        "leftover mounts:\n{mounts}"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let run = r["run"].as_str().unwrap_or("");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !run.is_empty() && !list.contains(&format!("shb-{run}-")),
+        "leftover namespaces:\n{list}"
+    );
+}
+
 #[test]
 fn supernode_two_hundred_peers() {
     require_binaries(&["shoal-supernode"]);

@@ -17,13 +17,15 @@ const TARGET_PIECES: u64 = 128;
 pub const MAX_PIECES: u64 = 1 << 20;
 
 /// Blobs that readers fetch by byte range rather than whole, and the piece size they get.
-/// A lazyfs data blob is read a chunk at a time (64–256 KiB compressed, see lazyfs/FORMAT.md):
-/// with 8 MiB pieces, one small file's first read would cost 8 MiB on the node's link and at
-/// the origin. 64 KiB keeps the cost of a cold read within about one piece of the chunks it
-/// needs, at the price of more pieces per blob (about 10,000 for a 624 MiB blob; see
-/// docs/design.md, "Sparse tasks", for what that costs the supernode).
+/// A lazyfs data blob is read a chunk at a time (64 KiB–1 MiB before compression, tens of KB
+/// after, see lazyfs/FORMAT.md), and a read costs its chunk plus, on average, one piece of
+/// rounding: with the default 1–16 MiB pieces one small file's first read would cost
+/// megabytes at the node's link and at the origin. 16 KiB keeps a scattered startup set within
+/// about 1.35 × its compressed chunks (0.85 × its files' bytes) at the origin, against 2.4 ×
+/// with 64 KiB pieces; the price is more pieces per blob (about 40,000 for a 624 MB blob; see
+/// docs/design.md, "Sparse tasks", for what that costs).
 const RANGE_READ_MEDIA_TYPES: &[(&str, u64)] =
-    &[("application/vnd.shoal.lazyfs.data.v1", 64 << 10)];
+    &[("application/vnd.shoal.lazyfs.data.v1", 16 << 10)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceLayout {
@@ -135,7 +137,7 @@ mod tests {
     fn range_read_blobs_get_small_pieces() {
         let lazy = Some("application/vnd.shoal.lazyfs.data.v1");
         let l = PieceLayout::for_blob(624 << 20, lazy);
-        assert_eq!(l.piece_size, 64 << 10);
+        assert_eq!(l.piece_size, 16 << 10);
         l.validate().unwrap();
         assert_eq!(
             PieceLayout::for_blob(

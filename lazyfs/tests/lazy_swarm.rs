@@ -15,7 +15,7 @@
 //! five of 1–3 MiB. The startup set, the app binary and every third small file (135 files,
 //! spread over all directories), is the conversion's `--prefetch-list`, so, like a startup
 //! set recorded with `--record-access`, it is laid out first in the data blob. (Scattered
-//! through the blob, its chunks would touch 2.5 × their bytes in whole 64 KiB pieces and the
+//! through the blob, its chunks would touch about 1.5–2.5 × their bytes in whole pieces and the
 //! bound would measure piece rounding, not duplication; the test checks the layout keeps that
 //! under 1.1 ×.)
 //!
@@ -61,7 +61,10 @@ const MIB: u64 = 1024 * KIB;
 const BOUND: f64 = 1.2;
 /// The piece size the peer gives lazyfs data blobs (issue 17). Used only to check that the
 /// fixture leaves the bound room for rounding the asked ranges out to whole pieces.
-const DATA_PIECE: u64 = 64 * KIB;
+/// The piece size every peer gives a lazyfs data blob (one of this test's size, at least).
+fn data_piece() -> u64 {
+    shoal_common::PieceLayout::for_blob(16 << 20, Some(shoal_lazyfs::media::DATA)).piece_size
+}
 /// What the registry may send the fifth node in all: manifests and response heads.
 const HEADERS_ONLY: u64 = 64 * KIB;
 const MOUNTS: usize = 4;
@@ -114,16 +117,17 @@ fn four_lazy_mounts_cost_the_registry_one_copy_and_a_fifth_reads_from_peers() {
     blob_sizes.insert(index_digest.clone(), image.index_bytes.len() as u64);
     let data_blobs: u64 = index.blobs.iter().map(|b| b.size).sum();
 
-    // What the startup set's chunks occupy, and what that is in whole 64 KiB pieces.
+    // What the startup set's chunks occupy, and what that is in whole pieces.
+    let data_piece = data_piece();
     let chunk_spans = merge(startup_chunk_spans(&index, &startup));
     let chunk_bytes = total(&chunk_spans);
     let chunk_pieces: u64 = chunk_spans
         .iter()
-        .map(|(d, s)| piece_cover(s, DATA_PIECE, blob_sizes[d]))
+        .map(|(d, s)| piece_cover(s, data_piece, blob_sizes[d]))
         .sum();
     eprintln!(
         "image: {} files, data blob {data_blobs} bytes, index {} bytes; startup set {} files, \
-         {chunk_bytes} chunk bytes ({chunk_pieces} in whole {DATA_PIECE}-byte pieces)",
+         {chunk_bytes} chunk bytes ({chunk_pieces} in whole {data_piece}-byte pieces)",
         index
             .inodes
             .iter()

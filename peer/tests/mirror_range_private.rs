@@ -73,11 +73,11 @@ async fn ranges_never_leak(p: Private) {
     let part = random_blob(501, PART);
     let whole_d = origin
         .registry
-        .push_with_auth(repo, &whole, &push_auth)
+        .push_with_auth(repo, &whole, Some(&push_auth))
         .await;
     let part_d = origin
         .registry
-        .push_with_auth(repo, &part, &push_auth)
+        .push_with_auth(repo, &part, Some(&push_auth))
         .await;
     let host = origin.host();
 

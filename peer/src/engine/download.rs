@@ -164,14 +164,18 @@ pub(super) async fn run(
                             .take(capacity),
                     );
                 }
-                for piece in pieces.into_iter().take(capacity) {
-                    inflight.start(Assignment {
-                        piece,
-                        sha256: None,
-                        parents: Vec::new(),
-                        origin: true,
-                    });
-                }
+                inflight.start_all(
+                    pieces
+                        .into_iter()
+                        .take(capacity)
+                        .map(|piece| Assignment {
+                            piece,
+                            sha256: None,
+                            parents: Vec::new(),
+                            origin: true,
+                        })
+                        .collect(),
+                );
             } else if schedule.is_none() {
                 asked_generation = generation;
                 schedule = Some(ask(&shared, &ctx, capacity, wanted, !whole, WAIT_MS));
@@ -184,7 +188,8 @@ pub(super) async fn run(
         }
         tokio::select! {
             Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
-                let Joined::Piece(piece, result) = joined? else {
+                for joined in joined? {
+                let Joined::Piece(piece, result) = joined else {
                     continue;
                 };
                 match result {
@@ -212,6 +217,7 @@ pub(super) async fn run(
                         tracing::debug!(%task, piece, error = %e, "piece failed, will retry");
                     }
                 }
+                }
             }
             reply = next_reply(&mut schedule, &mut urgent), if schedule.is_some() || urgent.is_some() => {
                 match reply {
@@ -221,9 +227,7 @@ pub(super) async fn run(
                             tracing::warn!(%task, "supernode thinks we hold pieces we lack; fetching them from the origin");
                             degraded = true;
                         }
-                        for a in reply.assignments {
-                            inflight.start(a);
-                        }
+                        inflight.start_all(reply.assignments);
                     }
                     Err(Error::Supernode { unknown_peer: true, .. }) => {
                         shared.metrics.supernode_errors.inc();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_common::api::Assignment;
+use shoal_common::piece::MIN_PIECE_SIZE;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
 use super::memory::PieceMemory;
@@ -24,10 +25,14 @@ use crate::error::{Error, Result};
 /// 100 Mbit/s with 8 in flight), so that only real stragglers are duplicated.
 pub(super) const STRAGGLER_AFTER: Duration = Duration::from_millis(1_000);
 
+/// Longest run of contiguous small origin pieces fetched with one request.
+const MAX_RUN_BYTES: u64 = 1 << 20;
+
 struct Running {
     started: Instant,
     assignment: Assignment,
-    tasks: Vec<AbortHandle>,
+    /// The fetches of this piece: its own, a second one in the endgame, or a run's.
+    tasks: Vec<Id>,
     duplicated: bool,
 }
 
@@ -40,11 +45,24 @@ pub(super) enum Joined {
     Superseded,
 }
 
+/// Where an assignment may be fetched as part of a run: `Some(None)` the origin (leased),
+/// `Some(Some(parent))` its first parent when the digest is known (no relay: a run reads
+/// stored pieces); `None` when it must be fetched alone.
+fn run_source(a: &Assignment) -> Option<Option<&str>> {
+    match (a.origin, a.parents.first(), a.sha256) {
+        (true, None, _) => Some(None),
+        (false, Some(p), Some(_)) => Some(Some(p.peer_id.as_str())),
+        _ => None,
+    }
+}
+
 pub(super) struct Fetches {
     ctx: Arc<PieceContext>,
     memory: PieceMemory,
-    set: JoinSet<(u32, Result<()>)>,
+    set: JoinSet<Vec<(u32, Result<()>)>>,
     running: HashMap<u32, Running>,
+    /// Single-piece fetches, which a winning copy may abort (a run carries other pieces).
+    abortable: HashMap<Id, AbortHandle>,
 }
 
 impl Fetches {
@@ -54,12 +72,14 @@ impl Fetches {
             memory,
             set: JoinSet::new(),
             running: HashMap::new(),
+            abortable: HashMap::new(),
         }
     }
 
-    /// Fetches running, duplicates included: what the slots are counted in.
+    /// Pieces in flight, second fetches counted again: what the slots are counted in (a run
+    /// takes a slot per piece, like single fetches).
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.running.len() + self.running.values().filter(|r| r.tasks.len() > 1).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,24 +90,94 @@ impl Fetches {
         self.running.contains_key(&piece)
     }
 
+    /// Starts the fetches of a schedule reply. Small pieces that lie next to each other and
+    /// come from the same source (the origin, or the same first parent with the piece's
+    /// digest) go in one request ([`PieceContext::fetch_run`]); everything else one piece at
+    /// a time.
+    pub fn start_all(&mut self, assignments: Vec<Assignment>) {
+        let small = self.ctx.file.layout().piece_size < MIN_PIECE_SIZE;
+        let (mut runs, single): (Vec<Assignment>, Vec<Assignment>) = assignments
+            .into_iter()
+            .filter(|a| !self.ctx.file.has_piece(a.piece) && !self.running.contains_key(&a.piece))
+            .partition(|a| small && run_source(a).is_some());
+        for a in single {
+            self.start(a);
+        }
+        runs.sort_by(|a, b| {
+            run_source(a)
+                .cmp(&run_source(b))
+                .then(a.piece.cmp(&b.piece))
+        });
+        runs.dedup_by_key(|a| a.piece);
+        let max = (MAX_RUN_BYTES / self.ctx.file.layout().piece_size).max(1) as usize;
+        let mut run: Vec<Assignment> = Vec::new();
+        for a in runs {
+            let next = run
+                .last()
+                .is_some_and(|l| l.piece + 1 == a.piece && run_source(l) == run_source(&a))
+                && run.len() < max;
+            if !next && !run.is_empty() {
+                self.start_run(std::mem::take(&mut run));
+            }
+            run.push(a);
+        }
+        if !run.is_empty() {
+            self.start_run(run);
+        }
+    }
+
     /// Starts fetching an assigned piece unless it is held or already in flight.
     pub fn start(&mut self, a: Assignment) {
         if self.ctx.file.has_piece(a.piece) || self.running.contains_key(&a.piece) {
             return;
         }
-        let handle = self.spawn(a.clone());
+        let id = self.spawn(a.clone());
         self.running.insert(
             a.piece,
             Running {
                 started: Instant::now(),
                 assignment: a,
-                tasks: vec![handle],
+                tasks: vec![id],
                 duplicated: false,
             },
         );
     }
 
-    fn spawn(&mut self, a: Assignment) -> AbortHandle {
+    fn start_run(&mut self, run: Vec<Assignment>) {
+        if run.len() == 1 {
+            return run.into_iter().for_each(|a| self.start(a));
+        }
+        let ctx = self.ctx.clone();
+        let memory = self.memory.clone();
+        let layout = ctx.file.layout();
+        let len: u64 = run
+            .iter()
+            .filter_map(|a| layout.range(a.piece))
+            .map(|r| r.end - r.start)
+            .sum();
+        let pieces: Vec<u32> = run.iter().map(|a| a.piece).collect();
+        let assignments = run.clone();
+        let handle = self.set.spawn(async move {
+            let Some(_buffer) = memory.reserve(len).await else {
+                return pieces.iter().map(|&p| (p, Err(Error::Cancelled))).collect();
+            };
+            ctx.fetch_run(&assignments).await
+        });
+        let now = Instant::now();
+        for a in run {
+            self.running.insert(
+                a.piece,
+                Running {
+                    started: now,
+                    assignment: a,
+                    tasks: vec![handle.id()],
+                    duplicated: false,
+                },
+            );
+        }
+    }
+
+    fn spawn(&mut self, a: Assignment) -> Id {
         let ctx = self.ctx.clone();
         let memory = self.memory.clone();
         let len = ctx
@@ -95,21 +185,34 @@ impl Fetches {
             .layout()
             .range(a.piece)
             .map_or(0, |r| r.end - r.start);
-        self.set.spawn(async move {
+        let handle = self.set.spawn(async move {
             let piece = a.piece;
             let Some(_buffer) = memory.reserve(len).await else {
-                return (piece, Err(Error::Cancelled));
+                return vec![(piece, Err(Error::Cancelled))];
             };
-            (piece, ctx.fetch(a).await)
-        })
+            vec![(piece, ctx.fetch(a).await)]
+        });
+        let id = handle.id();
+        self.abortable.insert(id, handle);
+        id
     }
 
-    /// Waits for the next fetch to end; `None` when none runs.
-    pub async fn join_next(&mut self) -> Option<Result<Joined>> {
+    /// Waits for the next fetch to end (a run ends several pieces at once); `None` when none
+    /// runs.
+    pub async fn join_next(&mut self) -> Option<Result<Vec<Joined>>> {
         let joined = self.set.join_next_with_id().await?;
         Some(match joined {
-            Ok((id, (piece, result))) => Ok(self.finished(id, piece, result)),
-            Err(e) if e.is_cancelled() => Ok(Joined::Superseded),
+            Ok((id, results)) => {
+                self.abortable.remove(&id);
+                Ok(results
+                    .into_iter()
+                    .map(|(piece, result)| self.finished(id, piece, result))
+                    .collect())
+            }
+            Err(e) if e.is_cancelled() => {
+                self.abortable.remove(&e.id());
+                Ok(vec![Joined::Superseded])
+            }
             Err(e) => Err(Error::DownloadFailed {
                 task: self.ctx.file.id(),
                 message: format!("piece worker crashed: {e}"),
@@ -121,11 +224,13 @@ impl Fetches {
         let Some(running) = self.running.get_mut(&piece) else {
             return Joined::Superseded;
         };
-        running.tasks.retain(|t| t.id() != id);
+        running.tasks.retain(|t| *t != id);
         if result.is_ok() {
             // The first copy wins: the other fetch, if any, is not needed any more.
             for t in &running.tasks {
-                t.abort();
+                if let Some(h) = self.abortable.get(t) {
+                    h.abort();
+                }
             }
         } else if !running.tasks.is_empty() {
             return Joined::Superseded;
@@ -170,9 +275,9 @@ impl Fetches {
             r.duplicated = true;
             let mut second = r.assignment.clone();
             second.parents.remove(0);
-            let handle = self.spawn(second);
+            let id = self.spawn(second);
             if let Some(r) = self.running.get_mut(&piece) {
-                r.tasks.push(handle);
+                r.tasks.push(id);
             }
             self.ctx.metrics.endgame_duplicates.inc();
             tracing::debug!(task = %self.ctx.file.id(), piece, "endgame: second fetch of a straggling piece");

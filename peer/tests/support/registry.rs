@@ -108,48 +108,26 @@ impl Registry {
 
     /// Uploads `data` as a blob of `repo` (monolithic push) and returns its digest.
     pub async fn push(&self, repo: &str, data: &[u8]) -> Digest {
-        let digest = Digest::of(data);
-        let client = http();
-        let base = format!("http://127.0.0.1:{}", self.port);
-        let resp = client
-            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-            .send()
-            .await
-            .expect("start upload");
-        assert_eq!(resp.status().as_u16(), 202, "start upload: {resp:?}");
-        let location = resp
-            .headers()
-            .get("location")
-            .expect("upload Location")
-            .to_str()
-            .unwrap()
-            .to_string();
-        let location = if location.starts_with('/') {
-            format!("{base}{location}")
-        } else {
-            location
-        };
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let resp = client
-            .put(format!("{location}{sep}digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("finish upload");
-        assert_eq!(resp.status().as_u16(), 201, "finish upload: {resp:?}");
-        digest
+        self.push_with_auth(repo, data, None).await
     }
 
-    /// Like [`Registry::push`], for a registry that wants credentials: every request carries
-    /// `authorization` (`Basic …` for htpasswd, `Bearer …` with a push token for token auth).
-    pub async fn push_with_auth(&self, repo: &str, data: &[u8], authorization: &str) -> Digest {
+    /// Like [`Registry::push`], for a registry that may want credentials: with
+    /// `Some(authorization)` every request carries it (`Basic …` for htpasswd, `Bearer …` with a
+    /// push token for token auth).
+    pub async fn push_with_auth(
+        &self,
+        repo: &str,
+        data: &[u8],
+        authorization: Option<&str>,
+    ) -> Digest {
         let digest = Digest::of(data);
         let client = http();
+        let with_auth = |req: reqwest::RequestBuilder| match authorization {
+            Some(a) => req.header("authorization", a),
+            None => req,
+        };
         let base = format!("http://127.0.0.1:{}", self.port);
-        let resp = client
-            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-            .header("authorization", authorization)
+        let resp = with_auth(client.post(format!("{base}/v2/{repo}/blobs/uploads/")))
             .send()
             .await
             .expect("start upload");
@@ -167,9 +145,7 @@ impl Registry {
             location
         };
         let sep = if location.contains('?') { '&' } else { '?' };
-        let resp = client
-            .put(format!("{location}{sep}digest={digest}"))
-            .header("authorization", authorization)
+        let resp = with_auth(client.put(format!("{location}{sep}digest={digest}")))
             .header("content-type", "application/octet-stream")
             .body(data.to_vec())
             .send()

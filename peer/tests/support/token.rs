@@ -1,8 +1,7 @@
-//! A bearer-token issuer for Debian's `docker-registry` with `auth: token` (the same scheme as
-//! `mirror_token.rs`): RS256 JWTs signed with `openssl`, carrying the signing certificate
-//! (`x5c`) that the registry trusts. One user (Basic credentials at the token endpoint) gets
-//! every action asked for; anonymous clients get `pull` on `public/*` only; other credentials
-//! get 401.
+//! A bearer-token issuer for Debian's `docker-registry` with `auth: token`: RS256 JWTs signed
+//! with `openssl`, carrying the signing certificate (`x5c`) that the registry trusts. One user
+//! (Basic credentials at the token endpoint) gets every action asked for; anonymous clients get
+//! `pull` on `public/*` only; other credentials get 401.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
