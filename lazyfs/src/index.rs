@@ -48,18 +48,6 @@ impl Kind {
             _ => return None,
         })
     }
-
-    /// The `S_IFMT` bits of `st_mode`.
-    pub fn mode_bits(self) -> u32 {
-        match self {
-            Kind::Dir => 0o040000,
-            Kind::File => 0o100000,
-            Kind::Symlink => 0o120000,
-            Kind::CharDev => 0o020000,
-            Kind::BlockDev => 0o060000,
-            Kind::Fifo => 0o010000,
-        }
-    }
 }
 
 /// Chunking and compression settings the image was built with; recorded so a later build
