@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::host_tcp::HostTcp;
+use crate::lazyfs_tree::Mix;
+use crate::shaping::Tbf;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-bench",
@@ -37,7 +41,7 @@ pub enum Command {
     /// N nodes lazily mount the same lazyfs image through their peers and read the same
     /// startup set at once: the last node against one node alone, the origin's egress against
     /// the set. Simulated hosts (origin, supernode, N nodes) on shaped links. Needs root,
-    /// /dev/fuse, docker-registry, fuse3, zstd.
+    /// /dev/fuse, docker-registry, fuse3.
     LazyCluster(crate::lazy_cluster::LazyClusterArgs),
     /// Remove namespaces (and the processes in them) and work directories left by a killed
     /// run. Removes those of runs in progress too.
@@ -70,22 +74,8 @@ pub struct ClusterArgs {
     /// Piece size in bytes, passed to the peers when `shoal-peer run` supports `--piece-size`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
     pub piece_size: Option<u64>,
-    /// Bucket depth of every link's `tbf` in bytes [default: 5 ms at the rate, at least 96 KiB].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1600..=(64 << 20)))]
-    pub burst_bytes: Option<u64>,
-    /// TCP congestion control of every simulated host; `machine`: the machine's default
-    /// (bbr here, which without the fq qdisc paces each packet by timer and costs the shared
-    /// cores more than the links do: see `host_tcp.rs`).
-    #[arg(long, default_value = "cubic", value_name = "NAME")]
-    pub congestion_control: String,
-    /// Smallest TSO packet of every simulated host, in segments (`net.ipv4.tcp_min_tso_segs`,
-    /// which cubic honours and bbr ignores); 0: the machine's default (2).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=255))]
-    pub min_tso_segs: u32,
-    /// Another sysctl for every simulated host, e.g. `net.ipv4.tcp_slow_start_after_idle=0`
-    /// (repeatable; applied after the two above).
-    #[arg(long = "host-sysctl", value_name = "KEY=VALUE")]
-    pub host_sysctls: Vec<String>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Supernodes (all on the control host; peers get every one).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub supernodes: u32,
@@ -132,6 +122,73 @@ pub struct ClusterArgs {
     /// Give up on a round after this many seconds [default: 3 × the baseline's ideal + 60].
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
+}
+
+// The simulated network's links and hosts' TCP (`cluster` and `lazy-cluster`, whose help
+// words the last three differently: see `LazyClusterArgs`). Plain comments on clap structs:
+// a doc comment would become the command's about text.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkArgs {
+    /// Bucket depth of every link's `tbf` in bytes [default: 5 ms at the rate, at least 96 KiB].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1600..=(64 << 20)))]
+    pub burst_bytes: Option<u64>,
+    /// TCP congestion control of every simulated host; `machine`: the machine's default
+    /// (bbr here, which without the fq qdisc paces each packet by timer and costs the shared
+    /// cores more than the links do: see `host_tcp.rs`).
+    #[arg(long, default_value = "cubic", value_name = "NAME")]
+    pub congestion_control: String,
+    /// Smallest TSO packet of every simulated host, in segments (`net.ipv4.tcp_min_tso_segs`,
+    /// which cubic honours and bbr ignores); 0: the machine's default (2).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=255))]
+    pub min_tso_segs: u32,
+    /// Another sysctl for every simulated host, e.g. `net.ipv4.tcp_slow_start_after_idle=0`
+    /// (repeatable; applied after the two above).
+    #[arg(long = "host-sysctl", value_name = "KEY=VALUE")]
+    pub host_sysctls: Vec<String>,
+}
+
+impl NetworkArgs {
+    /// The simulated hosts' TCP, and every sysctl a host gets: the TCP's, then `--host-sysctl`.
+    pub fn host_tcp(&self) -> anyhow::Result<(HostTcp, Vec<String>)> {
+        let tcp = HostTcp::from_args(&self.congestion_control, self.min_tso_segs)?;
+        let mut sysctls = tcp.sysctls();
+        sysctls.extend(self.host_sysctls.iter().cloned());
+        Ok((tcp, sysctls))
+    }
+
+    /// Every link's qdisc at `rate_mbit`, with `--burst-bytes` when given.
+    pub fn tbf(&self, rate_mbit: u32) -> Tbf {
+        let mut tbf = Tbf::for_rate_mbit(rate_mbit);
+        if let Some(burst) = self.burst_bytes {
+            tbf.burst_bytes = burst;
+        }
+        tbf
+    }
+}
+
+// The generated tree's size mix (`lazyfs` and `lazy-cluster`, whose help words the first
+// differently).
+#[derive(Debug, Clone, Args)]
+pub struct TreeArgs {
+    /// Small files (1–64 KiB) in the big tree.
+    #[arg(long, default_value_t = 25_000)]
+    pub small_files: u32,
+    /// Medium files (64 KiB–4 MiB).
+    #[arg(long, default_value_t = 400)]
+    pub medium_files: u32,
+    /// Large files (50–200 MiB).
+    #[arg(long, default_value_t = 4)]
+    pub large_files: u32,
+}
+
+impl TreeArgs {
+    pub fn mix(&self) -> Mix {
+        Mix {
+            small: self.small_files,
+            medium: self.medium_files,
+            large: self.large_files,
+        }
+    }
 }
 
 /// The P2P round's client on every node.
@@ -318,4 +375,53 @@ pub enum InternalCommand {
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn shared_flags_reach_every_command() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from([&["shoal-bench"], args].concat());
+        let net = [
+            "--burst-bytes",
+            "2000",
+            "--host-sysctl",
+            "a=b",
+            "--min-tso-segs",
+            "0",
+        ];
+        let Ok(Cli {
+            command: Command::LazyCluster(lc),
+        }) = parse(&[&["lazy-cluster", "--small-files", "3"][..], &net].concat())
+        else {
+            panic!("lazy-cluster does not parse");
+        };
+        assert_eq!((lc.tree.small_files, lc.tree.medium_files), (3, 400));
+        assert_eq!(lc.network.burst_bytes, Some(2000));
+        assert_eq!(
+            lc.network.host_tcp().unwrap().1,
+            ["net.ipv4.tcp_congestion_control=cubic", "a=b"]
+        );
+        let Ok(Cli {
+            command: Command::Cluster(c),
+        }) = parse(&[&["cluster"][..], &net].concat())
+        else {
+            panic!("cluster does not parse");
+        };
+        assert_eq!(c.network.tbf(100).burst_bytes, 2000);
+        assert_eq!(c.network.congestion_control, "cubic");
+        let Ok(Cli {
+            command: Command::Lazyfs(l),
+        }) = parse(&["lazyfs", "--large-files", "0"])
+        else {
+            panic!("lazyfs does not parse");
+        };
+        assert_eq!((l.tree.small_files, l.tree.large_files), (25_000, 0));
+        assert!(parse(&["lazyfs", "--burst-bytes", "2000"]).is_err());
+    }
 }

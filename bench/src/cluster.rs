@@ -18,12 +18,12 @@ use anyhow::{bail, Context, Result};
 use crate::cli::ClusterArgs;
 use crate::cluster_p2p::p2p_round;
 use crate::cluster_round::timed_round;
-use crate::host_tcp::{AllowedCongestionControl, HostTcp};
-use crate::netns::{self, Host, Namespace, Network, CONTROL_IP, ORIGIN_IP};
+use crate::host_tcp::AllowedCongestionControl;
+use crate::netns::{self, Host, Namespace, Network, ORIGIN_IP};
 use crate::processes::{self, Daemons};
 use crate::registry;
-use crate::report::ClusterReport;
-use crate::shaping::{self, Tbf};
+use crate::report::{seconds, ClusterReport};
+use crate::shaping;
 use crate::stats;
 use crate::tcp_split::tcp_split_round;
 
@@ -81,9 +81,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         None => false,
     };
 
-    let host_tcp = HostTcp::from_args(&args.congestion_control, args.min_tso_segs)?;
-    let mut host_sysctls = host_tcp.sysctls();
-    host_sysctls.extend(args.host_sysctls.iter().cloned());
+    let (host_tcp, host_sysctls) = args.network.host_tcp()?;
     // Dropped after the hosts, whose sockets may pick the congestion control until the end.
     let _allowed = AllowedCongestionControl::ensure(&host_tcp)?;
 
@@ -137,10 +135,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
 
     let run_id = std::process::id().to_string();
     // A namespace with this run's name can only be a leftover of a killed run that had our pid.
-    for stale in netns::list_namespaces(&format!("{}{run_id}-", netns::PREFIX))? {
-        eprintln!("removing stale namespace {stale}");
-        drop(netns::Namespace::adopt(&stale));
-    }
+    netns::remove_leftovers(&run_id)?;
     note(
         started,
         format!(
@@ -149,21 +144,9 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
             args.rate_mbit
         ),
     );
-    let mut net = Network::new(&run_id)?;
-    let origin = net.add_host("origin", ORIGIN_IP)?;
-    let ctl = net.add_host("ctl", CONTROL_IP)?;
-    let mut nodes = Vec::new();
-    for i in 0..args.nodes {
-        nodes.push(net.add_host(&format!("n{}", i + 1), netns::node_ip(i))?);
-    }
-    let mut tbf = Tbf::for_rate_mbit(args.rate_mbit);
-    if let Some(burst) = args.burst_bytes {
-        tbf.burst_bytes = burst;
-    }
-    shaping::shape_all(&net, &tbf)?;
-    for host in net.hosts() {
-        host.ns.sysctls(&host_sysctls)?;
-    }
+    let net = Network::cluster(&run_id, args.nodes)?;
+    let tbf = args.network.tbf(args.rate_mbit);
+    shaping::shape_hosts(&net, &tbf, &host_sysctls)?;
 
     // Declared after `net`, so dropped before it.
     let mut origin_daemons = Daemons::default();
@@ -172,7 +155,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         "starting docker-registry and pushing the blob (over the origin's loopback)",
     );
     registry::start_with_blob(
-        &net.host(origin).ns,
+        &net.origin().ns,
         work.path(),
         &logs,
         &blob,
@@ -183,16 +166,16 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
     let url = registry::blob_url(ORIGIN_IP, &digest);
     let hosts = Hosts {
         switch: net.switch(),
-        origin: net.host(origin),
-        ctl: net.host(ctl),
-        nodes: nodes.iter().map(|&i| net.host(i)).collect(),
+        origin: net.origin(),
+        ctl: net.ctl(),
+        nodes: (0..args.nodes as usize).map(|i| net.node(i)).collect(),
     };
 
     let mut p2p = p2p_round(args, &setup, &digest, &url, &hosts).await?;
     p2p.finish(bound, size, rate);
     note(
         started,
-        format!("p2p done: last node at {}", fmt_opt(p2p.last_s)),
+        format!("p2p done: last node at {}", seconds(p2p.last_s)),
     );
     let tcp_split = if args.tcp_split {
         note(
@@ -203,7 +186,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         round.finish(bound, size, rate);
         note(
             started,
-            format!("tcp split done: last node at {}", fmt_opt(round.last_s)),
+            format!("tcp split done: last node at {}", seconds(round.last_s)),
         );
         Some(round)
     } else {
@@ -228,7 +211,7 @@ async fn run(args: &ClusterArgs) -> Result<ClusterReport> {
         round.finish(bound, size, rate);
         note(
             started,
-            format!("baseline done: last node at {}", fmt_opt(round.last_s)),
+            format!("baseline done: last node at {}", seconds(round.last_s)),
         );
         Some(round)
     } else {
@@ -286,10 +269,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
         return None;
     }
     Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |s| format!("{s:.2} s"))
 }
 
 async fn peer_supports(peer_bin: &Path, flag: &str) -> Result<bool> {

@@ -191,12 +191,10 @@ async fn peer_totals(setup: &Setup, nodes: &[&Host], peers: &Daemons) -> PeerTot
         match text {
             Ok(text) => {
                 let _ = std::fs::write(setup.logs.join(format!("metrics-n{}.txt", i + 1)), &text);
-                let m = "shoal_peer_download_bytes_total";
-                totals.from_peers_bytes += stats::prom_sum(&text, m, &[("source", "peer")]) as u64;
-                totals.from_origin_bytes +=
-                    stats::prom_sum(&text, m, &[("source", "origin")]) as u64;
-                totals.uploaded_bytes +=
-                    stats::prom_sum(&text, "shoal_peer_upload_bytes_total", &[]) as u64;
+                let bytes = stats::PeerBytes::from_metrics(&text);
+                totals.from_peers_bytes += bytes.from_peers;
+                totals.from_origin_bytes += bytes.from_origin;
+                totals.uploaded_bytes += bytes.uploaded;
             }
             Err(e) => eprintln!("warning: metrics of n{}: {e:#}", i + 1),
         }

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,7 +17,7 @@ use crate::cluster::{Hosts, Setup};
 use crate::netns::{self, HostBytes, Namespace, HOST_IFACE};
 use crate::processes;
 use crate::report::{NodeResult, RoundReport, TimelinePoint};
-use crate::start_gate::Gate;
+use crate::start_gate::{self, Gate};
 
 /// Starts `shoal-bench internal --gate ARGS` with `args(output)` on every node, releases
 /// them all at once through the [`Gate`] and waits for each (until the timeout). A node counts
@@ -42,17 +41,7 @@ where
         let out_path = dir.join(format!("{round}.blob"));
         let log = setup.logs.join(format!("{round}-{name}.log"));
         let log_file = std::fs::File::create(&log)?;
-        let mut cmd = host.ns.command(&exe);
-        cmd.args(["internal", "--gate"])
-            .args(args(&out_path)?)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log_file);
-        processes::die_with_parent(&mut cmd);
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        let child = cmd
-            .spawn()
+        let child = start_gate::spawn(host.ns.command(&exe), &args(&out_path)?, log_file)
             .with_context(|| format!("starting the {round} client on {name}"));
         started.push((name, host.ip, child, log, out_path));
     }
@@ -100,23 +89,12 @@ where
     };
     let (mut node_results, samples) =
         tokio::join!(all_done, sample_links(hosts.switch, t0, stopped));
-    let (cpu_busy, cpu_steal) = match (cpu_before, CpuTimes::now()) {
-        (Some(a), Some(b)) => b.shares_since(a),
-        _ => (0.0, 0.0),
-    };
+    let (cpu_busy, cpu_steal) = CpuTimes::shares_until_now(cpu_before);
     let egress_after = hosts.origin.ns.counter(HOST_IFACE, "tx_bytes")?;
     let tcp = hosts.origin.ns.tcp_stats()?.since(tcp_before);
     let ports_after = netns::port_counters(hosts.switch).await?;
-    let delta = |port: &str| {
-        let a = ports_after.get(port).copied().unwrap_or_default();
-        let b = ports_before.get(port).copied().unwrap_or_default();
-        HostBytes {
-            sent: a.sent.saturating_sub(b.sent),
-            received: a.received.saturating_sub(b.received),
-        }
-    };
     for (result, host) in node_results.iter_mut().zip(&hosts.nodes) {
-        let d = delta(&host.switch_port);
+        let d = netns::port_delta(&ports_before, &ports_after, &host.switch_port);
         result.sent_bytes = d.sent;
         result.received_bytes = d.received;
     }
@@ -168,6 +146,14 @@ impl CpuTimes {
         let steal = v.get(7).copied().unwrap_or(0);
         let total = v.iter().take(8).sum();
         Some(CpuTimes { idle, steal, total })
+    }
+
+    /// [`CpuTimes::shares_since`] from `before` until now; zeros when a reading failed.
+    pub(crate) fn shares_until_now(before: Option<CpuTimes>) -> (f64, f64) {
+        match (before, CpuTimes::now()) {
+            (Some(a), Some(b)) => b.shares_since(a),
+            _ => (0.0, 0.0),
+        }
     }
 
     /// Shares of all cores' time since `before` that were busy (steal included) and stolen.
@@ -222,25 +208,15 @@ fn timeline(
             let ((t1, a), (t2, b)) = (&w[0], &w[1]);
             let dt = (t2 - t1).max(1e-6);
             let mbit = |bytes: u64| bytes as f64 * 8.0 / dt / 1e6;
-            let diff = |port: &str| {
-                let (x, y) = (
-                    a.get(port).copied().unwrap_or_default(),
-                    b.get(port).copied().unwrap_or_default(),
-                );
-                (
-                    y.sent.saturating_sub(x.sent),
-                    y.received.saturating_sub(x.received),
-                )
-            };
             let (mut up, mut down) = (0, 0);
             for h in &hosts.nodes {
-                let (s, r) = diff(&h.switch_port);
-                up += s;
-                down += r;
+                let d = netns::port_delta(a, b, &h.switch_port);
+                up += d.sent;
+                down += d.received;
             }
             TimelinePoint {
                 t_s: *t2,
-                origin_up_mbit: mbit(diff(origin_port).0),
+                origin_up_mbit: mbit(netns::port_delta(a, b, origin_port).sent),
                 node_down_mbit: mbit(down) / n,
                 node_up_mbit: mbit(up) / n,
             }

@@ -27,19 +27,35 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::host_tcp::{AllowedCongestionControl, HostTcp};
+use crate::cli::{NetworkArgs, TreeArgs};
+use crate::cluster::note;
+use crate::host_tcp::AllowedCongestionControl;
 use crate::lazy_cluster_report::{LazyClusterReport, ReadRound, Summary};
 use crate::lazy_cluster_round::{first_read, read_round};
 use crate::lazy_index::{SetNeeds, StoredImage};
 use crate::lazyfs_bench::REGISTRY_PORT;
 use crate::lazyfs_env::{make_work_dir, start_registry, MountSweep};
 use crate::lazyfs_images::convert_dir;
-use crate::lazyfs_tree::{self as tree, FileSpec, Mix};
-use crate::netns::{self, Host, Network, CONTROL_IP, ORIGIN_IP};
+use crate::lazyfs_tree::{self as tree, FileSpec};
+use crate::netns::{self, Host, Network, ORIGIN_IP};
 use crate::processes::{self, Daemons};
-use crate::shaping::{self, Tbf};
+use crate::shaping;
 
+// The tree and network flags are those of `lazyfs` and `cluster`, four of them with help
+// worded for this benchmark. (Plain comments on clap structs: a doc comment would become the
+// command's about text.)
 #[derive(Args, Debug, Clone)]
+#[command(
+    mut_arg("small_files", |a| a.help("Small files (1–64 KiB) in the tree (as `shoal-bench lazyfs`)")),
+    mut_arg("congestion_control", |a| a.help(
+        "TCP congestion control of every simulated host (`machine`: the machine's default; \
+         see `shoal-bench cluster --help`)"
+    )),
+    mut_arg("min_tso_segs", |a| a.help(
+        "Smallest TSO packet of every simulated host, in segments; 0: the machine's default"
+    )),
+    mut_arg("host_sysctls", |a| a.help("Another sysctl for every simulated host (repeatable)")),
+)]
 pub struct LazyClusterArgs {
     /// Nodes that mount and read at once in round 2.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -47,15 +63,8 @@ pub struct LazyClusterArgs {
     /// Rate of every host link, up and down (Mbit/s, 10^6 bit/s).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rate_mbit: u32,
-    /// Small files (1–64 KiB) in the tree (as `shoal-bench lazyfs`).
-    #[arg(long, default_value_t = 25_000)]
-    pub small_files: u32,
-    /// Medium files (64 KiB–4 MiB).
-    #[arg(long, default_value_t = 400)]
-    pub medium_files: u32,
-    /// Large files (50–200 MiB).
-    #[arg(long, default_value_t = 4)]
-    pub large_files: u32,
+    #[command(flatten)]
+    pub tree: TreeArgs,
     /// Convert with the startup set as the prefetch list, so its files lie first and next to
     /// each other in the data blob (as in an image built from a recorded startup list)
     /// instead of spread over the whole blob.
@@ -68,19 +77,8 @@ pub struct LazyClusterArgs {
     /// report; the peers choose their own.
     #[arg(long, default_value_t = 16 << 10, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     pub set_piece_size: u64,
-    /// Bucket depth of every link's `tbf` in bytes [default: 5 ms at the rate, at least 96 KiB].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1600..=(64 << 20)))]
-    pub burst_bytes: Option<u64>,
-    /// TCP congestion control of every simulated host (`machine`: the machine's default;
-    /// see `shoal-bench cluster --help`).
-    #[arg(long, default_value = "cubic", value_name = "NAME")]
-    pub congestion_control: String,
-    /// Smallest TSO packet of every simulated host, in segments; 0: the machine's default.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=255))]
-    pub min_tso_segs: u32,
-    /// Another sysctl for every simulated host (repeatable).
-    #[arg(long = "host-sysctl", value_name = "KEY=VALUE")]
-    pub host_sysctls: Vec<String>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Extra argument for every `shoal-peer run` (repeatable), e.g. `--peer-arg=--log-level=debug`.
     #[arg(long = "peer-arg", allow_hyphen_values = true, value_name = "ARG")]
     pub peer_args: Vec<String>,
@@ -193,30 +191,26 @@ impl Env {
             supernode: processes::find_binary(args.bin_dir.as_deref(), "shoal-supernode")?,
             lazyfs: processes::find_binary(args.bin_dir.as_deref(), "shoal-lazyfs")?,
         };
-        let host_tcp = HostTcp::from_args(&args.congestion_control, args.min_tso_segs)?;
-        let mut host_sysctls = host_tcp.sysctls();
-        host_sysctls.extend(args.host_sysctls.iter().cloned());
+        let (host_tcp, host_sysctls) = args.network.host_tcp()?;
         let allowed = AllowedCongestionControl::ensure(&host_tcp)?;
         let work_dir = make_work_dir(args.work_dir.as_deref(), "lazy-cluster")?;
         let work = work_dir.path().to_owned();
         let sweep = MountSweep(work.clone());
         let logs = args.keep_logs.clone().unwrap_or_else(|| work.join("logs"));
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        let note = |msg: String| eprintln!("[{:>7.2}s] {msg}", started.elapsed().as_secs_f64());
-        note(format!("work directory {}", work.display()));
+        note(started, format!("work directory {}", work.display()));
 
-        let files = tree::plan_big(Mix {
-            small: args.small_files,
-            medium: args.medium_files,
-            large: args.large_files,
-        });
+        let files = tree::plan_big(args.tree.mix());
         let tree_bytes: u64 = files.iter().map(|f| f.size).sum();
         let src = work.join("tree");
-        note(format!(
-            "generating {} files, {:.2} GiB",
-            files.len(),
-            tree_bytes as f64 / f64::from(1u32 << 30)
-        ));
+        note(
+            started,
+            format!(
+                "generating {} files, {:.2} GiB",
+                files.len(),
+                tree_bytes as f64 / f64::from(1u32 << 30)
+            ),
+        );
         {
             let (src, files) = (src.clone(), files.clone());
             tokio::task::spawn_blocking(move || tree::write_tree(&src, &files))
@@ -234,25 +228,20 @@ impl Env {
         std::fs::write(&list, text)?;
 
         let run = format!("lc{}", std::process::id() % 100_000);
-        for stale in netns::list_namespaces(&format!("{}{run}-", netns::PREFIX))? {
-            eprintln!("removing stale namespace {stale}");
-            drop(netns::Namespace::adopt(&stale));
-        }
-        let mut net = Network::new(&run)?;
-        let origin = net.add_host("origin", ORIGIN_IP)?;
-        net.add_host("ctl", CONTROL_IP)?;
-        for i in 0..args.nodes {
-            net.add_host(&format!("n{}", i + 1), netns::node_ip(i))?;
-        }
-        let origin_ns = net.host(origin).ns.name().to_owned();
+        netns::remove_leftovers(&run)?;
+        let net = Network::cluster(&run, args.nodes)?;
+        let origin_ns = net.origin().ns.name().to_owned();
         let mut registry = Daemons::default();
         start_registry(&work, &logs, &origin_ns, &mut registry).await?;
 
-        note("converting the tree to lazyfs (pushed over the origin's loopback)".into());
+        note(
+            started,
+            "converting the tree to lazyfs (pushed over the origin's loopback)",
+        );
         let local = format!("127.0.0.1:{REGISTRY_PORT}");
         let layout = args.startup_first.then_some(list.as_path());
         let convert = convert_dir(&origin_ns, &bins.lazyfs, &src, &local, "lazy", layout).await?;
-        let stored = StoredImage::load(&work.join("registry"), "lazy", "t", &work)?;
+        let stored = StoredImage::load(&work.join("registry"), "lazy", "t")?;
         let set = stored.needs(&startup, args.set_piece_size)?;
         let first = files
             .iter()
@@ -260,22 +249,19 @@ impl Env {
             .context("the tree has no small file (give --small-files)")?
             .clone();
 
-        let mut tbf = Tbf::for_rate_mbit(args.rate_mbit);
-        if let Some(b) = args.burst_bytes {
-            tbf.burst_bytes = b;
-        }
-        shaping::shape_all(&net, &tbf)?;
-        for host in net.hosts() {
-            host.ns.sysctls(&host_sysctls)?;
-        }
-        note(format!(
+        let tbf = args.network.tbf(args.rate_mbit);
+        shaping::shape_hosts(&net, &tbf, &host_sysctls)?;
+        note(
+            started,
+            format!(
             "{} nodes, links shaped ({}); startup set: {} files, {} B, {} B of compressed chunks",
             args.nodes,
             tbf.tc_args().join(" "),
             set.files,
             set.file_bytes,
             set.chunk_bytes
-        ));
+        ),
+        );
         let registry_host = format!("{ORIGIN_IP}:{REGISTRY_PORT}");
         Ok(Env {
             _registry: registry,
@@ -304,25 +290,24 @@ impl Env {
     }
 
     pub(crate) fn note(&self, msg: impl std::fmt::Display) {
-        eprintln!("[{:>7.2}s] {msg}", self.started.elapsed().as_secs_f64());
+        note(self.started, msg);
     }
 
     pub(crate) fn switch(&self) -> &netns::Namespace {
         self.net.switch()
     }
 
-    /// Host order in the network: origin, ctl, then the nodes.
     pub(crate) fn origin(&self) -> &Host {
-        self.net.host(0)
+        self.net.origin()
     }
 
     pub(crate) fn ctl(&self) -> &Host {
-        self.net.host(1)
+        self.net.ctl()
     }
 
     /// Node `i` (0-based).
     pub(crate) fn node(&self, i: usize) -> &Host {
-        self.net.host(2 + i)
+        self.net.node(i)
     }
 
     /// A fresh directory for one round's files on one node.
@@ -365,7 +350,6 @@ fn preflight() -> Result<()> {
         ("fusermount3", "fuse3"),
         ("nsenter", "util-linux"),
         ("curl", "curl"),
-        ("zstd", "zstd"),
         ("ip", "iproute2"),
         ("tc", "iproute2"),
     ] {

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::lazy_index::SetNeeds;
+use crate::lazyfs_report::met;
+use crate::report::seconds;
 use crate::stats;
 
 /// Issue 17's targets.
@@ -100,18 +102,10 @@ pub(crate) struct NodeRun {
 impl ReadRound {
     /// Fills in the counts and times from the node results; `rate_mbit` is every link's rate.
     pub(crate) fn finish(&mut self, rate_mbit: u32) {
-        let mut times: Vec<f64> = self
-            .node_results
-            .iter()
-            .filter(|n| n.ok)
-            .map(|n| n.seconds)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        self.completed = times.len() as u32;
-        self.failed = self.node_results.len() as u32 - self.completed;
-        self.last_s = (self.failed == 0).then(|| times.last().copied()).flatten();
-        self.p50_s = stats::percentile(&times, 50.0);
-        if let Some(last) = times.last().filter(|&&t| t > 0.0) {
+        let done = stats::Completion::of(self.node_results.iter().map(|n| (n.ok, n.seconds)));
+        (self.completed, self.failed, self.last_s) = (done.completed, done.failed, done.last_s);
+        self.p50_s = stats::percentile(&done.times, 50.0);
+        if let Some(last) = done.times.last().filter(|&&t| t > 0.0) {
             let capacity = f64::from(rate_mbit) * 1e6 / 8.0 * last;
             self.origin_uplink_busy = self.origin_egress_bytes as f64 / capacity;
         }
@@ -181,8 +175,6 @@ impl LazyClusterReport {
 
     pub(crate) fn table(&self) -> String {
         let mb = |b: u64| b as f64 / 1e6;
-        let secs = |s: Option<f64>| s.map_or_else(|| "-".into(), |s| format!("{s:.2} s"));
-        let met = |ok: bool| if ok { "met" } else { "MISSED" };
         let s = &self.set;
         let mut t = String::new();
         let _ = writeln!(
@@ -257,8 +249,8 @@ impl LazyClusterReport {
                 t,
                 "round {name}: last node {}, p50 {}, {} of {} done; origin sent {:.1} MB \
                  (uplink {:.0} % busy); CPU {:.0} % busy",
-                secs(r.last_s),
-                secs(r.p50_s),
+                seconds(r.last_s),
+                seconds(r.p50_s),
                 r.completed,
                 r.node_results.len(),
                 mb(r.origin_egress_bytes),
@@ -290,9 +282,9 @@ impl LazyClusterReport {
                 t,
                 "{:<6} {:>8} {:>8} {:>8} {:>7.1} MB {:>7.1} MB {:>7.1} MB {:>9} {:>7.1} MB {:>7.1} MB{}",
                 n.node,
-                secs(Some(n.seconds)),
-                secs(n.mounted_s),
-                secs(n.read_s),
+                seconds(Some(n.seconds)),
+                seconds(n.mounted_s),
+                seconds(n.read_s),
                 mb(n.received_bytes),
                 mb(n.sent_bytes),
                 mb(n.mount_fetch_bytes),

@@ -9,10 +9,8 @@
 //! starts. Both run under `nsenter --net=…`: the node's network, the host's mount namespace,
 //! so the reader sees the mount (`ip netns exec` would give each its own mount namespace).
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -28,10 +26,11 @@ use crate::lazyfs_bench::mount_flags;
 use crate::lazyfs_env::{
     is_mounted, mounts, nsenter, poll_read, umount_lazy, wait_http, FuseMount,
 };
-use crate::netns::{self, Host, HostBytes, CONTROL_IP};
+use crate::netns::{self, port_delta, Host, CONTROL_IP};
 use crate::processes::{self, Daemon, Daemons};
-use crate::start_gate::Gate;
-use crate::stats::prom_sum;
+use crate::report::seconds;
+use crate::start_gate::{self, Gate};
+use crate::stats::{prom_sum, PeerBytes};
 
 const SUPERNODE_PORT: u16 = 8002;
 const PEER_METRICS: &str = "http://127.0.0.1:65003";
@@ -65,8 +64,8 @@ pub(crate) async fn first_read(env: &Env, rep: u32) -> Result<FirstRead> {
     let after = netns::port_counters(env.switch()).await?;
     let r = FirstRead {
         seconds: elapsed.as_secs_f64(),
-        node_link_bytes: delta(&before, &after, &host.switch_port).received,
-        origin_egress_bytes: delta(&before, &after, &env.origin().switch_port).sent,
+        node_link_bytes: port_delta(&before, &after, &host.switch_port).received,
+        origin_egress_bytes: port_delta(&before, &after, &env.origin().switch_port).sent,
     };
     env.note(format!(
         "round 0.{}: mount → first small file ({} B) in {:.3} s, {} B over the node's link",
@@ -140,10 +139,7 @@ pub(crate) async fn read_round(env: &Env, tag: &str, nodes: usize) -> Result<Rea
             (outcome, t0.elapsed().as_secs_f64())
         });
     let outcomes = join_all(waits).await;
-    let (cpu_busy, cpu_steal) = match (cpu_before, CpuTimes::now()) {
-        (Some(a), Some(b)) => b.shares_since(a),
-        _ => (0.0, 0.0),
-    };
+    let (cpu_busy, cpu_steal) = CpuTimes::shares_until_now(cpu_before);
     let after = netns::port_counters(env.switch()).await?;
 
     // The daemons' own counters, while they still run.
@@ -154,14 +150,14 @@ pub(crate) async fn read_round(env: &Env, tag: &str, nodes: usize) -> Result<Rea
     let mount_texts = join_all(hosts.iter().map(|h| http_text_in(&h.ns, &mount_url))).await;
 
     let mut round = ReadRound {
-        origin_egress_bytes: delta(&before, &after, &env.origin().switch_port).sent,
+        origin_egress_bytes: port_delta(&before, &after, &env.origin().switch_port).sent,
         cpu_busy,
         cpu_steal,
         ..ReadRound::default()
     };
     for (i, (outcome, seconds)) in outcomes.into_iter().enumerate() {
         let name = format!("n{}", i + 1);
-        let link = delta(&before, &after, &hosts[i].switch_port);
+        let link = port_delta(&before, &after, &hosts[i].switch_port);
         let mut n = NodeRun {
             node: if nodes == 1 {
                 "alone".into()
@@ -190,10 +186,10 @@ pub(crate) async fn read_round(env: &Env, tag: &str, nodes: usize) -> Result<Rea
         }
         if let Ok(text) = &peer_texts[i] {
             let _ = std::fs::write(env.logs.join(format!("{tag}-peer-{name}.metrics")), text);
-            let m = "shoal_peer_download_bytes_total";
-            n.peer_from_origin_bytes = prom_sum(text, m, &[("source", "origin")]) as u64;
-            n.peer_from_peers_bytes = prom_sum(text, m, &[("source", "peer")]) as u64;
-            n.peer_uploaded_bytes = prom_sum(text, "shoal_peer_upload_bytes_total", &[]) as u64;
+            let peer = PeerBytes::from_metrics(text);
+            n.peer_from_origin_bytes = peer.from_origin;
+            n.peer_from_peers_bytes = peer.from_peers;
+            n.peer_uploaded_bytes = peer.uploaded;
         }
         if let Ok(text) = &mount_texts[i] {
             let _ = std::fs::write(env.logs.join(format!("{tag}-mount-{name}.metrics")), text);
@@ -209,9 +205,7 @@ pub(crate) async fn read_round(env: &Env, tag: &str, nodes: usize) -> Result<Rea
     env.note(format!(
         "{tag}: {} of {nodes} nodes done, last at {}, origin sent {} B",
         round.completed,
-        round
-            .last_s
-            .map_or_else(|| "-".into(), |s| format!("{s:.2} s")),
+        seconds(round.last_s),
         round.origin_egress_bytes
     ));
     drop(mounts);
@@ -223,21 +217,6 @@ pub(crate) async fn read_round(env: &Env, tag: &str, nodes: usize) -> Result<Rea
 fn read_result(path: &Path) -> Result<ReadResult, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("no result from the reader: {e}"))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("bad result from the reader: {e}"))
-}
-
-fn delta(
-    before: &HashMap<String, HostBytes>,
-    after: &HashMap<String, HostBytes>,
-    port: &str,
-) -> HostBytes {
-    let (b, a) = (
-        before.get(port).copied().unwrap_or_default(),
-        after.get(port).copied().unwrap_or_default(),
-    );
-    HostBytes {
-        sent: a.sent.saturating_sub(b.sent),
-        received: a.received.saturating_sub(b.received),
-    }
 }
 
 /// Through the node's peer, never straight to the registry, no background prefetch; the
@@ -253,16 +232,7 @@ fn node_mount_flags(env: &Env, dir: &Path) -> Vec<String> {
 /// gate, its stderr to `log`.
 fn gated(host: &Host, exe: &Path, argv: &[OsString], log: &Path) -> Result<Child> {
     let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut c = nsenter(host.ns.name(), exe);
-    c.args(["internal", "--gate"])
-        .args(argv)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(err);
-    processes::die_with_parent(&mut c);
-    let mut c = tokio::process::Command::from(c);
-    c.kill_on_drop(true);
-    c.spawn()
+    start_gate::spawn(nsenter(host.ns.name(), exe), argv, err)
         .with_context(|| format!("starting {argv:?} on {}", host.ns.name()))
 }
 

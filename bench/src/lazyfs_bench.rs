@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::cli::TreeArgs;
 use crate::lazyfs_env::{
     cmd, containerd_pull, make_work_dir, origin_sent, poll_read, poll_stat, start_peer,
     start_registry, FuseMount, MountSweep,
 };
 use crate::lazyfs_images::{build_images, preflight, SQFS};
 use crate::lazyfs_report::{mbps, median, Build, LazyfsReport, Run, Startup, Transfer, Warm};
-use crate::lazyfs_tree::{self as tree, FileSpec, Mix};
+use crate::lazyfs_tree::{self as tree, FileSpec};
 use crate::netns::{self, Network, ORIGIN_IP};
 use crate::processes::{self, Daemon, Daemons};
 use crate::shaping::{self, Tbf};
@@ -31,15 +32,8 @@ pub struct LazyfsArgs {
     /// Link rate between origin and node, both directions (Mbit/s).
     #[arg(long, default_value_t = 100)]
     pub rate_mbit: u32,
-    /// Small files (1–64 KiB) in the big tree.
-    #[arg(long, default_value_t = 25_000)]
-    pub small_files: u32,
-    /// Medium files (64 KiB–4 MiB).
-    #[arg(long, default_value_t = 400)]
-    pub medium_files: u32,
-    /// Large files (50–200 MiB).
-    #[arg(long, default_value_t = 4)]
-    pub large_files: u32,
+    #[command(flatten)]
+    pub tree: TreeArgs,
     /// Files of the image whose mount time is measured.
     #[arg(long, default_value_t = 100_000)]
     pub many_files: u32,
@@ -206,12 +200,7 @@ async fn setup(args: LazyfsArgs) -> Result<Bench> {
     eprintln!("work directory {}", work.display());
 
     // 1. Trees.
-    let mix = Mix {
-        small: args.small_files,
-        medium: args.medium_files,
-        large: args.large_files,
-    };
-    let files = tree::plan_big(mix);
+    let files = tree::plan_big(args.tree.mix());
     let tree_bytes: u64 = files.iter().map(|f| f.size).sum();
     let src = work.join("tree");
     eprintln!(

@@ -232,7 +232,8 @@ impl LazyfsReport {
     }
 }
 
-fn met(ok: bool) -> &'static str {
+/// A target's verdict, as the tables print it.
+pub(crate) fn met(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {

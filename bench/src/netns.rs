@@ -231,6 +231,16 @@ pub fn list_namespaces(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Removes the namespaces of run `run` (and what runs inside): a killed run that had the same
+/// id left them behind.
+pub fn remove_leftovers(run: &str) -> Result<()> {
+    for stale in list_namespaces(&format!("{PREFIX}{run}-"))? {
+        eprintln!("removing stale namespace {stale}");
+        drop(Namespace::adopt(&stale));
+    }
+    Ok(())
+}
+
 /// `shoal-bench cleanup`: every namespace starting with `prefix` (and what runs inside), and
 /// leftover work directories in the temp dir and /dev/shm. Meant for after a run was killed.
 pub fn cleanup_command(prefix: &str) -> Result<()> {
@@ -334,6 +344,31 @@ impl Network {
         Ok(self.hosts.len() - 1)
     }
 
+    /// The hosts of a cluster benchmark: `origin` ([`ORIGIN_IP`]), `ctl` ([`CONTROL_IP`]), then
+    /// `n1`…`nN` ([`node_ip`]), in this order (see [`Network::origin`] and the others).
+    pub fn cluster(run: &str, nodes: u32) -> Result<Self> {
+        let mut net = Network::new(run)?;
+        net.add_host("origin", ORIGIN_IP)?;
+        net.add_host("ctl", CONTROL_IP)?;
+        for i in 0..nodes {
+            net.add_host(&format!("n{}", i + 1), node_ip(i))?;
+        }
+        Ok(net)
+    }
+
+    /// Of a [`Network::cluster`]: the origin, the control host and node `i` (0-based).
+    pub fn origin(&self) -> &Host {
+        self.host(0)
+    }
+
+    pub fn ctl(&self) -> &Host {
+        self.host(1)
+    }
+
+    pub fn node(&self, i: usize) -> &Host {
+        self.host(2 + i)
+    }
+
     pub fn host(&self, index: usize) -> &Host {
         &self.hosts[index]
     }
@@ -366,6 +401,23 @@ pub async fn port_counters(switch: &Namespace) -> Result<HashMap<String, HostByt
 pub struct HostBytes {
     pub sent: u64,
     pub received: u64,
+}
+
+/// What `port` carried between two readings of [`port_counters`] (0 for a port missing from
+/// either).
+pub fn port_delta(
+    before: &HashMap<String, HostBytes>,
+    after: &HashMap<String, HostBytes>,
+    port: &str,
+) -> HostBytes {
+    let (b, a) = (
+        before.get(port).copied().unwrap_or_default(),
+        after.get(port).copied().unwrap_or_default(),
+    );
+    HostBytes {
+        sent: a.sent.saturating_sub(b.sent),
+        received: a.received.saturating_sub(b.received),
+    }
 }
 
 fn parse_port_counters(json: &[u8]) -> Result<HashMap<String, HostBytes>> {

@@ -119,19 +119,11 @@ pub struct TimelinePoint {
 impl RoundReport {
     /// Fills the summary fields from the node results.
     pub fn finish(&mut self, bound: f64, size: u64, rate_bit: f64) {
-        let mut times: Vec<f64> = self
-            .node_results
-            .iter()
-            .filter(|n| n.ok)
-            .map(|n| n.seconds)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        self.completed = times.len() as u32;
-        self.failed = (self.node_results.len() - times.len()) as u32;
-        self.last_s = (self.failed == 0).then(|| times.last().copied()).flatten();
+        let done = stats::Completion::of(self.node_results.iter().map(|n| (n.ok, n.seconds)));
+        (self.completed, self.failed, self.last_s) = (done.completed, done.failed, done.last_s);
         self.ratio_to_bound = self.last_s.map(|t| t / bound);
-        self.p50_s = stats::percentile(&times, 50.0);
-        self.p99_s = stats::percentile(&times, 99.0);
+        self.p50_s = stats::percentile(&done.times, 50.0);
+        self.p99_s = stats::percentile(&done.times, 99.0);
         self.origin_egress_ratio = self.origin_egress_bytes as f64 / size.max(1) as f64;
         // Link use over the whole round (until the last node finished or gave up).
         let span = self
@@ -156,6 +148,11 @@ impl RoundReport {
             .sum::<f64>()
             / (n * capacity);
     }
+}
+
+/// `1.23 s`, or `-` for none.
+pub(crate) fn seconds(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |s| format!("{s:.2} s"))
 }
 
 fn secs(v: Option<f64>) -> String {

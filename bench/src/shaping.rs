@@ -61,6 +61,15 @@ pub fn shape_all(net: &Network, tbf: &Tbf) -> Result<()> {
     Ok(())
 }
 
+/// Shapes every host link (see [`shape_all`]) and gives every host the same `sysctls`.
+pub fn shape_hosts(net: &Network, tbf: &Tbf, sysctls: &[String]) -> Result<()> {
+    shape_all(net, tbf)?;
+    for host in net.hosts() {
+        host.ns.sysctls(sysctls)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

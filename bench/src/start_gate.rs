@@ -9,6 +9,9 @@
 //! then waits for [`GO`] on stdin; only the fetch itself is timed. Every round (P2P, direct
 //! pulls, TCP split) goes through the same gate, so their times stay comparable.
 
+use std::ffi::OsString;
+use std::fs::File;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +39,21 @@ pub async fn wait_for_go() -> Result<()> {
         bail!("the start gate closed without a start signal");
     }
     Ok(())
+}
+
+/// Starts `shoal-bench internal --gate ARGV` through `cmd` (which runs shoal-bench, in a
+/// namespace) with stdin and stdout piped for the [`Gate`] and stderr to `log`. The child is
+/// killed when dropped, and when shoal-bench dies.
+pub fn spawn(mut cmd: Command, argv: &[OsString], log: File) -> std::io::Result<Child> {
+    cmd.args(["internal", "--gate"])
+        .args(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    crate::processes::die_with_parent(&mut cmd);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cmd.spawn()
 }
 
 /// The harness's side: the stdins of clients that reported ready.
@@ -87,8 +105,6 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Stdio;
-
     use super::*;
 
     fn child(script: &str) -> Child {

@@ -27,6 +27,59 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// What a round's node results come to: the times of the nodes that made it, ascending, and
+/// the last of them when no node failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub times: Vec<f64>,
+    pub completed: u32,
+    pub failed: u32,
+    pub last_s: Option<f64>,
+}
+
+impl Completion {
+    /// From each node's (success, seconds).
+    pub fn of(results: impl IntoIterator<Item = (bool, f64)>) -> Self {
+        let mut times = Vec::new();
+        let mut failed = 0;
+        for (ok, seconds) in results {
+            if ok {
+                times.push(seconds);
+            } else {
+                failed += 1;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let last_s = (failed == 0).then(|| times.last().copied()).flatten();
+        Completion {
+            completed: times.len() as u32,
+            failed,
+            last_s,
+            times,
+        }
+    }
+}
+
+/// A peer's `/metrics` byte counters: what it downloaded from the origin and from other
+/// peers, and what it uploaded to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerBytes {
+    pub from_origin: u64,
+    pub from_peers: u64,
+    pub uploaded: u64,
+}
+
+impl PeerBytes {
+    pub fn from_metrics(text: &str) -> Self {
+        let m = "shoal_peer_download_bytes_total";
+        PeerBytes {
+            from_origin: prom_sum(text, m, &[("source", "origin")]) as u64,
+            from_peers: prom_sum(text, m, &[("source", "peer")]) as u64,
+            uploaded: prom_sum(text, "shoal_peer_upload_bytes_total", &[]) as u64,
+        }
+    }
+}
+
 /// Sum of the samples of `metric` in Prometheus text format whose labels include every
 /// `name="value"` pair of `labels`.
 pub fn prom_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
@@ -96,5 +149,17 @@ mod tests {
         assert_eq!(prom_sum(text, m, &[]), 175.0);
         assert_eq!(prom_sum(text, "shoal_peer_upload_bytes_total", &[]), 70.0);
         assert_eq!(prom_sum("garbage {", m, &[]), 0.0);
+        let p = PeerBytes::from_metrics(text);
+        assert_eq!((p.from_origin, p.from_peers, p.uploaded), (75, 100, 70));
+    }
+
+    #[test]
+    fn completion() {
+        let c = Completion::of([(true, 3.0), (true, 1.0), (false, 9.0), (true, 2.0)]);
+        assert_eq!((c.completed, c.failed, c.last_s), (3, 1, None));
+        assert_eq!(c.times, [1.0, 2.0, 3.0]);
+        let c = Completion::of([(true, 3.0), (true, 1.0)]);
+        assert_eq!((c.completed, c.failed, c.last_s), (2, 0, Some(3.0)));
+        assert_eq!(Completion::of([]).last_s, None);
     }
 }

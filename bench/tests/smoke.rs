@@ -81,6 +81,26 @@ fn run_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
 }
 
+/// No namespace of the report's run (`shb-RUN-*`) is left behind.
+fn assert_no_namespaces_left(report: &Value) {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let run = report["run"].as_str().unwrap_or("");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !run.is_empty() && !list.contains(&format!("shb-{run}-")),
+        "leftover namespaces:\n{list}"
+    );
+}
+
+/// No mount is left under a work directory named `work_dir` (`shoal-bench-NAME`).
+fn assert_no_mounts_left(work_dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    assert!(!mounts.contains(work_dir), "leftover mounts:\n{mounts}");
+}
+
 fn num(v: &Value, path: &str) -> f64 {
     path.split('.')
         .fold(v, |v, k| &v[k])
@@ -167,16 +187,7 @@ fn cluster_three_nodes() {
         "tcp split egress ÷ blob = {egress}"
     );
     // The namespaces are gone.
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    let pid = r.get("run").and_then(Value::as_str).unwrap_or("");
-    let list = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !pid.is_empty() && !list.contains(&format!("shb-{pid}-")),
-        "leftover namespaces:\n{list}"
-    );
+    assert_no_namespaces_left(&r);
 }
 
 /// The other P2P client: `shoal-peer get`, which writes and hashes its own copy; and the
@@ -266,12 +277,7 @@ fn lazyfs_tiny_tree() {
     let many = r["many_mount_seconds"][0].as_f64().unwrap_or(0.0);
     assert!(many > 0.0 && many < 30.0, "{r:#}");
     assert!(r["baseline"].is_null());
-    // No mount is left behind.
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    assert!(
-        !mounts.contains("shoal-bench-lazyfs"),
-        "leftover mounts:\n{mounts}"
-    );
+    assert_no_mounts_left("shoal-bench-lazyfs");
 }
 
 /// Three nodes mount one small image through their peers and read its startup set at once;
@@ -284,7 +290,6 @@ fn lazy_cluster_three_nodes() {
         ("fusermount3", "fuse3"),
         ("nsenter", "util-linux"),
         ("curl", "curl"),
-        ("zstd", "zstd"),
     ]);
     require_binaries(&["shoal-lazyfs"]);
     let r = run_json(&[
@@ -313,7 +318,7 @@ fn lazy_cluster_three_nodes() {
     ]);
     assert_eq!(num(&r, "nodes"), 3.0);
     assert_eq!(num(&r, "files"), 305.0, "{r:#}");
-    // Every 20th of 305 files; their chunks from the index, rounded out to 64 KiB pieces.
+    // Every 20th of 305 files; their chunks from the index, rounded out to whole pieces.
     assert_eq!(num(&r, "set.files"), 16.0, "{r:#}");
     let chunks = num(&r, "set.chunk_bytes");
     assert!(chunks > 0.0 && chunks < num(&r, "set.file_bytes"), "{r:#}");
@@ -337,22 +342,8 @@ fn lazy_cluster_three_nodes() {
     }
     assert!(num(&r, "summary.last_over_alone") > 0.0, "{r:#}");
     assert!(num(&r, "summary.egress_over_set") > 0.0, "{r:#}");
-    // No mount or namespace is left behind.
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    assert!(
-        !mounts.contains("shoal-bench-lazy-cluster"),
-        "leftover mounts:\n{mounts}"
-    );
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    let run = r["run"].as_str().unwrap_or("");
-    let list = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !run.is_empty() && !list.contains(&format!("shb-{run}-")),
-        "leftover namespaces:\n{list}"
-    );
+    assert_no_mounts_left("shoal-bench-lazy-cluster");
+    assert_no_namespaces_left(&r);
 }
 
 #[test]
