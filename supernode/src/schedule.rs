@@ -165,9 +165,16 @@ pub(crate) fn schedule(
     let Some(me) = task.member_mut(slot) else {
         return Outcome::Empty;
     };
-    me.wants = wanted
-        .sparse
-        .then(|| wanted.pieces.iter().copied().collect());
+    // A long poll woken later asks with the wants of its own time; the peer's latest request
+    // (perhaps an immediate one sent since, for new ranges) says what it wants now.
+    if wanted.fresh {
+        me.want_order = wanted.pieces.to_vec();
+        me.wants = wanted
+            .sparse
+            .then(|| wanted.pieces.iter().copied().collect());
+    }
+    let want_order = me.want_order.clone();
+    let sparse = me.wants.is_some();
     if me.held.is_complete() {
         return Outcome::Done;
     }
@@ -179,8 +186,18 @@ pub(crate) fn schedule(
     let mut rng = rand::rng();
 
     let mut out = Vec::new();
-    let wanted_from_origin = assign_wanted(task, slot, cap, &avoid, wanted, policy, now, &mut out);
-    if wanted.sparse {
+    let wanted_from_origin = assign_wanted(
+        task,
+        slot,
+        cap,
+        &avoid,
+        &want_order,
+        sparse,
+        policy,
+        now,
+        &mut out,
+    );
+    if sparse {
         return if out.is_empty() {
             Outcome::Empty
         } else {
@@ -270,6 +287,9 @@ pub(crate) struct Wanted<'a> {
     pub pieces: &'a [u32],
     /// The peer wants only these (a lazy reader), not the whole blob.
     pub sparse: bool,
+    /// The request's first computation: it replaces the member's wants. A long poll's later
+    /// computations use the member's wants as the latest request left them.
+    pub fresh: bool,
 }
 
 /// Assigns the wanted pieces first, into `out` (up to `cap` in all); returns how many go to
@@ -285,7 +305,8 @@ fn assign_wanted(
     slot: Slot,
     cap: usize,
     avoid: &HashSet<Slot>,
-    wanted: &Wanted<'_>,
+    wanted: &[u32],
+    sparse: bool,
     policy: &Policy,
     now: Instant,
     out: &mut Vec<Assignment>,
@@ -293,7 +314,7 @@ fn assign_wanted(
     let mut rng = rand::rng();
     let mut origin = 0;
     let mut seen = HashSet::new();
-    for &piece in wanted.pieces {
+    for &piece in wanted {
         if out.len() >= cap {
             break;
         }
@@ -319,7 +340,7 @@ fn assign_wanted(
                 }
             }
         } else if !leased {
-            out.push(lease_origin(task, slot, piece, !wanted.sparse, policy, now));
+            out.push(lease_origin(task, slot, piece, !sparse, policy, now));
             origin += 1;
         }
     }

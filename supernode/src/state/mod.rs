@@ -272,6 +272,7 @@ impl State {
         }
         let wait = Duration::from_millis(req.wait_ms.min(api::MAX_WAIT_MS));
         let deadline = tokio::time::Instant::now() + wait;
+        let mut fresh = true;
         loop {
             let start = Instant::now();
             let may_wait = req.capacity > 0 && tokio::time::Instant::now() < deadline;
@@ -287,6 +288,7 @@ impl State {
                     let wanted = schedule::Wanted {
                         pieces: &req.want,
                         sparse: req.sparse,
+                        fresh,
                     };
                     let outcome = schedule::schedule(
                         t,
@@ -330,6 +332,7 @@ impl State {
                             _ = shutdown.cancelled() => {}
                         }
                         if !shutdown.is_cancelled() {
+                            fresh = false;
                             continue; // recompute; after the deadline, without waiting
                         }
                     }

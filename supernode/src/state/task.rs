@@ -92,6 +92,8 @@ pub(crate) struct Member {
     /// A sparse member (a lazy reader): the pieces it asked for in its last schedule request.
     /// It lacks only these as far as waking and origin shares go. `None`: it wants the blob.
     pub wants: Option<HashSet<u32>>,
+    /// The pieces its last schedule request wanted first, most urgent first.
+    pub want_order: Vec<u32>,
 }
 
 pub(crate) struct PieceState {
@@ -231,6 +233,7 @@ impl Task {
             held: PieceSet::new(self.piece_count()),
             inflight: HashMap::new(),
             wants: None,
+            want_order: Vec::new(),
             uploads: 0,
             failures: Decaying::new(now),
             strikes: 0,

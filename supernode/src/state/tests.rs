@@ -786,3 +786,41 @@ async fn wanted_pieces_past_the_end_are_refused() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn a_waiting_poll_serves_the_wants_of_the_latest_request() {
+    let s = state(SupernodeConfig::default());
+    for id in ["a", "b"] {
+        join(&s, id, &[]);
+    }
+    // a leases pieces 1 and 2; b's long poll wants piece 1 (leased: it waits).
+    let a = sched_want(&s, "a", 8, &[1, 2], true).await;
+    assert_eq!(origin_pieces(&a), vec![1, 2]);
+    let s2 = s.clone();
+    let poll = tokio::spawn(async move {
+        let req = ScheduleRequest {
+            peer_id: "b".into(),
+            capacity: 8,
+            wait_ms: 5_000,
+            want: vec![1],
+            sparse: true,
+            ..Default::default()
+        };
+        s2.schedule(&task(), &req, &CancellationToken::new()).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Meanwhile b's readers want piece 2 instead (an immediate request: still leased).
+    assert!(sched_want(&s, "b", 8, &[2], true)
+        .await
+        .assignments
+        .is_empty());
+    // a stores piece 2: the waiting poll answers with it, from a, not with piece 1.
+    assert_eq!(done(&s, "a", 2, None, digest(2)).accepted, 1);
+    let reply = tokio::time::timeout(Duration::from_secs(2), poll)
+        .await
+        .expect("the poll answers when a wanted piece arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pieces(&reply), vec![2]);
+    assert_eq!(parent_ids(&reply, 0), vec!["a"]);
+}
