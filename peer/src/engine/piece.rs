@@ -177,21 +177,14 @@ impl PieceContext {
                     .map(|a| async move { (a.piece, self.fetch(a.clone()).await) });
                 return futures::future::join_all(each).await;
             }
+            // The origin: every piece of the run fails alike (and is scheduled again); asking
+            // piece by piece would only hammer a failing registry.
             Err(e) => {
-                let reason = match &e {
-                    Error::Parent { reason, .. } => *reason,
-                    _ => FailReason::Unreachable,
-                };
-                if reason == FailReason::Unreachable {
-                    if let Some(id) = &from {
-                        self.avoid.lock().insert(id.clone());
-                    }
-                }
                 return run
                     .iter()
                     .map(|a| {
-                        self.fail(a.piece, from.clone(), reason);
-                        (a.piece, Err(self.copy_error(&e)))
+                        self.fail(a.piece, None, FailReason::Unreachable);
+                        (a.piece, Err(self.copy_origin_error(&e)))
                     })
                     .collect();
             }
@@ -234,9 +227,9 @@ impl PieceContext {
         out
     }
 
-    /// The same failure for each piece of a run (errors are not `Clone`), keeping what the
-    /// download loop looks at: an origin's status, a parent's reason.
-    fn copy_error(&self, e: &Error) -> Error {
+    /// The same origin failure for each piece of a run (errors are not `Clone`), keeping the
+    /// status the download loop looks at.
+    fn copy_origin_error(&self, e: &Error) -> Error {
         match e {
             Error::Origin {
                 url,
@@ -246,15 +239,6 @@ impl PieceContext {
                 url: url.clone(),
                 message: message.clone(),
                 status: *status,
-            },
-            Error::Parent {
-                peer,
-                message,
-                reason,
-            } => Error::Parent {
-                peer: peer.clone(),
-                message: message.clone(),
-                reason: *reason,
             },
             other => Error::DownloadFailed {
                 task: self.file.id(),

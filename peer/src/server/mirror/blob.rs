@@ -56,21 +56,15 @@ pub(super) async fn blob(
         }
     };
 
-    let cached = st
-        .engine
-        .storage()
-        .get(&TaskId::Content(digest))
-        .filter(|f| f.is_complete());
-    if let Some(file) = cached {
+    let held = st.engine.storage().get(&TaskId::Content(digest));
+    if let Some(file) = held.as_ref().filter(|f| f.is_complete()).cloned() {
         check_access(st, &host, name, &digest, auth).await?;
         file.touch();
         return respond(st, method, file, digest, range.as_deref());
     }
     // A range of a blob held in part (a lazy mount's next read): the remembered access
     // check, and the length the cache entry already has, spare a HEAD per read.
-    let partial = range
-        .as_ref()
-        .and_then(|_| st.engine.storage().get(&TaskId::Content(digest)));
+    let partial = held.filter(|_| range.is_some());
     let (length, upstream_auth) = match partial {
         Some(file) => {
             check_access(st, &host, name, &digest, auth.clone()).await?;
