@@ -4,6 +4,10 @@
 # --- builder: the Rust toolchain, never in the final image.
 FROM rust:1-bookworm AS builder
 WORKDIR /src
+# protoc: the snapshotter's gRPC service and the CRI client are generated at build time.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock ./
 COPY common common
 COPY supernode supernode

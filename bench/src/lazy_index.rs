@@ -313,6 +313,7 @@ mod tests {
         };
         let config = put(b"{}");
         let manifest = shoal_lazyfs::artifact::make_manifest(
+            shoal_lazyfs::artifact::Form::Image,
             (&config, 2),
             (&Digest::of(index), index.len() as u64),
             std::slice::from_ref(data),

@@ -23,9 +23,16 @@ pub const MAX_PIECES: u64 = 1 << 20;
 /// megabytes at the node's link and at the origin. 16 KiB keeps a scattered startup set within
 /// about 1.35 × its compressed chunks (0.85 × its files' bytes) at the origin, against 2.4 ×
 /// with 64 KiB pieces; the price is more pieces per blob (about 40,000 for a 624 MB blob; see
-/// docs/design.md, "Sparse tasks", for what that costs).
-const RANGE_READ_MEDIA_TYPES: &[(&str, u64)] =
-    &[("application/vnd.shoal.lazyfs.data.v1", 16 << 10)];
+/// docs/design.md, "Sparse tasks", for what that costs). A lazyfs image names its data blobs
+/// by one of two media types: the artifact form's, and the runnable image form's (prefixed
+/// so that containerd treats them as layers); both are read the same way.
+const RANGE_READ_MEDIA_TYPES: &[(&str, u64)] = &[
+    ("application/vnd.shoal.lazyfs.data.v1", 16 << 10),
+    (
+        "application/vnd.oci.image.layer.shoal.lazyfs.data.v1",
+        16 << 10,
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceLayout {
@@ -139,6 +146,17 @@ mod tests {
         let l = PieceLayout::for_blob(624 << 20, lazy);
         assert_eq!(l.piece_size, 16 << 10);
         l.validate().unwrap();
+        // The runnable image form's data layers are the same blobs under another name.
+        let image_form = Some("application/vnd.oci.image.layer.shoal.lazyfs.data.v1");
+        assert_eq!(PieceLayout::for_blob(624 << 20, image_form), l);
+        // Its index layer is fetched whole, like any layer.
+        assert_eq!(
+            PieceLayout::for_blob(
+                5 << 20,
+                Some("application/vnd.oci.image.layer.shoal.lazyfs.index.v1+zstd")
+            ),
+            PieceLayout::for_length(5 << 20)
+        );
         assert_eq!(
             PieceLayout::for_blob(
                 624 << 20,

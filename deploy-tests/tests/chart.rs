@@ -282,6 +282,7 @@ fn chart_renders_defaults_and_all_options() {
     );
     assert!(init.contains(&"--insecure"), "{init:?}");
     run_init_container(&init, tmp.path());
+    check_snapshotter(spec, tmp.path());
     let rule = find(&out, "PrometheusRule", "").unwrap();
     let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
         .as_array()
@@ -325,4 +326,72 @@ fn run_init_container(command: &[&str], tmp: &Path) {
             std::fs::read_to_string(&hosts).unwrap_or_else(|e| panic!("{}: {e}", hosts.display()));
         assert!(text.contains("127.0.0.1:65001"), "{text}");
     }
+}
+
+/// The snapshotter container passes only flags `shoal-lazyfs snapshotter` knows, can make FUSE
+/// mounts that containerd on the host sees, and its init container, run for real on a copy
+/// of a containerd config, wires the proxy plugin in.
+fn check_snapshotter(spec: &Value, tmp: &Path) {
+    let named = |list: &str, name: &str| -> Value {
+        spec[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+            .clone()
+    };
+    let snap = named("containers", "snapshotter");
+    assert_eq!(snap["securityContext"]["privileged"], true);
+    let args: Vec<&str> = snap["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..2], ["shoal-lazyfs", "snapshotter"]);
+    let root = args[args.iter().position(|a| *a == "--root").unwrap() + 1];
+    let mounts = snap["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == root && m["mountPropagation"] == "Bidirectional"),
+        "the snapshot root must propagate to the host: {mounts:?}"
+    );
+    let help = Command::new(bin("shoal-lazyfs"))
+        .args(["snapshotter", "--help"])
+        .output()
+        .expect("run shoal-lazyfs snapshotter --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(flag),
+            "the chart passes {flag}, which `shoal-lazyfs snapshotter` does not know:\n{help}"
+        );
+    }
+    let init = named("initContainers", "snapshotter-config");
+    let mut cmd: Vec<String> = init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let config = tmp.join("containerd-config.toml");
+    std::fs::write(&config, "version = 2\n").unwrap();
+    let at = cmd.iter().position(|a| a == "--config").unwrap() + 1;
+    cmd[at] = config.display().to_string();
+    let out = Command::new(bin("shoal-lazyfs"))
+        .args(&cmd[1..])
+        .output()
+        .expect("run the snapshotter-config init container's command");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("[proxy_plugins.shoal]") && written.contains("snapshotter = \"shoal\""),
+        "{written}"
+    );
 }

@@ -52,13 +52,44 @@ fn catalogue() -> BTreeMap<String, Entry> {
     out
 }
 
-/// The rows of the daemons scraped here. The lazyfs mount is not one of them:
-/// lazyfs/tests/mount.rs checks the `shoal_lazyfs_` rows against a live mount, both ways.
+/// The rows of the peer and supernode. The lazyfs mount is not one of them:
+/// lazyfs/tests/mount.rs checks the `shoal_lazyfs_` rows against a live mount, both ways; the
+/// snapshotter has its own test below.
 fn daemon_catalogue() -> BTreeMap<String, Entry> {
     catalogue()
         .into_iter()
-        .filter(|(name, _)| !name.starts_with("shoal_lazyfs_"))
+        .filter(|(name, _)| {
+            !name.starts_with("shoal_lazyfs_") && !name.starts_with("shoal_snapshotter_")
+        })
         .collect()
+}
+
+#[test]
+fn catalogue_matches_a_running_snapshotter() {
+    let cat: BTreeMap<String, Entry> = catalogue()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("shoal_snapshotter_"))
+        .collect();
+    assert!(cat.len() >= 3, "docs/metrics.md has no snapshotter section");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(bin("shoal-lazyfs"));
+    cmd.arg("snapshotter")
+        .arg("--address")
+        .arg(tmp.path().join("sock"))
+        .arg("--root")
+        .arg(tmp.path().join("root"))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .arg(format!("--metrics-listen=127.0.0.1:{port}"));
+    let mut snapshotter = spawn(cmd);
+    let exposed = families(&scrape(&mut snapshotter, port, "shoal-lazyfs snapshotter"));
+    check_both_ways(
+        &cat,
+        &exposed,
+        "shoal_snapshotter_",
+        "shoal-lazyfs snapshotter",
+    );
 }
 
 /// `# TYPE` lines of a scrape: family name → type.

@@ -122,6 +122,7 @@ fn main() {
                 prefetch: Vec::new(),
                 dict: None,
                 progress: false,
+                form: Default::default(),
             },
         )
         .unwrap();

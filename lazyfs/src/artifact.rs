@@ -1,8 +1,16 @@
-//! The OCI artifact wrapping a lazyfs image: a manifest whose config is a small JSON blob
-//! and whose layers are the index followed by the data blobs, in index order.
+//! The OCI manifest wrapping a lazyfs image: a config blob, then the index followed by the
+//! data blobs, in index order, as layers. It comes in two [`Form`]s: a runnable image
+//! (what containerd can pull) and the original artifact; readers accept both.
 //!
 //! Manifest and config are serialized from our own structs with sorted maps so their bytes
 //! (and so the manifest digest) are reproducible too.
+
+mod config;
+
+pub use config::{
+    config_blob, host_architecture, make_config, parse_config, Chunking, Compression, Config,
+    ConfigStats,
+};
 
 use std::collections::BTreeMap;
 
@@ -42,38 +50,80 @@ pub struct Manifest {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Config {
-    pub format: String,
-    pub version: u32,
-    pub chunking: Chunking,
-    pub compression: Compression,
-    pub stats: ConfigStats,
-    /// The source image's config (entrypoint, environment...), when there was one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_config: Option<serde_json::Value>,
+/// The two shapes a lazyfs image's manifest and config take (FORMAT.md §1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Form {
+    /// A runnable OCI image: containerd's CRI plugin pulls and runs it, with the lazyfs
+    /// snapshotter mounting its layers lazily.
+    #[default]
+    Image,
+    /// The original OCI artifact (`convert --artifact`): what older readers understand.
+    Artifact,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Chunking {
-    pub algorithm: String,
-    pub min: u32,
-    pub avg: u32,
-    pub max: u32,
-}
+impl Form {
+    pub fn config_type(self) -> &'static str {
+        match self {
+            Form::Image => media::IMAGE_CONFIG,
+            Form::Artifact => media::CONFIG,
+        }
+    }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Compression {
-    pub algorithm: String,
-    pub level: i32,
-}
+    pub fn index_type(self) -> &'static str {
+        match self {
+            Form::Image => media::INDEX_LAYER,
+            Form::Artifact => media::INDEX,
+        }
+    }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConfigStats {
-    pub entries: u64,
-    pub inodes: u64,
-    pub file_bytes: u64,
-    pub chunks: u64,
+    pub fn data_type(self) -> &'static str {
+        match self {
+            Form::Image => media::DATA_LAYER,
+            Form::Artifact => media::DATA,
+        }
+    }
+
+    /// Which form `manifest` (of the image `what`) is in, told by its first layer.
+    pub fn of(manifest: &Manifest, what: &str) -> Result<Form> {
+        let first = manifest.layers.first().map(|l| l.media_type.as_str());
+        let form = [Form::Image, Form::Artifact]
+            .into_iter()
+            .find(|f| first == Some(f.index_type()))
+            .ok_or_else(|| {
+                Error::manifest(
+                    what,
+                    format!(
+                        "first layer {} is not a lazyfs index (not a lazyfs image?)",
+                        first.unwrap_or("(none)")
+                    ),
+                )
+            })?;
+        if manifest.config.media_type != form.config_type() {
+            return Err(Error::manifest(
+                what,
+                format!(
+                    "config media type {} is not {}",
+                    manifest.config.media_type,
+                    form.config_type()
+                ),
+            ));
+        }
+        Ok(form)
+    }
+
+    fn layer(self, digest: &Digest, size: u64, role: &str) -> Descriptor {
+        let media_type = if role == "index" {
+            self.index_type()
+        } else {
+            self.data_type()
+        };
+        let mut d = descriptor(media_type, digest, size, role);
+        if self == Form::Image {
+            d.annotations
+                .insert(media::ANN_SNAPSHOT_ROLE.to_string(), role.to_string());
+        }
+        d
+    }
 }
 
 pub fn descriptor(media_type: &str, digest: &Digest, size: u64, role: &str) -> Descriptor {
@@ -89,47 +139,23 @@ pub fn descriptor(media_type: &str, digest: &Digest, size: u64, role: &str) -> D
     }
 }
 
-pub fn make_config(index: &Index, image_config: Option<serde_json::Value>) -> Config {
-    Config {
-        format: "shoal.lazyfs".into(),
-        version: 1,
-        chunking: Chunking {
-            algorithm: "fastcdc-2020".into(),
-            min: index.params.min,
-            avg: index.params.avg,
-            max: index.params.max,
-        },
-        compression: Compression {
-            algorithm: "zstd".into(),
-            level: index.params.level,
-        },
-        stats: ConfigStats {
-            entries: index.entries.len() as u64,
-            inodes: index.inodes.len() as u64,
-            file_bytes: index.file_bytes(),
-            chunks: index.chunks.len() as u64,
-        },
-        image_config,
-    }
-}
-
-/// Manifest bytes for an index blob, its data blobs (in index order) and a config blob.
+/// Manifest bytes for a config blob, an index blob and its data blobs (in index order).
 pub fn make_manifest(
+    form: Form,
     config: (&Digest, u64),
     index: (&Digest, u64),
     blobs: &[BlobRef],
 ) -> Result<Vec<u8>> {
-    let mut layers = vec![descriptor(media::INDEX, index.0, index.1, "index")];
-    layers.extend(
-        blobs
-            .iter()
-            .map(|b| descriptor(media::DATA, &b.digest, b.size, "data")),
-    );
+    let mut layers = vec![form.layer(index.0, index.1, "index")];
+    layers.extend(blobs.iter().map(|b| form.layer(&b.digest, b.size, "data")));
     let m = Manifest {
         schema_version: 2,
         media_type: media::MANIFEST.into(),
-        artifact_type: media::ARTIFACT.into(),
-        config: descriptor(media::CONFIG, config.0, config.1, ""),
+        artifact_type: match form {
+            Form::Image => String::new(),
+            Form::Artifact => media::ARTIFACT.into(),
+        },
+        config: descriptor(form.config_type(), config.0, config.1, ""),
         layers,
         annotations: BTreeMap::from([(media::ANN_VERSION.to_string(), "1".to_string())]),
     };
@@ -139,6 +165,7 @@ pub fn make_manifest(
 /// A lazyfs image as read back from a source. `index` is `Err` when the index blob does not
 /// verify or parse; `check` reports that instead of stopping.
 pub struct LazyImage {
+    pub form: Form,
     pub manifest_digest: Digest,
     pub manifest: Manifest,
     pub index_digest: Digest,
@@ -152,21 +179,11 @@ impl LazyImage {
         let what = || src.describe();
         let manifest: Manifest = serde_json::from_slice(&fetched.bytes)
             .map_err(|e| Error::manifest(what(), e.to_string()))?;
-        if manifest.config.media_type != media::CONFIG {
-            return Err(Error::manifest(
-                what(),
-                format!(
-                    "config media type {} is not {} (not a lazyfs image?)",
-                    manifest.config.media_type,
-                    media::CONFIG
-                ),
-            ));
-        }
+        let form = Form::of(&manifest, &what())?;
         let index_desc = manifest
             .layers
             .first()
-            .filter(|l| l.media_type == media::INDEX)
-            .ok_or_else(|| Error::manifest(what(), "first layer is not a lazyfs index"))?;
+            .ok_or_else(|| Error::manifest(what(), "no layers"))?;
         let index_digest: Digest = index_desc
             .digest
             .parse()
@@ -192,11 +209,12 @@ impl LazyImage {
             }
         } else {
             crate::codec::decode(&index_bytes).and_then(|ix| {
-                check_blob_list(&manifest, &ix)?;
+                check_blob_list(form, &manifest, &ix)?;
                 Ok(ix)
             })
         };
         Ok(LazyImage {
+            form,
             manifest_digest: fetched.digest,
             manifest,
             index_digest,
@@ -205,6 +223,7 @@ impl LazyImage {
         })
     }
 
+    /// Our build description, with the source image's config (see [`Config::image_config`]).
     pub fn config(&self, src: &dyn BlobSource) -> Result<Config> {
         let d: Digest = self
             .manifest
@@ -213,12 +232,12 @@ impl LazyImage {
             .parse()
             .map_err(|e: shoal_common::ParseError| Error::manifest("config", e.to_string()))?;
         let bytes = read_blob(src, &d, 16 << 20)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::manifest("config", e.to_string()))
+        parse_config(self.form, &self.manifest, &bytes)
     }
 }
 
 /// The manifest's data layers must be exactly the index's blob table.
-fn check_blob_list(manifest: &Manifest, index: &Index) -> Result<()> {
+fn check_blob_list(form: Form, manifest: &Manifest, index: &Index) -> Result<()> {
     let data = manifest.layers.get(1..).unwrap_or_default();
     if data.len() != index.blobs.len() {
         return Err(Error::manifest(
@@ -231,13 +250,19 @@ fn check_blob_list(manifest: &Manifest, index: &Index) -> Result<()> {
         ));
     }
     for (n, (l, b)) in data.iter().zip(&index.blobs).enumerate() {
-        if l.digest != b.digest.to_string() || l.size != b.size || l.media_type != media::DATA {
+        if l.digest != b.digest.to_string() || l.size != b.size {
             return Err(Error::manifest(
                 format!("layer #{}", n + 1),
                 format!(
                     "{} ({} bytes) differs from index blob #{n} {} ({} bytes)",
                     l.digest, l.size, b.digest, b.size
                 ),
+            ));
+        }
+        if l.media_type != form.data_type() {
+            return Err(Error::manifest(
+                format!("layer #{}", n + 1),
+                format!("media type {} is not {}", l.media_type, form.data_type()),
             ));
         }
     }

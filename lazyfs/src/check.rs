@@ -1,5 +1,5 @@
-//! `check`: verify an image completely — manifest, index, every data blob's digest and
-//! every chunk's size and sha256 — and name each problem precisely (chunk number, blob,
+//! `check`: verify an image completely — manifest, config, index, every data blob's digest
+//! and every chunk's size and sha256 — and name each problem precisely (chunk number, blob,
 //! offset and a file using it) instead of stopping at the first.
 
 use rayon::prelude::*;
@@ -22,6 +22,11 @@ pub struct CheckReport {
 
 pub fn check(src: &dyn BlobSource, image: &LazyImage) -> CheckReport {
     let mut report = CheckReport::default();
+    // Our readers never need the config, but containerd does: a runnable image whose
+    // diff_ids do not match its layers would fail at pull time, far from its cause.
+    if let Err(e) = image.config(src) {
+        report.problems.push(e);
+    }
     let index = match &image.index {
         Ok(ix) => ix,
         Err(e) => {

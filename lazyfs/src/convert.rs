@@ -1,6 +1,6 @@
-//! `convert`: source (image or directory) → tree → index + data blob → artifact at the
-//! destination. The pieces are independent modules; this one only sequences them and
-//! reports.
+//! `convert`: source (image or directory) → tree → index + data blob → lazyfs image (either
+//! [`Form`]) at the destination. The pieces are independent modules; this one only sequences
+//! them and reports.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_common::Digest;
 
-use crate::artifact::{make_config, make_manifest, LazyImage};
+use crate::artifact::{config_blob, make_config, make_manifest, Form, LazyImage};
 use crate::builder::{build, content_bytes, BuildOptions};
 use crate::chunker::{ChunkDict, ChunkStats};
 use crate::error::{Error, IoContext, Result};
@@ -35,6 +35,8 @@ pub struct ConvertOptions {
     pub prefetch: Vec<Vec<u8>>,
     pub dict: Option<Dictionary>,
     pub progress: bool,
+    /// Runnable image (the default) or the original artifact.
+    pub form: Form,
 }
 
 #[derive(Debug)]
@@ -135,10 +137,11 @@ pub fn convert(src: &Source, dst: &dyn BlobSink, opts: &ConvertOptions) -> Resul
     let index_digest = Digest::of(&index_bytes);
     let index_file = write_staged(&staging, &index_bytes)?;
     let config = make_config(&built.index, image_config);
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let config_bytes = config_blob(opts.form, &config, &index_digest, &built.index.blobs)?;
     let config_digest = Digest::of(&config_bytes);
     let config_file = write_staged(&staging, &config_bytes)?;
     let manifest = make_manifest(
+        opts.form,
         (&config_digest, config_bytes.len() as u64),
         (&index_digest, index_bytes.len() as u64),
         &built.index.blobs,

@@ -94,13 +94,42 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A snapshot operation containerd asked the snapshotter for cannot be done. `code`
+    /// tells containerd how to read it (an `AlreadyExists` is how a remote snapshotter
+    /// says "this layer needs no download").
+    #[error("snapshot {key:?}: {reason}")]
+    Snapshot {
+        key: String,
+        code: SnapshotCode,
+        reason: String,
+    },
+
     /// A caller asked for something this build cannot do (bad option values, unsupported
     /// source kinds).
     #[error("{0}")]
     Invalid(String),
 }
 
+/// How containerd should read a [`Error::Snapshot`]: these map one to one onto the gRPC
+/// codes containerd turns back into its own error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotCode {
+    NotFound,
+    AlreadyExists,
+    /// The snapshot exists but is in the wrong state (not committed, has children).
+    FailedPrecondition,
+    InvalidArgument,
+}
+
 impl Error {
+    pub fn snapshot(key: impl Into<String>, code: SnapshotCode, reason: impl Into<String>) -> Self {
+        Error::Snapshot {
+            key: key.into(),
+            code,
+            reason: reason.into(),
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -36,11 +36,7 @@ pub fn resolve_manifest(src: &dyn BlobSource) -> Result<(Fetched, ImageManifest)
         }
         let index = ImageIndex::from_reader(fetched.bytes.as_slice())
             .map_err(|e| Error::manifest(src.describe(), e.to_string()))?;
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        };
+        let arch = crate::artifact::host_architecture();
         let chosen = index
             .manifests()
             .iter()
@@ -64,8 +60,13 @@ pub fn read_image(
     progress: &dyn Fn(&str),
 ) -> Result<SourceImage> {
     let (fetched, manifest) = resolve_manifest(src)?;
-    let config_type = manifest.config().media_type().to_string();
-    if config_type == media::CONFIG {
+    // Either form: the artifact's own config type, or a runnable image's lazyfs index layer
+    // (whose config type is the ordinary one).
+    let lazy_types = [media::CONFIG, media::INDEX, media::INDEX_LAYER];
+    let is_lazy = std::iter::once(manifest.config().media_type())
+        .chain(manifest.layers().iter().map(|l| l.media_type()))
+        .any(|t| lazy_types.contains(&t.to_string().as_str()));
+    if is_lazy {
         return Err(Error::Invalid(format!(
             "{} is already a lazyfs image",
             src.describe()

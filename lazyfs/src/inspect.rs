@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fmt::Write;
 
-use crate::artifact::LazyImage;
+use crate::artifact::{Form, LazyImage};
 use crate::index::{Index, Kind};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -70,7 +70,11 @@ pub fn summary(image: &LazyImage, index: &Index) -> String {
     let mut out = String::new();
     let p = index.params;
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let _ = writeln!(out, "manifest   {}", image.manifest_digest);
+    let form = match image.form {
+        Form::Image => "runnable image",
+        Form::Artifact => "artifact",
+    };
+    let _ = writeln!(out, "manifest   {} ({form})", image.manifest_digest);
     let _ = writeln!(
         out,
         "index      {} ({} bytes)",

@@ -4,8 +4,8 @@
 //! Format
 //! - [`index`]: the in-memory index and the queries a reader needs (lookup, chunk ranges).
 //! - [`codec`]: index bytes ⇄ [`Index`], validating untrusted input.
-//! - [`media`]: media types and annotations of the OCI artifact.
-//! - [`artifact`]: the artifact's manifest and config; opening a lazyfs image.
+//! - [`media`]: media types and annotations of both published forms (runnable image, artifact).
+//! - [`artifact`]: the manifest and config of either form; opening a lazyfs image.
 //!
 //! Building
 //! - [`tree`]: the filesystem tree assembled before chunking.
@@ -27,6 +27,8 @@
 //! - [`unpack`]: materializing the tree in a directory.
 //! - [`inspect`]: statistics and listings.
 //! - [`mount`]: the lazy FUSE mount (`shoal-lazyfs mount`).
+//! - [`snapshotter`]: containerd's remote snapshotter (`shoal-lazyfs snapshotter`): lazy
+//!   images mounted through [`mount`], every other image like containerd's overlayfs.
 //!
 //! Errors are one enum, [`Error`].
 
@@ -47,12 +49,13 @@ pub mod mount;
 pub mod ocidir;
 pub mod reference;
 pub mod registry;
+pub mod snapshotter;
 pub mod store;
 pub mod tree;
 pub mod unpack;
 
 pub use artifact::LazyImage;
-pub use error::{Error, Result};
+pub use error::{Error, Result, SnapshotCode};
 pub use index::{ChunkParams, Index, Kind};
 pub use reference::ImageRef;
 pub use registry::RegistryOptions;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use shoal_common::ByteSize;
+use shoal_lazyfs::artifact::Form;
 use shoal_lazyfs::convert::{convert, ConvertOptions, Dictionary, Source};
 use shoal_lazyfs::store::{open_sink, open_source};
 use shoal_lazyfs::{ChunkParams, Error, ImageRef, LazyImage, RegistryOptions};
@@ -52,6 +53,9 @@ impl RegistryArgs {
 enum Command {
     /// Convert an image or directory to lazyfs.
     ///
+    /// The result is a runnable OCI image (containerd pulls it; the lazyfs snapshotter mounts
+    /// it lazily) unless --artifact.
+    ///
     /// SRC: HOST/REPO:TAG, oci:DIR[:TAG] or dir:PATH. DST: HOST/REPO:TAG or oci:DIR[:TAG].
     Convert {
         src: String,
@@ -84,6 +88,10 @@ enum Command {
         /// Keep modification times (they make builds of equal trees differ).
         #[arg(long)]
         keep_mtime: bool,
+        /// Write the original OCI artifact form (Shoal media types, lazyfs-only config),
+        /// which older readers understand, instead of a runnable OCI image.
+        #[arg(long)]
+        artifact: bool,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
@@ -114,14 +122,62 @@ enum Command {
     ///
     /// Runs in the foreground until SIGTERM/SIGINT (which unmount) or an external unmount.
     Mount(MountArgs),
+    /// Serve containerd's remote snapshotter (proxy plugin `shoal`) on a unix socket.
+    ///
+    /// Layers of lazyfs images become lazy mounts (no download); other images are unpacked
+    /// as with containerd's overlayfs snapshotter.
+    Snapshotter(SnapshotterArgs),
+    /// Make containerd run pods through the snapshotter: edits its config.toml (a backup is
+    /// kept; --restore undoes it). containerd must be restarted once afterwards.
+    ContainerdConfig {
+        /// containerd's configuration file.
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        config: PathBuf,
+        /// The snapshotter's socket.
+        #[arg(
+            long,
+            value_name = "SOCK",
+            default_value = "/run/shoal/snapshotter.sock"
+        )]
+        address: PathBuf,
+        /// Put back the configuration as it was before.
+        #[arg(long)]
+        restore: bool,
+    },
 }
 
 #[derive(Args)]
-struct MountArgs {
-    /// Image reference, HOST/REPO:TAG or HOST/REPO@sha256:...
-    r#ref: String,
-    /// Directory to mount on.
-    mountpoint: PathBuf,
+struct SnapshotterArgs {
+    /// Unix socket for containerd (`[proxy_plugins.shoal] address`).
+    #[arg(
+        long,
+        value_name = "SOCK",
+        env = "SHOAL_SNAPSHOTTER_ADDRESS",
+        default_value = "/run/shoal/snapshotter.sock"
+    )]
+    address: PathBuf,
+    /// Snapshot directories and metadata.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SHOAL_SNAPSHOTTER_ROOT",
+        default_value = "/var/lib/shoal/snapshotter"
+    )]
+    root: PathBuf,
+    /// Lazy mounts: one per image, each with its own cache directory under --cache-dir.
+    #[command(flatten)]
+    chunks: ChunkArgs,
+    /// How long a lazy mount may take to start before the pod start fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    mount_timeout: std::time::Duration,
+    /// Serve Prometheus metrics (the snapshotter's and its mounts') on ADDR (/metrics).
+    #[arg(long, value_name = "ADDR", env = "SHOAL_SNAPSHOTTER_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Where lazy mounts read and keep chunks (`mount`, and each mount of `snapshotter`).
+#[derive(Args)]
+struct ChunkArgs {
     /// The local Shoal peer's registry mirror; manifest, index and chunks go through it
     /// (empty: the registry only).
     #[arg(
@@ -139,9 +195,6 @@ struct MountArgs {
         value_delimiter = ','
     )]
     insecure: Vec<String>,
-    /// Never fetch from the registry directly when the peer fails.
-    #[arg(long, env = "SHOAL_LAZYFS_NO_FALLBACK")]
-    no_fallback: bool,
     /// Disk cache of verified chunks, kept across mounts.
     #[arg(
         long,
@@ -153,9 +206,6 @@ struct MountArgs {
     /// Disk cache quota (least recently used chunks are evicted).
     #[arg(long, default_value = "10GiB", env = "SHOAL_LAZYFS_CACHE_SIZE")]
     cache_size: ByteSize,
-    /// Memory cache of hot chunks.
-    #[arg(long, default_value = "256MiB", env = "SHOAL_LAZYFS_MEMORY_CACHE_SIZE")]
-    memory_cache_size: ByteSize,
     /// Background prefetch: all chunks, the image's prefetch list, or nothing.
     #[arg(
         long,
@@ -164,6 +214,22 @@ struct MountArgs {
         env = "SHOAL_LAZYFS_PREFETCH"
     )]
     prefetch: shoal_lazyfs::mount::PrefetchMode,
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// Image reference, HOST/REPO:TAG or HOST/REPO@sha256:...
+    r#ref: String,
+    /// Directory to mount on.
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    chunks: ChunkArgs,
+    /// Never fetch from the registry directly when the peer fails.
+    #[arg(long, env = "SHOAL_LAZYFS_NO_FALLBACK")]
+    no_fallback: bool,
+    /// Memory cache of hot chunks.
+    #[arg(long, default_value = "256MiB", env = "SHOAL_LAZYFS_MEMORY_CACHE_SIZE")]
+    memory_cache_size: ByteSize,
     /// Write the paths of the files read, in first-read order, to FILE on unmount.
     #[arg(long, value_name = "FILE")]
     record_access: Option<PathBuf>,
@@ -240,6 +306,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             chunk_dict,
             prefetch_list,
             keep_mtime,
+            artifact,
             quiet,
         } => {
             let size = |b: ByteSize, what: &str| {
@@ -287,6 +354,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     prefetch,
                     dict,
                     progress: !quiet,
+                    form: if artifact {
+                        Form::Artifact
+                    } else {
+                        Form::Image
+                    },
                 },
             )
             .with_context(|| format!("converting {src} to {dst}"))?;
@@ -367,13 +439,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let opts = shoal_lazyfs::mount::MountOptions {
                 image: m.r#ref,
                 mountpoint: m.mountpoint,
-                peer: Some(m.peer).filter(|p| !p.is_empty()),
-                insecure: m.insecure,
+                peer: Some(m.chunks.peer).filter(|p| !p.is_empty()),
+                insecure: m.chunks.insecure,
                 no_fallback: m.no_fallback,
-                cache_dir: Some(m.cache_dir).filter(|d| !d.as_os_str().is_empty()),
-                cache_size: m.cache_size.0,
+                cache_dir: Some(m.chunks.cache_dir).filter(|d| !d.as_os_str().is_empty()),
+                cache_size: m.chunks.cache_size.0,
                 memory_cache_size: m.memory_cache_size.0,
-                prefetch: m.prefetch,
+                prefetch: m.chunks.prefetch,
                 record_access: m.record_access,
                 metrics_listen: m.metrics_listen,
                 timeout: m.timeout,
@@ -386,6 +458,71 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             shoal_lazyfs::mount::mount(opts, prometheus::Registry::new())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::ContainerdConfig {
+            config,
+            address,
+            restore,
+        } => {
+            use shoal_lazyfs::snapshotter::wiring;
+            if restore {
+                match wiring::restore(&config)? {
+                    true => println!("restored {}; restart containerd", config.display()),
+                    false => println!("{}: nothing to restore", config.display()),
+                }
+            } else {
+                wiring::install(&config, &address)?;
+                println!(
+                    "{}: snapshotter {} on {}; restart containerd once",
+                    config.display(),
+                    wiring::PLUGIN,
+                    address.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshotter(a) => {
+            let opts = shoal_lazyfs::snapshotter::Options {
+                address: a.address,
+                root: a.root,
+                cache_dir: a.chunks.cache_dir,
+                cache_size: a.chunks.cache_size.0,
+                peer: a.chunks.peer,
+                insecure: a.chunks.insecure,
+                prefetch: a.chunks.prefetch,
+                mount_timeout: a.mount_timeout,
+                metrics_listen: a.metrics_listen,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(async {
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let stop = cancel.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    stop.cancel();
+                });
+                shoal_lazyfs::snapshotter::run(opts, cancel).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// SIGTERM or SIGINT. Lazy mounts stay: running containers keep their lower layers.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -63,7 +63,7 @@ const BOUND: f64 = 1.2;
 /// fixture leaves the bound room for rounding the asked ranges out to whole pieces.
 /// The piece size every peer gives a lazyfs data blob (one of this test's size, at least).
 fn data_piece() -> u64 {
-    shoal_common::PieceLayout::for_blob(16 << 20, Some(shoal_lazyfs::media::DATA)).piece_size
+    shoal_common::PieceLayout::for_blob(16 << 20, Some(shoal_lazyfs::media::DATA_LAYER)).piece_size
 }
 /// What the registry may send the fifth node in all: manifests and response heads.
 const HEADERS_ONLY: u64 = 64 * KIB;

@@ -146,14 +146,44 @@ fn registry_push_pull_round_trip() {
         .success());
     assert_same_tree(&snapshot(&local_unpacked), &snapshot(&from_registry));
 
-    // The manifest is an OCI manifest with Shoal media types.
-    let m: serde_json::Value = reqwest::blocking::Client::new()
-        .get(format!("http://{addr}/v2/lazy/img/manifests/lz"))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    // The manifest is a runnable OCI image whose layers carry lazyfs media types, and the
+    // registry accepted it as such.
+    let manifest = |tag: &str| -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .get(format!("http://{addr}/v2/lazy/img/manifests/{tag}"))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let m = manifest("lz");
+    assert!(m.get("artifactType").is_none(), "{m}");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.shoal.lazyfs.index.v1+zstd"
+    );
+    assert_eq!(
+        m["layers"][1]["mediaType"],
+        "application/vnd.oci.image.layer.shoal.lazyfs.data.v1"
+    );
+    assert_eq!(
+        m["layers"][1]["annotations"]["containerd.io/snapshot/shoal.lazyfs.role"],
+        "data"
+    );
+
+    // The artifact form through the same registry: Shoal media types, read back the same.
+    let art_ref = format!("{addr}/lazy/img:art");
+    let s = format!("oci:{}:t", img.display());
+    let mut args = vec!["convert", "-q", "--artifact", s.as_str(), art_ref.as_str()];
+    args.extend_from_slice(&insecure);
+    run_ok(&args);
+    let m = manifest("art");
+    assert_eq!(m["artifactType"], "application/vnd.shoal.lazyfs.v1");
     assert_eq!(
         m["config"]["mediaType"],
         "application/vnd.shoal.lazyfs.config.v1+json"
@@ -166,6 +196,12 @@ fn registry_push_pull_round_trip() {
         m["layers"][1]["mediaType"],
         "application/vnd.shoal.lazyfs.data.v1"
     );
+    assert!(with(&["check", &art_ref]).status.success());
+    let from_artifact = tmp.path().join("u2");
+    assert!(with(&["unpack", &art_ref, from_artifact.to_str().unwrap()])
+        .status
+        .success());
+    assert_same_tree(&snapshot(&local_unpacked), &snapshot(&from_artifact));
 
     // Dictionary in the registry, destination in another repository: the dictionary's data
     // blob must be copied there, and the result must check.

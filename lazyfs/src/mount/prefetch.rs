@@ -31,6 +31,16 @@ impl FromStr for PrefetchMode {
     }
 }
 
+impl std::fmt::Display for PrefetchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrefetchMode::All => "all",
+            PrefetchMode::List => "list",
+            PrefetchMode::None => "none",
+        })
+    }
+}
+
 /// The chunks to prefetch, in order, each once.
 pub fn plan(index: &Index, mode: PrefetchMode) -> Vec<FileChunk> {
     let mut seen = vec![false; index.chunks.len()];

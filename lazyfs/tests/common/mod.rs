@@ -166,6 +166,16 @@ fn write_blob(dir: &Path, data: &[u8]) -> (String, u64) {
 
 /// Write an OCI image layout `dir` with tag `tag` holding the given layer tars.
 pub fn write_oci_image(dir: &Path, tag: &str, layers: &[(Vec<u8>, Comp)]) {
+    write_oci_image_with(dir, tag, layers, serde_json::json!({}));
+}
+
+/// [`write_oci_image`] with the config's top-level fields overridden by those of `extra`.
+pub fn write_oci_image_with(
+    dir: &Path,
+    tag: &str,
+    layers: &[(Vec<u8>, Comp)],
+    extra: serde_json::Value,
+) {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut descs = Vec::new();
@@ -190,11 +200,14 @@ pub fn write_oci_image(dir: &Path, tag: &str, layers: &[(Vec<u8>, Comp)]) {
         let (d, s) = write_blob(dir, &bytes);
         descs.push(serde_json::json!({"mediaType": mt, "digest": d, "size": s}));
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/usr/bin"], "Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
+    for (k, v) in extra.as_object().expect("extra config fields") {
+        config[k] = v.clone();
+    }
     let (cd, cs) = write_blob(dir, &serde_json::to_vec(&config).unwrap());
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -215,6 +228,38 @@ pub fn write_oci_image(dir: &Path, tag: &str, layers: &[(Vec<u8>, Comp)]) {
         "annotations": {"org.opencontainers.image.ref.name": tag},
     }));
     fs::write(index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// What an OCI layout's tag points at: manifest and config, as bytes and parsed.
+pub struct Stored {
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: serde_json::Value,
+    pub config_bytes: Vec<u8>,
+    pub config: serde_json::Value,
+}
+
+pub fn read_oci_image(dir: &Path, tag: &str) -> Stored {
+    let blob = |digest: &serde_json::Value| {
+        let d: Digest = digest.as_str().unwrap().parse().unwrap();
+        fs::read(dir.join("blobs/sha256").join(d.hex())).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag} in {}", dir.display()));
+    let manifest_bytes = blob(&desc["digest"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let config_bytes = blob(&manifest["config"]["digest"]);
+    Stored {
+        config: serde_json::from_slice(&config_bytes).unwrap(),
+        config_bytes,
+        manifest,
+        manifest_bytes,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,6 +73,18 @@ mod tests {
             t.get(&d).as_deref(),
             Some("application/vnd.shoal.lazyfs.data.v1")
         );
+        // A runnable lazyfs image: config and index are ordinary descriptors, the data
+        // layer's type is what gives its blob small pieces.
+        let (index, data) = (Digest::of(b"index"), Digest::of(b"data2"));
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{index}","size":5}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.shoal.lazyfs.index.v1+zstd","digest":"{index}","size":5,"annotations":{{"containerd.io/snapshot/shoal.lazyfs.role":"index"}}}},{{"mediaType":"application/vnd.oci.image.layer.shoal.lazyfs.data.v1","digest":"{data}","size":5,"annotations":{{"containerd.io/snapshot/shoal.lazyfs.role":"data"}}}}]}}"#
+        );
+        t.learn(m.as_bytes());
+        let layout = |d: &Digest| {
+            shoal_common::PieceLayout::for_blob(64 << 20, t.get(d).as_deref()).piece_size
+        };
+        assert_eq!(layout(&data), 16 << 10);
+        assert_eq!(layout(&index), 1 << 20);
         for garbage in [&b"not json"[..], b"{\"layers\":7}", b"[]", b""] {
             t.learn(garbage);
         }
