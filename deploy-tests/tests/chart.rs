@@ -213,6 +213,11 @@ fn chart_renders_defaults_and_all_options() {
         "lazyfs is off by default"
     );
 
+    assert!(
+        find(&out, "DaemonSet", "-snapshotter").is_none(),
+        "the snapshotter is off by default"
+    );
+
     let dash = find(&out, "ConfigMap", "-dashboard").expect("dashboard ConfigMap");
     assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1");
     let json = dash["data"]["shoal.json"].as_str().unwrap();
@@ -282,7 +287,7 @@ fn chart_renders_defaults_and_all_options() {
     );
     assert!(init.contains(&"--insecure"), "{init:?}");
     run_init_container(&init, tmp.path());
-    check_snapshotter(spec, tmp.path());
+    check_snapshotter(&out, tmp.path());
     let rule = find(&out, "PrometheusRule", "").unwrap();
     let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
         .as_array()
@@ -331,7 +336,17 @@ fn run_init_container(command: &[&str], tmp: &Path) {
 /// The snapshotter container passes only flags `shoal-lazyfs snapshotter` knows, can make FUSE
 /// mounts that containerd on the host sees, and its init container, run for real on a copy
 /// of a containerd config, wires the proxy plugin in.
-fn check_snapshotter(spec: &Value, tmp: &Path) {
+fn check_snapshotter(out: &Value, tmp: &Path) {
+    let ds = find(out, "DaemonSet", "-snapshotter").expect("snapshotter DaemonSet");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["type"], "OnDelete",
+        "a rolling update would end the lazy mounts running containers read through"
+    );
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["hostNetwork"], true,
+        "the peer's mirror is on 127.0.0.1"
+    );
     let named = |list: &str, name: &str| -> Value {
         spec[list]
             .as_array()
@@ -349,7 +364,14 @@ fn check_snapshotter(spec: &Value, tmp: &Path) {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(&args[..2], ["shoal-lazyfs", "snapshotter"]);
+    // A shell loop restarts a crashed snapshotter inside the container (the mounts live on).
+    assert_eq!(&args[..2], ["/bin/sh", "-c"]);
+    assert!(
+        args[2].contains("shoal-lazyfs snapshotter \"$@\""),
+        "{}",
+        args[2]
+    );
+    assert_eq!(args[3], "snapshotter", "$0 of the script");
     let root = args[args.iter().position(|a| *a == "--root").unwrap() + 1];
     let mounts = snap["volumeMounts"].as_array().unwrap();
     assert!(
@@ -363,13 +385,13 @@ fn check_snapshotter(spec: &Value, tmp: &Path) {
         .output()
         .expect("run shoal-lazyfs snapshotter --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in args.iter().filter(|a| a.starts_with("--")) {
+    for flag in args[4..].iter().filter(|a| a.starts_with("--")) {
         assert!(
             help.contains(flag),
             "the chart passes {flag}, which `shoal-lazyfs snapshotter` does not know:\n{help}"
         );
     }
-    let init = named("initContainers", "snapshotter-config");
+    let init = named("initContainers", "containerd-config");
     let mut cmd: Vec<String> = init["command"]
         .as_array()
         .unwrap()

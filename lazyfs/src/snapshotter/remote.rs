@@ -151,9 +151,10 @@ pub fn mount_points() -> Result<Vec<PathBuf>> {
 }
 
 /// Whether a FUSE mount still answers (its process may have died, leaving a mount that
-/// fails every call with ENOTCONN).
+/// fails every call with ENOTCONN). `statfs` always reaches the serving process: the kernel
+/// caches attributes and lookups of the mount (long TTLs), never filesystem statistics.
 pub fn is_alive(mountpoint: &Path) -> bool {
-    std::fs::metadata(mountpoint).is_ok()
+    rustix::fs::statfs(mountpoint).is_ok()
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.

@@ -32,6 +32,9 @@ pub struct SnapshotterOptions {
     pub mount_timeout: Option<Duration>,
 }
 
+/// The line [`Snapshotter::restart`] writes into the log before starting it again.
+const RESTART_MARK: &str = "===== test: snapshotter restarted =====";
+
 pub struct Snapshotter {
     child: Child,
     cmd_args: Vec<std::ffi::OsString>,
@@ -138,7 +141,7 @@ impl Snapshotter {
         {
             use std::io::Write;
             let mut f = fs::OpenOptions::new().append(true).open(&self.log).unwrap();
-            let _ = writeln!(f, "===== test: snapshotter restarted =====");
+            let _ = writeln!(f, "{RESTART_MARK}");
         }
         self.child = spawn(&self.cmd_args, &self.log, true);
         self.wait_ready();
@@ -174,6 +177,15 @@ impl Snapshotter {
 
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
+    }
+
+    /// Its log since the last [`Self::restart`] (all of it when never restarted).
+    pub fn log_since_restart(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        match text.rfind(RESTART_MARK) {
+            Some(i) => text[i + RESTART_MARK.len()..].to_string(),
+            None => text,
+        }
     }
 
     /// The tails of the lazy mounts' logs (`ROOT/snapshots/ID/mount.log`).
