@@ -43,6 +43,17 @@ pub enum Command {
     /// the set. Simulated hosts (origin, supernode, N nodes) on shaped links. Needs root,
     /// /dev/fuse, docker-registry, fuse3.
     LazyCluster(crate::lazy_cluster::LazyClusterArgs),
+    /// Warm reads of a real tree (default /usr/lib/x86_64-linux-gnu) through a lazyfs mount,
+    /// and through overlayfs over it, against native disk: `tar -cf - . | wc -c`, alternated,
+    /// medians and ratios; plus the FUSE requests of a warm pass. Needs root, /dev/fuse,
+    /// docker-registry, fuse3, overlayfs.
+    WarmRead(crate::warm_read::WarmReadArgs),
+    /// Pods through containerd's CRI, from PullImage to the container's exit: a ≥ 1 GiB image
+    /// whose entrypoint reads a 5 % startup set, pulled whole (overlayfs) against its lazyfs
+    /// conversion through `shoal-lazyfs snapshotter`, cold and warm (a second node's peer gets
+    /// the chunks from the first). Simulated hosts on shaped links. Needs root, /dev/fuse,
+    /// containerd, runc, umoci, skopeo, docker-registry, busybox-static, fuse3.
+    LazyPod(crate::lazy_pod::LazyPodArgs),
     /// Remove namespaces (and the processes in them) and work directories left by a killed
     /// run. Removes those of runs in progress too.
     Cleanup(CleanupArgs),

@@ -6,6 +6,11 @@ mod cli;
 mod cluster;
 mod cluster_p2p;
 mod cluster_round;
+// The CRI client of lazyfs's CRI test kit, shared rather than copied; `lazy-pod` uses part
+// of it.
+#[allow(dead_code)]
+#[path = "../../lazyfs/tests/cri_support/client.rs"]
+mod cri_client;
 mod host_tcp;
 mod internal;
 mod lazy_cluster;
@@ -13,6 +18,10 @@ mod lazy_cluster_read;
 mod lazy_cluster_report;
 mod lazy_cluster_round;
 mod lazy_index;
+mod lazy_pod;
+mod lazy_pod_image;
+mod lazy_pod_node;
+mod lazy_pod_report;
 mod lazyfs_bench;
 mod lazyfs_env;
 mod lazyfs_images;
@@ -29,6 +38,7 @@ mod start_gate;
 mod stats;
 mod supernode_bench;
 mod tcp_split;
+mod warm_read;
 
 use std::process::ExitCode;
 
@@ -65,6 +75,8 @@ fn main() -> ExitCode {
                 Command::Memory(args) => memory::main(args).await,
                 Command::Lazyfs(args) => lazyfs_bench::main(args).await,
                 Command::LazyCluster(args) => lazy_cluster::main(args).await,
+                Command::WarmRead(args) => warm_read::main(args).await,
+                Command::LazyPod(args) => lazy_pod::main(args).await,
                 Command::Cleanup(args) => netns::cleanup_command(&args.prefix),
                 Command::Internal(cmd) => internal::main(cmd).await,
             }

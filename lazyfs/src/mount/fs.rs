@@ -5,6 +5,21 @@
 //!
 //! Inode numbers are the index's: image inode `i` is FUSE inode `i + 1` (root = 1), so they
 //! are stable across mounts and hardlinks share one.
+//!
+//! The image never changes, so once the kernel has seen something it never needs to ask
+//! again, and a warm read of the tree should cost no round trip to this process at all: each
+//! one is two context switches, and a tree walk makes several per file (open, flush,
+//! release, readlink, opendir, readdir, releasedir) — enough to make a warm `tar` of a few
+//! thousand files half again as slow as the same read of a native directory. Hence:
+//! - entries, attributes and negative lookups are cached for (practically) ever ([`TTL`]);
+//! - `open` and `opendir` answer `ENOSYS` when the kernel supports "no open"
+//!   (`FUSE_NO_OPEN_SUPPORT`/`FUSE_NO_OPENDIR_SUPPORT`): it then stops sending them, and
+//!   their `release`s, for the whole connection and opens every file with `FOPEN_KEEP_CACHE`
+//!   (page cache kept across opens) and every directory with `FOPEN_CACHE_DIR` (listings
+//!   cached in the kernel). Nothing here keeps per-open state (every handle is 0), so
+//!   nothing is lost; on older kernels the same flags are returned from a real open;
+//! - `flush` answers `ENOSYS`, which the kernel remembers: nothing is ever dirty;
+//! - symlink targets are cached by the kernel (`FUSE_CACHE_SYMLINKS`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -21,19 +36,31 @@ use fuser::{
 use super::read::Reader;
 use crate::index::{Index, Inode, Kind};
 
-/// The tree never changes, so the kernel may cache everything for long.
-const TTL: Duration = Duration::from_secs(3600);
+/// How long the kernel may trust an entry, an attribute or a negative lookup: the tree never
+/// changes, so "forever". A year rather than `u64::MAX` seconds, which the kernel would turn
+/// into a negative `time64_t`.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const BLOCK: u32 = 4096;
 
 pub struct LazyFs {
     index: Arc<Index>,
     reader: Arc<Reader>,
     rt: tokio::runtime::Handle,
+    /// The kernel takes `ENOSYS` from `open` as "opens need no call" (set in `init`).
+    no_open: bool,
+    /// The same for `opendir`.
+    no_opendir: bool,
 }
 
 impl LazyFs {
     pub fn new(index: Arc<Index>, reader: Arc<Reader>, rt: tokio::runtime::Handle) -> Self {
-        LazyFs { index, reader, rt }
+        LazyFs {
+            index,
+            reader,
+            rt,
+            no_open: false,
+            no_opendir: false,
+        }
     }
 
     /// FUSE inode → image inode.
@@ -97,38 +124,85 @@ impl LazyFs {
         Some((self.attr(e.inode, inode), self.index.name(e)))
     }
 
-    /// `.`, `..` and the children of a directory.
-    fn listing(&self, ino: INodeNo) -> Result<Vec<DirItem>, Errno> {
+    /// `.`, `..` and the children of a directory (see [`dir_listing`]).
+    fn listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, DirItem<'_>)> + '_, Errno> {
         let entry = self.dir_entry(ino)?;
-        let parent_inode = self
-            .index
-            .entry(entry)
-            .and_then(|e| self.index.entry(e.parent))
-            .map_or(ino.0, |p| u64::from(p.inode) + 1);
-        let dot = |ino, name: &[u8]| DirItem {
-            ino,
-            kind: FileType::Directory,
-            name: name.to_vec(),
-        };
-        let mut out = vec![dot(ino, b"."), dot(INodeNo(parent_inode), b"..")];
-        for child in self.index.children(entry) {
-            if let Some(e) = self.index.entry(child) {
-                let kind = self.index.inode(e.inode).map_or(Kind::File, |i| i.kind);
-                out.push(DirItem {
-                    ino: INodeNo(u64::from(e.inode) + 1),
-                    kind: file_type(kind),
-                    name: self.index.name(e).to_vec(),
-                });
-            }
-        }
-        Ok(out)
+        Ok(dir_listing(&self.index, entry, ino, offset))
     }
 }
 
-struct DirItem {
+/// `.`, `..` and the children of directory entry `entry` (FUSE inode `ino`), from position
+/// `offset` on, each with the offset of the item after it. Starts at `offset` without walking
+/// what comes before, so listing a large directory in many small replies stays linear.
+fn dir_listing(
+    index: &Index,
+    entry: u32,
+    ino: INodeNo,
+    offset: u64,
+) -> impl Iterator<Item = (u64, DirItem<'_>)> + '_ {
+    let parent_inode = index
+        .entry(entry)
+        .and_then(|e| index.entry(e.parent))
+        .map_or(ino.0, |p| u64::from(p.inode) + 1);
+    let dot = |ino, name: &'static [u8]| DirItem {
+        ino,
+        kind: FileType::Directory,
+        name,
+    };
+    let dots = [(1, dot(ino, b".")), (2, dot(INodeNo(parent_inode), b".."))];
+    let children = index.children(entry);
+    // Offsets 0 and 1 are the dots; child `i` of the range is at `2 + i`.
+    let first = u64::from(children.start)
+        .saturating_add(offset.saturating_sub(2))
+        .min(u64::from(children.end));
+    // `first` lies within `children`, whose bounds are u32s.
+    let first = u32::try_from(first).unwrap_or(children.end);
+    let items = (first..children.end).filter_map(move |child| {
+        let e = index.entry(child)?;
+        let kind = index.inode(e.inode).map_or(Kind::File, |i| i.kind);
+        Some((
+            u64::from(child - children.start) + 3,
+            DirItem {
+                ino: INodeNo(u64::from(e.inode) + 1),
+                kind: file_type(kind),
+                name: index.name(e),
+            },
+        ))
+    });
+    dots.into_iter()
+        .skip(usize::try_from(offset.min(2)).unwrap_or(2))
+        .chain(items)
+}
+
+struct DirItem<'a> {
     ino: INodeNo,
     kind: FileType,
-    name: Vec<u8>,
+    name: &'a [u8],
+}
+
+/// The attributes of a negative entry: only its node id (0) matters to the kernel.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK,
+        flags: 0,
+    }
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -144,9 +218,20 @@ fn file_type(kind: Kind) -> FileType {
 
 impl Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // readdirplus saves a lookup per entry when listing; optional.
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
-        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
+        // All optional: a kernel without one just keeps asking. readdirplus saves a lookup
+        // per entry when listing; parallel dirops let cold lookups in one directory overlap.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        // These two are the kernel telling what it supports; nothing to request.
+        let kernel = config.capabilities();
+        self.no_open = kernel.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = kernel.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -161,7 +246,10 @@ impl Filesystem for LazyFs {
             .and_then(|child| self.entry_attr(child))
         {
             Some((attr, _)) => reply.entry(&TTL, &attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // Node id 0 is "no such entry, and remember that": a negative dentry. Programs
+            // probe for missing files all the time (the dynamic linker's search path,
+            // interpreters' module paths), and without it each probe is a round trip.
+            None => reply.entry(&TTL, &negative_attr(), Generation(0)),
         }
     }
 
@@ -184,9 +272,31 @@ impl Filesystem for LazyFs {
         match self.image_inode(ino) {
             None => reply.error(Errno::ENOENT),
             Some((_, i)) if i.kind == Kind::Dir => reply.error(Errno::EISDIR),
+            // The mount is read-only, so the kernel refuses these itself; kept for the
+            // opens before `ENOSYS` took (and kernels without no-open).
             Some(_) if flags.acc_mode() != OpenAccMode::O_RDONLY => reply.error(Errno::EROFS),
-            // Content never changes: let the page cache keep it across opens.
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            // No call for any later open of any file, and no release: the kernel then opens
+            // with FOPEN_KEEP_CACHE, the page cache kept across opens.
+            Some(_) if self.no_open => reply.error(Errno::ENOSYS),
+            // The same by hand: content never changes, and there is nothing to flush.
+            Some(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.image_inode(ino) {
+            None => reply.error(Errno::ENOENT),
+            Some((_, i)) if i.kind != Kind::Dir => reply.error(Errno::ENOTDIR),
+            // As `open`: the kernel then opens directories with FOPEN_CACHE_DIR.
+            Some(_) if self.no_opendir => reply.error(Errno::ENOSYS),
+            // Listings never change: the kernel may keep them in its cache.
+            Some(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
         }
     }
 
@@ -219,7 +329,9 @@ impl Filesystem for LazyFs {
         });
     }
 
-    /// Nothing is ever dirty: close and fsync succeed without work.
+    /// Nothing is ever dirty. `ENOSYS` tells the kernel so once for the whole connection
+    /// (it then lets every close succeed without a call), where `ok` would cost a round
+    /// trip per close.
     fn flush(
         &self,
         _req: &Request,
@@ -228,9 +340,10 @@ impl Filesystem for LazyFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
+    /// Nothing is ever dirty: fsync succeeds without work.
     fn fsync(
         &self,
         _req: &Request,
@@ -265,17 +378,12 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.listing(ino) {
+        let list = match self.listing(ino, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        for (i, item) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                item.ino,
-                i as u64 + 1,
-                item.kind,
-                OsStr::from_bytes(&item.name),
-            ) {
+        for (next, item) in list {
+            if reply.add(item.ino, next, item.kind, OsStr::from_bytes(item.name)) {
                 break;
             }
         }
@@ -290,19 +398,19 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.listing(ino) {
+        let list = match self.listing(ino, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        for (i, item) in list.iter().enumerate().skip(offset as usize) {
+        for (next, item) in list {
             let Some((id, inode)) = self.image_inode(item.ino) else {
                 continue;
             };
             let attr = self.attr(id, inode);
             if reply.add(
                 item.ino,
-                i as u64 + 1,
-                OsStr::from_bytes(&item.name),
+                next,
+                OsStr::from_bytes(item.name),
                 &TTL,
                 &attr,
                 Generation(0),
@@ -351,5 +459,57 @@ fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
         reply.error(Errno::ERANGE);
     } else {
         reply.data(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{build, BuildOptions};
+    use crate::index::{ChunkParams, ROOT_ENTRY};
+
+    /// A directory read in replies that stop anywhere resumes where the last one ended: every
+    /// offset handed out gives exactly the rest of the listing.
+    #[test]
+    fn a_listing_resumes_at_any_offset() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).expect("creating the tree");
+        for i in 0..12 {
+            std::fs::write(src.join(format!("f{i:02}")), [i as u8]).expect("writing a file");
+        }
+        let (tree, _) = crate::dirsrc::read_dir_tree(&src).expect("reading the tree");
+        let progress = |_| {};
+        let built = build(
+            &tree,
+            &BuildOptions {
+                params: ChunkParams::default(),
+                prefetch: Vec::new(),
+                dict: None,
+                spool: None,
+                progress: &progress,
+            },
+            tempfile::tempfile().expect("a temp file"),
+        )
+        .expect("building the index");
+        let index = built.index;
+        let root = INodeNo(1);
+        let names = |offset| -> Vec<(u64, Vec<u8>)> {
+            dir_listing(&index, ROOT_ENTRY, root, offset)
+                .map(|(next, item)| (next, item.name.to_vec()))
+                .collect()
+        };
+        let all = names(0);
+        let mut expected: Vec<Vec<u8>> = vec![b".".to_vec(), b"..".to_vec()];
+        expected.extend((0..12).map(|i| format!("f{i:02}").into_bytes()));
+        expected.push(b"sub".to_vec());
+        let got: Vec<Vec<u8>> = all.iter().map(|(_, n)| n.clone()).collect();
+        assert_eq!(got, expected);
+        let nexts: Vec<u64> = all.iter().map(|(next, _)| *next).collect();
+        assert_eq!(nexts, (1..=expected.len() as u64).collect::<Vec<_>>());
+        for (i, (next, _)) in all.iter().enumerate() {
+            assert_eq!(names(*next), all[i + 1..], "resuming at {next}");
+        }
+        assert!(names(1000).is_empty());
     }
 }
