@@ -11,6 +11,7 @@ mod cluster_round;
 #[allow(dead_code)]
 #[path = "../../lazyfs/tests/cri_support/client.rs"]
 mod cri_client;
+mod fuse_trace;
 mod host_tcp;
 mod internal;
 mod lazy_cluster;
@@ -39,6 +40,7 @@ mod stats;
 mod supernode_bench;
 mod tcp_split;
 mod warm_read;
+mod warm_read_report;
 
 use std::process::ExitCode;
 

@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
 
+use crate::fuse_trace::FuseTrace;
 use crate::lazyfs_bench::{mount_flags, REGISTRY_PORT};
 use crate::lazyfs_env::{make_work_dir, start_registry, umount_lazy, FuseMount, MountSweep};
 use crate::lazyfs_images::convert_dir;
-use crate::lazyfs_report::{mbps, median, met};
 use crate::netns::{self, Namespace, PREFIX};
 use crate::processes::{self, Daemons};
+use crate::warm_read_report::Report;
 
 #[derive(Args, Debug, Clone)]
 pub struct WarmReadArgs {
@@ -66,9 +66,9 @@ pub struct WarmReadArgs {
 }
 
 /// The acceptance target: warm mount time ÷ warm native time.
-const TARGET_RATIO: f64 = 1.3;
+pub(crate) const TARGET_RATIO: f64 = 1.3;
 /// The command every variant is timed with, in the tree's root.
-const READ_CMD: &str = "tar -cf - . | wc -c";
+pub(crate) const READ_CMD: &str = "tar -cf - . | wc -c";
 /// What the verification pass hashes: the same tree gives the same stream whatever the
 /// directory order. Modification times are left out: `shoal-lazyfs convert` drops them
 /// unless told otherwise, so that equal trees give equal images.
@@ -76,7 +76,7 @@ const VERIFY_CMD: &str = "tar --sort=name --mtime=@0 -cf - . | sha256sum";
 
 /// One way of reading the tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Variant {
+pub(crate) enum Variant {
     Native,
     Mount,
     OverlayNative,
@@ -84,7 +84,7 @@ enum Variant {
 }
 
 impl Variant {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Variant::Native => "native",
             Variant::Mount => "lazyfs",
@@ -93,7 +93,7 @@ impl Variant {
         }
     }
 
-    fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Variant::Native => "native disk",
             Variant::Mount => "lazyfs mount",
@@ -347,11 +347,11 @@ async fn setup(args: &WarmReadArgs) -> Result<Env> {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Timed {
-    time: Duration,
+pub(crate) struct Timed {
+    pub(crate) time: Duration,
     /// User + system CPU time of the command's processes.
-    cpu: Duration,
-    bytes: u64,
+    pub(crate) cpu: Duration,
+    pub(crate) bytes: u64,
 }
 
 /// User + system CPU time of this process's reaped children so far. Only the timed command
@@ -472,258 +472,8 @@ async fn count_requests(
     all
 }
 
-/// A tracefs instance of its own (so nothing else's tracing is touched) recording
-/// `fuse:fuse_request_send` for one FUSE connection. Removed on drop.
-struct FuseTrace {
-    dir: PathBuf,
-}
-
-const TRACEFS: &str = "/sys/kernel/tracing";
-const SEND_EVENT: &str = "events/fuse/fuse_request_send";
-
-impl FuseTrace {
-    fn start(mp: &Path) -> Result<FuseTrace> {
-        use std::os::unix::fs::MetadataExt;
-        let root = Path::new(TRACEFS);
-        if !root.join(SEND_EVENT).is_dir() {
-            bail!(
-                "no {TRACEFS}/{SEND_EVENT} (tracefs not mounted, or a kernel older than 6.15): \
-                 `mount -t tracefs nodev {TRACEFS}` if the kernel has it"
-            );
-        }
-        let dir = root
-            .join("instances")
-            .join(format!("shoal-bench-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir(&dir).ok();
-        }
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let trace = FuseTrace { dir };
-        // Room for a pass's worth of events; a full buffer is detected in `finish`.
-        trace.write("buffer_size_kb", "16384")?;
-        // The event's `connection` is the kernel's dev_t of the mount (MKDEV: 20 minor bits).
-        let dev = std::fs::metadata(mp)?.dev();
-        let kdev = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
-        trace.write(
-            &format!("{SEND_EVENT}/filter"),
-            &format!("connection == {kdev}"),
-        )?;
-        trace.write(&format!("{SEND_EVENT}/enable"), "1")?;
-        Ok(trace)
-    }
-
-    fn write(&self, file: &str, value: &str) -> Result<()> {
-        let path = self.dir.join(file);
-        std::fs::write(&path, value)
-            .with_context(|| format!("writing {value} to {}", path.display()))
-    }
-
-    /// Stops recording; the counts by opcode name.
-    fn finish(self) -> Result<BTreeMap<String, u64>> {
-        self.write(&format!("{SEND_EVENT}/enable"), "0")?;
-        let text = std::fs::read_to_string(self.dir.join("trace"))?;
-        parse_trace(&text)
-    }
-}
-
-impl Drop for FuseTrace {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.dir.join(SEND_EVENT).join("enable"), "0");
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// Counts `opcode N (NAME)` of each event line; fails when the buffer overflowed (the
-/// header's entries-in-buffer ≠ entries-written).
-fn parse_trace(text: &str) -> Result<BTreeMap<String, u64>> {
-    let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# entries-in-buffer/entries-written: ") {
-            let mut nums = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .filter(|s| !s.is_empty());
-            if let (Some(kept), Some(written)) = (nums.next(), nums.next()) {
-                if kept != written {
-                    bail!("the trace buffer overflowed: {kept} of {written} events kept");
-                }
-            }
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((_, after)) = line.split_once(" opcode ") else {
-            continue;
-        };
-        let name = after
-            .split_once('(')
-            .and_then(|(_, r)| r.split_once(')'))
-            .map_or("?", |(n, _)| n);
-        *counts
-            .entry(name.trim_start_matches("FUSE_").to_owned())
-            .or_insert(0) += 1;
-    }
-    Ok(counts)
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .context("blocking task panicked")?
-}
-
-struct Report {
-    tree: PathBuf,
-    repeat: u32,
-    convert: Duration,
-    cold: Timed,
-    /// Tar bytes per variant.
-    bytes: BTreeMap<&'static str, u64>,
-    times: BTreeMap<&'static str, Vec<Duration>>,
-    /// CPU time of the reading commands, per variant.
-    cpu: BTreeMap<&'static str, Vec<Duration>>,
-    /// CPU time of the mount's daemon during each pass through it.
-    daemon_cpu: BTreeMap<&'static str, Vec<Duration>>,
-    /// FUSE requests of one warm pass, per variant, by opcode.
-    requests: BTreeMap<&'static str, BTreeMap<String, u64>>,
-}
-
-impl Report {
-    fn median(&self, v: Variant) -> Option<Duration> {
-        self.times.get(v.name()).map(|t| median(t))
-    }
-
-    /// Median of `v` ÷ median of `base`.
-    fn ratio(&self, v: Variant, base: Variant) -> Option<f64> {
-        let (a, b) = (self.median(v)?, self.median(base)?);
-        Some(a.as_secs_f64() / b.as_secs_f64().max(1e-9))
-    }
-
-    fn print(&self) {
-        let native_bytes = self.bytes.get("native").copied().unwrap_or(0);
-        println!(
-            "warm reads of {} ({} B of tar), `{READ_CMD}`, median of {}",
-            self.tree.display(),
-            native_bytes,
-            self.repeat
-        );
-        println!(
-            "  convert {:.1} s; cold read through the mount {:.2} s ({:.0} MB/s)",
-            self.convert.as_secs_f64(),
-            self.cold.time.as_secs_f64(),
-            mbps(self.cold.bytes, self.cold.time)
-        );
-        for v in [
-            Variant::Native,
-            Variant::Mount,
-            Variant::OverlayNative,
-            Variant::OverlayMount,
-        ] {
-            let (Some(times), Some(m)) = (self.times.get(v.name()), self.median(v)) else {
-                continue;
-            };
-            let all: Vec<String> = times
-                .iter()
-                .map(|t| format!("{:.3}", t.as_secs_f64()))
-                .collect();
-            println!(
-                "  {:<22} median {:.3} s ({:.0} MB/s)  [{}]",
-                v.describe(),
-                m.as_secs_f64(),
-                mbps(native_bytes, m),
-                all.join(" ")
-            );
-            let cpu = self.cpu.get(v.name()).map_or(Duration::ZERO, |c| median(c));
-            let daemon = match self.daemon_cpu.get(v.name()) {
-                Some(d) => format!(", daemon {:.3} s", median(d).as_secs_f64()),
-                None => String::new(),
-            };
-            println!(
-                "  {:<22} CPU per pass: tar + wc {:.3} s{daemon}",
-                "",
-                cpu.as_secs_f64()
-            );
-        }
-        if let Some(r) = self.ratio(Variant::Mount, Variant::Native) {
-            println!(
-                "  lazyfs ÷ native: {r:.2} × (target ≤ {TARGET_RATIO}: {})",
-                met(r <= TARGET_RATIO)
-            );
-        }
-        if let Some(r) = self.ratio(Variant::OverlayMount, Variant::Native) {
-            println!("  overlay over lazyfs ÷ native: {r:.2} ×");
-        }
-        if let Some(r) = self.ratio(Variant::OverlayMount, Variant::OverlayNative) {
-            println!("  overlay over lazyfs ÷ overlay over native: {r:.2} ×");
-        }
-        for (v, counts) in &self.requests {
-            let total: u64 = counts.values().sum();
-            let list: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
-            println!(
-                "  FUSE requests of a warm {v} pass: {total}{}{}",
-                if list.is_empty() { "" } else { ": " },
-                list.join(", ")
-            );
-        }
-    }
-
-    fn json(&self) -> Value {
-        let secs = |d: Duration| d.as_secs_f64();
-        let mut variants = serde_json::Map::new();
-        for (name, times) in &self.times {
-            variants.insert(
-                (*name).to_owned(),
-                json!({
-                    "seconds": times.iter().map(|t| secs(*t)).collect::<Vec<_>>(),
-                    "median_seconds": secs(median(times)),
-                    "median_cpu_seconds": self.cpu.get(name).map(|c| secs(median(c))),
-                    "median_daemon_cpu_seconds":
-                        self.daemon_cpu.get(name).map(|c| secs(median(c))),
-                    "tar_bytes": self.bytes.get(name),
-                }),
-            );
-        }
-        json!({
-            "tree": self.tree.display().to_string(),
-            "command": READ_CMD,
-            "repeat": self.repeat,
-            "convert_seconds": secs(self.convert),
-            "cold": { "seconds": secs(self.cold.time), "tar_bytes": self.cold.bytes },
-            "warm": variants,
-            "ratio_lazyfs_native": self.ratio(Variant::Mount, Variant::Native),
-            "ratio_overlay_lazyfs_native": self.ratio(Variant::OverlayMount, Variant::Native),
-            "ratio_overlay_lazyfs_overlay_native":
-                self.ratio(Variant::OverlayMount, Variant::OverlayNative),
-            "target_ratio": TARGET_RATIO,
-            "fuse_requests": self.requests,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_lines_are_counted_by_opcode() {
-        let text = "\
-# tracer: nop
-#
-# entries-in-buffer/entries-written: 3/3   #P:2
-#
-      tar-1234    [001] .....   10.000001: fuse_request_send: connection 77 req 10 opcode 14 (FUSE_OPEN) len 48
-      tar-1234    [001] .....   10.000002: fuse_request_send: connection 77 req 12 opcode 25 (FUSE_FLUSH) len 64
-      tar-1234    [000] .....   10.000003: fuse_request_send: connection 77 req 14 opcode 14 (FUSE_OPEN) len 48
-";
-        let counts = parse_trace(text).expect("a complete trace");
-        assert_eq!(counts.get("OPEN"), Some(&2));
-        assert_eq!(counts.get("FLUSH"), Some(&1));
-        assert_eq!(counts.len(), 2);
-    }
-
-    #[test]
-    fn an_overflowed_trace_is_an_error() {
-        let text = "# entries-in-buffer/entries-written: 10/12   #P:2\n";
-        assert!(parse_trace(text).is_err());
-    }
 }

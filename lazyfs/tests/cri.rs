@@ -260,6 +260,11 @@ fn lazy_image_runs_through_cri() {
         format!("shoal_lazyfs_read_bytes_total{{image=\"{image_label}\"}} is {read} after the container ran:\n{text}")
     });
     eprintln!("lazy image: prepare → exists {exists} ({lazy_layer_count} lazy layers), {read} B read through the mount");
+    // One lazy image on the node: one mount, however many containers and layers.
+    let mounts = metric_value(&samples, "shoal_snapshotter_lazy_mounts", &[]);
+    env.check(mounts == 1.0, || {
+        format!("shoal_snapshotter_lazy_mounts is {mounts} with one lazy image:\n{text}")
+    });
 
     for id in [&main, &idle] {
         remove_container(&env, id);
@@ -271,6 +276,11 @@ fn lazy_image_runs_through_cri() {
         "RemoveImage (sandbox)",
     );
     assert_all_gone(&env);
+    let text = env.snapshotter.as_ref().unwrap().scrape();
+    let mounts = metric_value(&parse_metrics(&text), "shoal_snapshotter_lazy_mounts", &[]);
+    env.check(mounts == 0.0, || {
+        format!("shoal_snapshotter_lazy_mounts is {mounts} after the image was removed:\n{text}")
+    });
     eprintln!(
         "lazy: setup {setup:.1?}, pull {pull:.1?}, run to exit {run:.1?}, total {:.1?}",
         t0.elapsed()

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub mount_failures: IntCounter,
     /// Snapshots held, by kind (`active`, `view`, `committed`, `lazy`).
     pub snapshots: IntGaugeVec,
+    /// Lazy mounts held (one per lazy image on the node).
+    pub lazy_mounts: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> Result<T> {
@@ -97,6 +100,14 @@ impl Metrics {
                 )
                 .map_err(bad)?,
             )?,
+            lazy_mounts: reg(
+                r,
+                IntGauge::new(
+                    "shoal_snapshotter_lazy_mounts",
+                    "Lazy mounts held: one per lazy image on the node.",
+                )
+                .map_err(bad)?,
+            )?,
         })
     }
 
@@ -111,6 +122,7 @@ impl Metrics {
     pub fn observe(&self, store: &Store) {
         let mut counts =
             BTreeMap::from([("active", 0), ("view", 0), ("committed", 0), ("lazy", 0)]);
+        let mut mounts = 0;
         for (_, r) in store.iter() {
             let kind = match (r.kind, &r.lazy) {
                 (_, Some(_)) => "lazy",
@@ -119,7 +131,9 @@ impl Metrics {
                 (Kind::Committed, None) => "committed",
             };
             *counts.entry(kind).or_default() += 1;
+            mounts += i64::from(matches!(r.lazy, Some(Lazy::Index { .. })));
         }
+        self.lazy_mounts.set(mounts);
         for (kind, n) in counts {
             self.snapshots.with_label_values(&[kind]).set(n);
         }

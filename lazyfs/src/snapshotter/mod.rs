@@ -10,6 +10,7 @@
 //! lower directory is that mount. Every other image is handled as containerd's overlayfs
 //! snapshotter does, so a node can use this as its only snapshotter.
 //!
+//! - [`labels`]: what containerd tells about a layer, and the image a lazy layer is of.
 //! - [`store`]: snapshot metadata, kept across restarts.
 //! - [`layout`]: directories and the mounts handed to containerd.
 //! - [`remote`]: lazy mounts, each in a process that outlives the snapshotter.
@@ -17,6 +18,7 @@
 //! - [`metrics`]: Prometheus metrics and `/metrics`.
 //! - [`wiring`]: containerd's config for it (`shoal-lazyfs containerd-config`).
 
+pub mod labels;
 pub mod layout;
 pub mod metrics;
 pub mod remote;
@@ -35,18 +37,6 @@ use tokio_util::sync::CancellationToken;
 pub use self::service::Snapshotter;
 use crate::error::{Error, IoContext, Result};
 use crate::mount::PrefetchMode;
-
-/// Labels containerd sets on `Prepare` (the first two with CRI's
-/// `disable_snapshot_annotations = false`), and the one the converter adds to each layer.
-pub mod labels {
-    /// The committed snapshot (chain id) containerd will look for after "already exists".
-    pub const TARGET: &str = "containerd.io/snapshot.ref";
-    pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-    pub const MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-    pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-    /// `index` or `data`: a layer of a Shoal lazy image.
-    pub const ROLE: &str = crate::media::ANN_SNAPSHOT_ROLE;
-}
 
 /// Settings of `shoal-lazyfs snapshotter`.
 #[derive(Clone, Debug)]

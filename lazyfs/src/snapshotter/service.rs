@@ -9,14 +9,13 @@ use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{tonic, Info, Usage};
 use parking_lot::Mutex;
 
-use super::labels;
+use super::labels::{self, image_of};
 use super::layout::{self, Layout};
 use super::metrics::Metrics;
 use super::remote::{self, LazyMount, Mounter};
 use super::store::{Kind, Lazy, Record, Store};
 use super::Options;
 use crate::error::{Error, IoContext, Result, SnapshotCode};
-use crate::reference::ImageRef;
 
 pub struct Snapshotter {
     layout: Layout,
@@ -352,35 +351,6 @@ fn remove_dir(dir: &Path) {
     }
 }
 
-/// `HOST/REPO@sha256:…` of the image a lazy index layer belongs to, from CRI's labels.
-fn image_of(labels: &HashMap<String, String>) -> std::result::Result<String, String> {
-    let need = |name: &str| {
-        labels.get(name).cloned().ok_or_else(|| {
-            format!(
-                "a lazyfs index layer needs the {name} label (containerd's CRI plugin sets it \
-                 when disable_snapshot_annotations = false)"
-            )
-        })
-    };
-    let image = need(labels::IMAGE_REF)?;
-    let digest = need(labels::MANIFEST_DIGEST)?;
-    let digest: shoal_common::Digest = digest
-        .parse()
-        .map_err(|e| format!("{}: {e}", labels::MANIFEST_DIGEST))?;
-    // A reference may carry both a tag and a digest; the manifest digest decides.
-    let name = image.split('@').next().unwrap_or_default();
-    let parsed = ImageRef::parse(name)
-        .or_else(|_| ImageRef::parse(&format!("{name}:latest")))
-        .map_err(|e| format!("{}: {e}", labels::IMAGE_REF))?;
-    match parsed {
-        ImageRef::Registry { host, repo, .. } => Ok(format!("{host}/{repo}@{digest}")),
-        _ => Err(format!(
-            "{}: {image:?} is not a registry reference",
-            labels::IMAGE_REF
-        )),
-    }
-}
-
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let message = e.to_string();
@@ -503,40 +473,5 @@ impl containerd_snapshots::Snapshotter for Snapshotter {
             .map(|(k, r)| Ok(Self::info(k, r)))
             .collect();
         Ok(futures::stream::iter(infos))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_reference_from_cri_labels() {
-        let d = "sha256:".to_string() + &"a".repeat(64);
-        let labels = |r: &str| {
-            HashMap::from([
-                (labels::IMAGE_REF.to_string(), r.to_string()),
-                (labels::MANIFEST_DIGEST.to_string(), d.clone()),
-            ])
-        };
-        assert_eq!(
-            image_of(&labels("127.0.0.1:5000/lazy:1")).unwrap(),
-            format!("127.0.0.1:5000/lazy@{d}")
-        );
-        assert_eq!(
-            image_of(&labels(&format!("r.io/a/b:t@{d}"))).unwrap(),
-            format!("r.io/a/b@{d}")
-        );
-        assert_eq!(
-            image_of(&labels("busybox")).unwrap(),
-            format!("docker.io/library/busybox@{d}")
-        );
-        let mut bad = labels("r.io/x:1");
-        bad.insert(labels::MANIFEST_DIGEST.into(), "sha256:zz".into());
-        assert!(image_of(&bad).is_err());
-        bad.remove(labels::MANIFEST_DIGEST);
-        assert!(image_of(&bad)
-            .unwrap_err()
-            .contains("disable_snapshot_annotations"));
     }
 }
