@@ -196,7 +196,7 @@ impl LazyImage {
         )
         .map_err(|e| Error::Blob {
             digest: index_digest,
-            reason: e.to_string(),
+            reason: crate::error::with_causes(&e),
         })?;
         let index = if Digest::of(&index_bytes) != index_digest {
             // Still parse, for a more precise message.

@@ -191,6 +191,22 @@ impl Error {
     }
 }
 
+/// `e` and every error under it, joined by ": ". HTTP clients put the useful part (a
+/// connection closed early, a body cut short) in the causes, not in the top message.
+pub(crate) fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 /// Attach a context string to `io::Result`s without a closure at every call site.
 pub(crate) trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
@@ -219,5 +235,12 @@ mod tests {
         };
         assert!(busy.is_retryable());
         assert!(!Error::index("entry #1", "bad").is_retryable());
+    }
+
+    #[test]
+    fn causes_are_spelled_out() {
+        let inner = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short");
+        let outer = Error::io("reading blob", inner);
+        assert_eq!(with_causes(&outer), "reading blob: body cut short");
     }
 }

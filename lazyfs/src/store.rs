@@ -87,7 +87,7 @@ pub fn read_blob(src: &dyn BlobSource, digest: &Digest, limit: u64) -> Result<Ve
         .read_to_end(&mut out)
         .map_err(|e| Error::Blob {
             digest: *digest,
-            reason: e.to_string(),
+            reason: crate::error::with_causes(&e),
         })?;
     if out.len() as u64 > limit {
         return Err(Error::Blob {
