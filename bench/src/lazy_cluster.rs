@@ -149,6 +149,17 @@ pub(crate) struct Bins {
     pub(crate) lazyfs: PathBuf,
 }
 
+impl Bins {
+    /// The three in `bin_dir`, or beside shoal-bench.
+    pub(crate) fn find(bin_dir: Option<&Path>) -> Result<Bins> {
+        Ok(Bins {
+            peer: processes::find_binary(bin_dir, "shoal-peer")?,
+            supernode: processes::find_binary(bin_dir, "shoal-supernode")?,
+            lazyfs: processes::find_binary(bin_dir, "shoal-lazyfs")?,
+        })
+    }
+}
+
 /// Everything the rounds share. Fields drop in declaration order, which is the teardown
 /// order: the registry stops, the namespaces go (with whatever still runs in them), every
 /// mount left under the work directory is detached, the work directory is removed, and the
@@ -186,11 +197,7 @@ impl Env {
     async fn setup(args: LazyClusterArgs) -> Result<Env> {
         let started = Instant::now();
         preflight()?;
-        let bins = Bins {
-            peer: processes::find_binary(args.bin_dir.as_deref(), "shoal-peer")?,
-            supernode: processes::find_binary(args.bin_dir.as_deref(), "shoal-supernode")?,
-            lazyfs: processes::find_binary(args.bin_dir.as_deref(), "shoal-lazyfs")?,
-        };
+        let bins = Bins::find(args.bin_dir.as_deref())?;
         let (host_tcp, host_sysctls) = args.network.host_tcp()?;
         let allowed = AllowedCongestionControl::ensure(&host_tcp)?;
         let work_dir = make_work_dir(args.work_dir.as_deref(), "lazy-cluster")?;

@@ -117,11 +117,7 @@ impl Ctx {
 pub async fn main(args: LazyPodArgs) -> Result<()> {
     let started = Instant::now();
     preflight()?;
-    let bins = Bins {
-        peer: processes::find_binary(args.bin_dir.as_deref(), "shoal-peer")?,
-        supernode: processes::find_binary(args.bin_dir.as_deref(), "shoal-supernode")?,
-        lazyfs: processes::find_binary(args.bin_dir.as_deref(), "shoal-lazyfs")?,
-    };
+    let bins = Bins::find(args.bin_dir.as_deref())?;
     let (host_tcp, host_sysctls) = args.network.host_tcp()?;
     let _allowed = AllowedCongestionControl::ensure(&host_tcp)?;
     if let Some(dir) = &args.work_dir {

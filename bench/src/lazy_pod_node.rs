@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use k8s_cri::v1::ContainerState;
 
 use crate::cri_client::{log_text, Cri, Sandbox};
+use crate::cri_config;
 use crate::internal::http_text_in;
 use crate::lazy_cluster::Bins;
 use crate::lazyfs_env::{nsenter, wait_http, MountSweep};
@@ -339,8 +340,8 @@ async fn wait_for_path(path: &Path, daemons: &mut Daemons, what: &str) -> Result
     .await
 }
 
-/// containerd's config (see the kit's containerd.rs for why each setting) and the registry
-/// host's `hosts.toml`: the peer as the only mirror, a closed port as the fallback.
+/// containerd's config, the CRI test kit's (`crate::cri_config`), and the registry host's
+/// `hosts.toml`: the peer as the only mirror, a closed port as the fallback.
 fn write_containerd_config(
     dir: &Path,
     sock: &Path,
@@ -360,54 +361,21 @@ fn write_containerd_config(
     }
     std::fs::write(
         host_dir.join("hosts.toml"),
-        format!(
-            "server = \"{CLOSED_SERVER}\"\n\n[host.\"{PEER_MIRROR}\"]\n  \
-             capabilities = [\"pull\", \"resolve\"]\n"
-        ),
+        cri_config::hosts_toml(CLOSED_SERVER, PEER_MIRROR),
     )?;
-    let snapshotter = match s.snapshotter {
-        SnapshotterKind::Overlayfs => "overlayfs",
-        SnapshotterKind::Shoal => "shoal",
+    let opts = cri_config::ContainerdOptions {
+        snapshotter: match s.snapshotter {
+            SnapshotterKind::Overlayfs => "overlayfs",
+            SnapshotterKind::Shoal => "shoal",
+        }
+        .to_owned(),
+        proxy_socket: proxy_socket.map(Path::to_path_buf),
+        sandbox_image: s.sandbox_image.to_owned(),
+        registry_host: s.registry_host.to_owned(),
+        mirror: PEER_MIRROR.to_owned(),
     };
-    let d = dir.display();
-    let mut text = format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-
-[grpc]
-  address = "{sock}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox}"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "10010"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snapshotter}"
-    disable_snapshot_annotations = false
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{runc_root}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs}"
-"#,
-        sock = sock.display(),
-        sandbox = s.sandbox_image,
-        runc_root = runc_root.display(),
-        certs = certs.display(),
-    );
-    if let Some(proxy) = proxy_socket {
-        text.push_str(&format!(
-            "\n[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = \"{}\"\n",
-            proxy.display()
-        ));
-    }
+    // Each node has its own network namespace: the default streaming port cannot clash.
+    let text = cri_config::config_toml(dir, sock, &certs, &runc_root, 10010, &opts);
     let config = dir.join("config.toml");
     std::fs::write(&config, text)?;
     Ok(config)

@@ -6,11 +6,14 @@ mod cli;
 mod cluster;
 mod cluster_p2p;
 mod cluster_round;
-// The CRI client of lazyfs's CRI test kit, shared rather than copied; `lazy-pod` uses part
-// of it.
+// The CRI client and containerd configuration of lazyfs's CRI test kit, shared rather than
+// copied; `lazy-pod` uses part of the client.
 #[allow(dead_code)]
 #[path = "../../lazyfs/tests/cri_support/client.rs"]
 mod cri_client;
+#[allow(dead_code)]
+#[path = "../../lazyfs/tests/cri_support/config.rs"]
+mod cri_config;
 mod fuse_trace;
 mod host_tcp;
 mod internal;

@@ -4,23 +4,17 @@
 //! skopeo, docker-registry, busybox-static, fuse3, iproute2, curl, and shoal-peer,
 //! shoal-supernode and shoal-lazyfs beside shoal-bench (`cargo build --workspace --bins`).
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::Value;
-
-const BENCH: &str = env!("CARGO_BIN_EXE_shoal-bench");
+use support::{assert_no_mounts_left, num, require_binaries, require_programs, require_root, run};
 
 fn require_prerequisites() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the lazy-pod smoke test needs root (namespaces, containerd, FUSE)"
-    );
+    require_root("the lazy-pod smoke test (namespaces, containerd, FUSE)");
     assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for (program, package) in [
+    require_programs(&[
         ("containerd", "containerd"),
         ("runc", "runc"),
         ("umoci", "umoci"),
@@ -30,62 +24,31 @@ fn require_prerequisites() {
         ("fusermount3", "fuse3"),
         ("ip", "iproute2"),
         ("curl", "curl"),
-    ] {
-        assert!(
-            std::env::split_paths(&path).any(|d| d.join(program).is_file()),
-            "`{program}` is not on PATH: install the Debian package {package}"
-        );
-    }
-    let dir = Path::new(BENCH)
-        .parent()
-        .expect("the bench binary has a directory");
-    for name in ["shoal-peer", "shoal-supernode", "shoal-lazyfs"] {
-        assert!(
-            dir.join(name).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` before the tests",
-            dir.join(name).display()
-        );
-    }
-}
-
-fn num(v: &Value, path: &str) -> f64 {
-    path.split('.')
-        .fold(v, |v, k| &v[k])
-        .as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+    ]);
+    require_binaries(&["shoal-peer", "shoal-supernode", "shoal-lazyfs"]);
 }
 
 #[test]
 fn lazy_pod_tiny_image() {
     require_prerequisites();
-    let out = Command::new(BENCH)
-        .args([
-            "lazy-pod",
-            "--size-mib",
-            "32",
-            "--file-kib",
-            "64",
-            "--runs",
-            "1",
-            "--timeout",
-            "120",
-            // The machine's TCP: the cluster smoke tests check that the list of allowed
-            // congestion controls is back as it was, and may run at the same time.
-            "--congestion-control",
-            "machine",
-            "--min-tso-segs",
-            "0",
-            "--json",
-        ])
-        .output()
-        .expect("running shoal-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "shoal-bench lazy-pod failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    let (stdout, r) = run(&[
+        "lazy-pod",
+        "--size-mib",
+        "32",
+        "--file-kib",
+        "64",
+        "--runs",
+        "1",
+        "--timeout",
+        "120",
+        // The machine's TCP: the cluster smoke tests check that the list of allowed
+        // congestion controls is back as it was, and may run at the same time.
+        "--congestion-control",
+        "machine",
+        "--min-tso-segs",
+        "0",
+        "--json",
+    ]);
     for line in [
         "lazy_cold/full = ",
         "lazy_warm/full = ",
@@ -93,11 +56,6 @@ fn lazy_pod_tiny_image() {
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
-    // The table first, then the JSON on a line of its own.
-    let json = stdout.find("\n{").map_or(&stdout[..], |i| &stdout[i + 1..]);
-    let r: Value = serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-
     // 512 files of 64 KiB; every 20th is read: 26 files.
     assert_eq!(num(&r, "image.files"), 512.0, "{r:#}");
     assert_eq!(num(&r, "image.set_bytes"), 26.0 * 65536.0, "{r:#}");
@@ -132,9 +90,5 @@ fn lazy_pod_tiny_image() {
     let list = String::from_utf8_lossy(&ns.stdout);
     let prefix = format!("shb-{}r", r["run"].as_str().unwrap_or("?"));
     assert!(!list.contains(&prefix), "leftover namespaces:\n{list}");
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    assert!(
-        !mounts.contains("shoal-bench-lazy-pod"),
-        "leftover mounts:\n{mounts}"
-    );
+    assert_no_mounts_left("shoal-bench-lazy-pod");
 }

@@ -5,80 +5,23 @@
 //! missing prerequisite fails the test with a message saying what to do: CI has them all, so
 //! a silent skip would only hide breakage.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Command;
 
 use serde_json::Value;
-
-const BENCH: &str = env!("CARGO_BIN_EXE_shoal-bench");
-
-fn bin_dir() -> PathBuf {
-    Path::new(BENCH)
-        .parent()
-        .expect("the bench binary has a directory")
-        .to_owned()
-}
-
-fn require_binaries(names: &[&str]) {
-    for name in names {
-        let path = bin_dir().join(name);
-        assert!(
-            path.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` before the tests",
-            path.display()
-        );
-    }
-}
-
-/// Each (program, Debian package) must be on PATH.
-fn require_programs(programs: &[(&str, &str)]) {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for (program, package) in programs {
-        assert!(
-            std::env::split_paths(&path).any(|d| d.join(program).is_file()),
-            "`{program}` is not on PATH: install the Debian package {package} (.ci/run does)"
-        );
-    }
-}
+use support::{
+    assert_no_mounts_left, num, require_binaries, require_programs, require_root, run_json,
+};
 
 fn require_cluster_prerequisites() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the cluster smoke test needs root (network namespaces, tc); CI runs as root"
-    );
+    require_root("the cluster smoke test (network namespaces, tc)");
     require_programs(&[
         ("ip", "iproute2"),
         ("tc", "iproute2"),
         ("docker-registry", "docker-registry"),
     ]);
     require_binaries(&["shoal-peer", "shoal-supernode"]);
-}
-
-fn run_json(args: &[&str]) -> Value {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(BENCH)
-        .args(args)
-        .output()
-        .expect("running shoal-bench");
-    let stderr = String::from_utf8_lossy(&stderr);
-    let stdout = String::from_utf8_lossy(&stdout);
-    assert!(
-        status.success(),
-        "shoal-bench {args:?} failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    // Subcommands that print a table first put the JSON after it, on a line of its own.
-    let json = if stdout.starts_with('{') {
-        &stdout[..]
-    } else {
-        stdout.find("\n{").map_or(&stdout[..], |i| &stdout[i + 1..])
-    };
-    serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
 }
 
 /// No namespace of the report's run (`shb-RUN-*`) is left behind.
@@ -93,19 +36,6 @@ fn assert_no_namespaces_left(report: &Value) {
         !run.is_empty() && !list.contains(&format!("shb-{run}-")),
         "leftover namespaces:\n{list}"
     );
-}
-
-/// No mount is left under a work directory named `work_dir` (`shoal-bench-NAME`).
-fn assert_no_mounts_left(work_dir: &str) {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    assert!(!mounts.contains(work_dir), "leftover mounts:\n{mounts}");
-}
-
-fn num(v: &Value, path: &str) -> f64 {
-    path.split('.')
-        .fold(v, |v, k| &v[k])
-        .as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
 }
 
 #[test]
@@ -363,11 +293,7 @@ fn supernode_two_hundred_peers() {
 
 #[test]
 fn memory_four_downloads() {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    assert!(
-        std::env::split_paths(&path).any(|d| d.join("docker-registry").is_file()),
-        "`docker-registry` is not on PATH: install the Debian package docker-registry (.ci/run does)"
-    );
+    require_programs(&[("docker-registry", "docker-registry")]);
     require_binaries(&["shoal-peer"]);
     let r = run_json(&["memory", "--downloads", "4", "--size-mib", "2", "--json"]);
     assert_eq!(num(&r, "downloads"), 4.0);

@@ -3,39 +3,19 @@
 //! shoal-lazyfs binary beside shoal-bench (`cargo build --workspace --bins`), and fails with
 //! what to do when one is missing.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
-use serde_json::Value;
-
-const BENCH: &str = env!("CARGO_BIN_EXE_shoal-bench");
+use support::{assert_no_mounts_left, require_binaries, require_programs, require_root, run};
 
 fn require_prerequisites() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the warm-read smoke test needs root (FUSE, overlayfs, namespaces)"
-    );
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for (program, package) in [
+    require_root("the warm-read smoke test (FUSE, overlayfs, namespaces)");
+    require_programs(&[
         ("docker-registry", "docker-registry"),
         ("fusermount3", "fuse3"),
-    ] {
-        assert!(
-            std::env::split_paths(&path).any(|d| d.join(program).is_file()),
-            "`{program}` is not on PATH: install the Debian package {package} (.ci/run does)"
-        );
-    }
-    let lazyfs = Path::new(BENCH)
-        .parent()
-        .expect("the bench binary has a directory")
-        .join("shoal-lazyfs");
-    assert!(
-        lazyfs.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
-        lazyfs.display()
-    );
+    ]);
+    require_binaries(&["shoal-lazyfs"]);
 }
 
 /// A few files, a subdirectory, a symlink and a hard link: each kind a tar walk meets.
@@ -58,21 +38,7 @@ fn warm_read_tiny_tree() {
     let tree = dir.path().join("tree");
     tiny_tree(&tree);
     let tree_s = tree.display().to_string();
-    let out = Command::new(BENCH)
-        .args(["warm-read", "--tree", &tree_s, "--repeat", "2", "--json"])
-        .output()
-        .expect("running shoal-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "shoal-bench warm-read failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    // The table first, then the JSON on a line of its own.
-    let json = stdout.find("\n{").map_or(&stdout[..], |i| &stdout[i + 1..]);
-    let r: Value = serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    let (_, r) = run(&["warm-read", "--tree", &tree_s, "--repeat", "2", "--json"]);
 
     let native = r["warm"]["native"]["tar_bytes"].as_u64().unwrap_or(0);
     assert!(native > 300_000, "{r:#}");
@@ -95,9 +61,5 @@ fn warm_read_tiny_tree() {
         }
     }
     // The work directory's mounts (FUSE and both overlays) are gone.
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    assert!(
-        !mounts.contains("shoal-bench-warm-read"),
-        "leftover mounts:\n{mounts}"
-    );
+    assert_no_mounts_left("shoal-bench-warm-read");
 }

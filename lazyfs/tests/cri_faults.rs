@@ -472,7 +472,7 @@ fn broken_lazy_images_fail_cleanly() {
             Broken::MissingIndex => {
                 std::fs::remove_file(&blob).unwrap_or_else(|e| panic!("{}: {e}", blob.display()));
             }
-            Broken::RegistryDown => env.gate.arm(hex),
+            Broken::RegistryDown => env.proxy.arm_gate(hex),
         }
         let t = Instant::now();
         // kubelet pulls, then creates the container: the failure must surface in one.
@@ -497,7 +497,7 @@ fn broken_lazy_images_fail_cleanly() {
         eprintln!("{case:?}: failed after {took:.1?}: {err}");
         report.push(format!("{case:?} {took:.1?}"));
         if let Broken::RegistryDown = case {
-            env.check(env.gate.is_down(), || {
+            env.check(env.proxy.is_down(), || {
                 "the registry never went down: nobody asked for the index blob".into()
             });
         }

@@ -55,13 +55,16 @@ pub struct Metrics {
     pub prefetch_chunks: IntCounter,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> Result<T> {
+pub(crate) fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> Result<T> {
     r.register(Box::new(c.clone()))
         .map_err(|e| Error::Invalid(format!("registering metrics: {e}")))?;
     Ok(c)
 }
 
-fn metric_err(e: prometheus::Error) -> Error {
+pub(crate) fn metric_err(e: prometheus::Error) -> Error {
     Error::Invalid(format!("creating metrics: {e}"))
 }
 

@@ -265,7 +265,7 @@ fn set_kernel_readahead(mountpoint: &std::path::Path, bytes: u64) -> std::io::Re
 }
 
 /// `umount -l`: detach now, let open files finish.
-fn detach(mountpoint: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn detach(mountpoint: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{Kind, Lazy, Store};
 use super::Snapshotter;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::mount::metrics::{metric_err, reg};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -33,16 +34,6 @@ pub struct Metrics {
     pub lazy_mounts: IntGauge,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> Result<T> {
-    r.register(Box::new(c.clone()))
-        .map_err(|e| Error::Invalid(format!("registering metrics: {e}")))?;
-    Ok(c)
-}
-
-fn bad(e: prometheus::Error) -> Error {
-    Error::Invalid(format!("defining metrics: {e}"))
-}
-
 impl Metrics {
     pub fn new(r: &Registry) -> Result<Self> {
         let buckets = vec![0.001, 0.005, 0.02, 0.1, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
@@ -56,7 +47,7 @@ impl Metrics {
                     ),
                     &["op", "result"],
                 )
-                .map_err(bad)?,
+                .map_err(metric_err)?,
             )?,
             operation_seconds: reg(
                 r,
@@ -68,7 +59,7 @@ impl Metrics {
                     .buckets(buckets.clone()),
                     &["op"],
                 )
-                .map_err(bad)?,
+                .map_err(metric_err)?,
             )?,
             mount_seconds: reg(
                 r,
@@ -79,7 +70,7 @@ impl Metrics {
                     )
                     .buckets(buckets),
                 )
-                .map_err(bad)?,
+                .map_err(metric_err)?,
             )?,
             mount_failures: reg(
                 r,
@@ -87,7 +78,7 @@ impl Metrics {
                     "shoal_snapshotter_mount_failures_total",
                     "Lazy mounts that failed to start.",
                 )
-                .map_err(bad)?,
+                .map_err(metric_err)?,
             )?,
             snapshots: reg(
                 r,
@@ -98,7 +89,7 @@ impl Metrics {
                     ),
                     &["kind"],
                 )
-                .map_err(bad)?,
+                .map_err(metric_err)?,
             )?,
             lazy_mounts: reg(
                 r,
@@ -106,7 +97,7 @@ impl Metrics {
                     "shoal_snapshotter_lazy_mounts",
                     "Lazy mounts held: one per lazy image on the node.",
                 )
-                .map_err(bad)?,
+                .map_err(metric_err)?,
             )?,
         })
     }

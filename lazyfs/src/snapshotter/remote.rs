@@ -119,18 +119,11 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
     if !is_mounted(mountpoint)? {
         return Ok(());
     }
-    let fail = |source: std::io::Error| Error::Mount {
+    crate::mount::detach(mountpoint).map_err(|source| Error::Mount {
         mountpoint: mountpoint.display().to_string(),
         context: "unmounting".into(),
         source,
-    };
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
-        .map_err(|e| fail(std::io::Error::other(e)))?;
-    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    })
 }
 
 /// Whether something is mounted exactly at `path`, by the mount table (a stat would hang

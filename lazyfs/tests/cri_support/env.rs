@@ -1,6 +1,6 @@
-//! One test's world: a real `docker-registry`, a [`GateProxy`] in front of it (it can take
-//! the registry down at an exact moment), a [`CountingProxy`] in front of that (images are
-//! named with its address, so every byte the registry sends is counted), a real
+//! One test's world: a real `docker-registry`, a [`CountingProxy`] in front of it (images
+//! are named with its address, so every byte the registry sends is counted; its gate can take
+//! the registry down at an exact moment), a real
 //! `shoal-peer` whose upstream is the proxy, optionally `shoal-lazyfs snapshotter`, and
 //! containerd with the CRI plugin using the peer as its only mirror; a CRI client on it.
 //!
@@ -15,7 +15,6 @@ use anyhow::Result;
 
 use super::client::Cri;
 use super::containerd::{Containerd, ContainerdOptions};
-use super::gate::GateProxy;
 use super::image::{BusyboxImage, OciImage};
 use super::snapshotter::{Snapshotter, SnapshotterOptions};
 use super::tail;
@@ -48,7 +47,6 @@ pub struct CriEnv {
     pub snapshotter: Option<Snapshotter>,
     pub peer: PeerProc,
     pub proxy: CountingProxy,
-    pub gate: GateProxy,
     pub registry: RegistryProc,
     /// `HOST:PORT` images are named with: the counting proxy in front of the registry.
     pub host: String,
@@ -71,8 +69,7 @@ impl CriEnv {
             .unwrap();
         let dir = tmp.path().to_path_buf();
         let registry = RegistryProc::start(&dir);
-        let gate = GateProxy::start(&registry.addr);
-        let proxy = CountingProxy::start(&gate.addr);
+        let proxy = CountingProxy::start(&registry.addr);
         let host = proxy.addr.clone();
         let sandbox_image = format!("{host}/{SANDBOX_REPO_TAG}");
         BusyboxImage::new(&["/bin/sleep", "3600"])
@@ -101,7 +98,6 @@ impl CriEnv {
             snapshotter,
             peer,
             proxy,
-            gate,
             registry,
             host,
             sandbox_image,

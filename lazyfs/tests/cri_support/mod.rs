@@ -6,10 +6,10 @@
 //! - [`containerd`]: Debian's containerd 1.6 with everything under a temp dir (CRI plugin,
 //!   runc, the peer as the only registry mirror, optionally `shoal-lazyfs snapshotter` as a
 //!   proxy snapshotter); killed, its containers deleted and its mounts detached on drop;
+//! - [`config`]: its configuration as text (shared with `shoal-bench lazy-pod`);
 //! - [`snapshotter`]: `shoal-lazyfs snapshotter` as a process;
 //! - [`client`]: a blocking CRI client (every call bounded by a timeout, errors returned);
 //! - [`mounts`]: `/proc/self/mountinfo`: mounts under a dir, fs types, overlay lowerdirs;
-//! - [`gate`]: a proxy that takes the registry down at an exact moment;
 //! - [`env`]: all of it wired together for one test;
 //! - [`flow`]: the steps tests share (run, exec, remove, check all gone, convert, metrics).
 //!
@@ -18,10 +18,10 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod config;
 pub mod containerd;
 pub mod env;
 pub mod flow;
-pub mod gate;
 pub mod image;
 pub mod mounts;
 pub mod snapshotter;

@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -230,13 +230,23 @@ impl PeerProc {
     }
 }
 
-/// A TCP proxy counting the bytes sent from upstream to clients.
+/// A TCP proxy counting the bytes sent from upstream to clients. It can also take the
+/// upstream "down" at an exact moment ([`CountingProxy::arm_gate`]).
 pub struct CountingProxy {
     pub addr: String,
     pub down_bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     /// While set, new connections are accepted and then left unanswered.
     pub stall: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+/// Once armed with a string, the first request naming it trips the gate; from then on every
+/// connection, open or new, is cut before anything more is forwarded.
+#[derive(Default)]
+struct Gate {
+    needle: Mutex<Option<Vec<u8>>>,
+    down: AtomicBool,
 }
 
 impl CountingProxy {
@@ -246,10 +256,12 @@ impl CountingProxy {
         let down_bytes = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let stall = Arc::new(AtomicBool::new(false));
-        let (count, stop2, stall2, upstream) = (
+        let gate = Arc::new(Gate::default());
+        let (count, stop2, stall2, gate2, upstream) = (
             down_bytes.clone(),
             stop.clone(),
             stall.clone(),
+            gate.clone(),
             upstream.to_string(),
         );
         std::thread::spawn(move || {
@@ -259,6 +271,10 @@ impl CountingProxy {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                if gate2.down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 if stall2.load(Ordering::Relaxed) {
                     stalled.push(client);
                     continue;
@@ -267,10 +283,10 @@ impl CountingProxy {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let st = stall2.clone();
-                std::thread::spawn(move || pipe(c2, s2, None, st));
-                let (count, st) = (count.clone(), stall2.clone());
-                std::thread::spawn(move || pipe(server, client, Some(count), st));
+                let (st, g) = (stall2.clone(), gate2.clone());
+                std::thread::spawn(move || pipe(c2, s2, None, st, g, true));
+                let (count, st, g) = (count.clone(), stall2.clone(), gate2.clone());
+                std::thread::spawn(move || pipe(server, client, Some(count), st, g, false));
             }
         });
         CountingProxy {
@@ -278,11 +294,22 @@ impl CountingProxy {
             down_bytes,
             stop,
             stall,
+            gate,
         }
     }
 
     pub fn bytes(&self) -> u64 {
         self.down_bytes.load(Ordering::SeqCst)
+    }
+
+    /// From now on, the first request naming `needle` takes the upstream down.
+    pub fn arm_gate(&self, needle: &str) {
+        *self.gate.needle.lock().unwrap() = Some(needle.as_bytes().to_vec());
+    }
+
+    /// Whether a request tripped the gate.
+    pub fn is_down(&self) -> bool {
+        self.gate.down.load(Ordering::SeqCst)
     }
 }
 
@@ -294,14 +321,19 @@ impl Drop for CountingProxy {
 }
 
 /// Copy `from` → `to`; while `stall` is set, hold whatever arrives (open connections
-/// stall too, not only new ones).
+/// stall too, not only new ones). `watch` (client → server only): bytes naming the armed
+/// gate's needle trip it; once it is down the connection is cut.
 fn pipe(
     mut from: TcpStream,
     mut to: TcpStream,
     count: Option<Arc<AtomicU64>>,
     stall: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    watch: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    // The end of what came before, so a needle split between two reads is still seen.
+    let mut carry: Vec<u8> = Vec::new();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -309,6 +341,24 @@ fn pipe(
         };
         while stall.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+        }
+        let needle = if watch {
+            gate.needle.lock().unwrap().clone()
+        } else {
+            None
+        };
+        if let Some(needle) = needle {
+            carry.extend_from_slice(&buf[..n]);
+            if carry.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                gate.down.store(true, Ordering::SeqCst);
+            }
+            let keep = carry.len().saturating_sub(needle.len());
+            carry.drain(..keep);
+        }
+        if gate.down.load(Ordering::SeqCst) {
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+            return;
         }
         if let Some(c) = &count {
             c.fetch_add(n as u64, Ordering::SeqCst);
