@@ -223,13 +223,6 @@ fn catalogue_matches_running_daemons() {
         "shoal-peer get failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let peer_families = families(&scrape(&mut peer, metrics_port, "shoal-peer"));
-    check_both_ways(
-        &cat,
-        &peer_families,
-        "shoal_",
-        "shoal-peer after a download",
-    );
     assert_eq!(
         std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0),
         300_000,
@@ -245,13 +238,32 @@ fn catalogue_matches_running_daemons() {
         "shoal_peer_upstream_requests_total",
         "shoal_peer_upstream_failures_total",
     ];
-    for (name, entry) in &cat {
-        if entry.after_first_use && !NEED_FAILURES_OR_MIRROR.contains(&name.as_str()) {
-            assert!(
-                peer_families.contains_key(name),
-                "docs/metrics.md lists {name}, but it does not appear after a download"
-            );
+    let expected: Vec<&String> = cat
+        .iter()
+        .filter(|(n, e)| e.after_first_use && !NEED_FAILURES_OR_MIRROR.contains(&n.as_str()))
+        .map(|(n, _)| n)
+        .collect();
+    // The client has its last verified byte a moment before the download's own bookkeeping
+    // (whole-blob verification, counters) ends, so wait for that briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let peer_families = loop {
+        let f = families(&scrape(&mut peer, metrics_port, "shoal-peer"));
+        if expected.iter().all(|n| f.contains_key(*n)) || Instant::now() > deadline {
+            break f;
         }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    check_both_ways(
+        &cat,
+        &peer_families,
+        "shoal_",
+        "shoal-peer after a download",
+    );
+    for name in expected {
+        assert!(
+            peer_families.contains_key(name),
+            "docs/metrics.md lists {name}, but it does not appear after a download"
+        );
     }
 
     // A standalone supernode: only supernode metrics.
