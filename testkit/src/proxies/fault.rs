@@ -1,0 +1,665 @@
+//! An HTTP/1.1 proxy that injects faults, for tests showing that a failing registry or peer
+//! never turns into a failed, stalled or corrupted pull.
+//!
+//! Each request that matches the plan's path filter gets a number (0, 1, 2, … in arrival
+//! order across all connections); the plan's [`Trigger`] decides from that number whether
+//! the request meets the plan's [`Fault`]. A share of requests is chosen by hashing the
+//! number with a seed, so a run can be reproduced. Faults apply to whole exchanges: the
+//! request is answered or forwarded whole, and the response is what the fault makes of it.
+
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::http::{copy_body, read_head, Framing, Head, Pass, Tap};
+use super::{listen, port_of, Stop};
+
+/// What happens to a faulted exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Answer with this status (e.g. 503) and an empty body; the upstream never sees the
+    /// request. 429 and 503 answers carry `Retry-After: 0`.
+    Status(u16),
+    /// Close the client's connection with a TCP reset instead of answering.
+    Reset,
+    /// Forward the response head and the first `n` body bytes, then close the connection.
+    Truncate(u64),
+    /// Forward the response head and the first `n` body bytes, then hold the connection open
+    /// and silent (a parent that stops answering without closing). `Stall(0)` after the
+    /// head; the request itself is forwarded.
+    Stall(u64),
+    /// Swallow the request: no answer, connection held open.
+    Hang,
+    /// Forward the response body at no more than this many bytes per second.
+    Rate(u64),
+    /// Flip (XOR 0xff) every body byte whose offset is a multiple of `n` (from 0).
+    Corrupt(u64),
+}
+
+/// Which matching requests meet the fault.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trigger {
+    Never,
+    Always,
+    /// About `ratio` (0.0 to 1.0) of requests, picked by hashing each request's number with
+    /// `seed`: the same seed faults the same numbers.
+    Share {
+        ratio: f64,
+        seed: u64,
+    },
+    /// The requests with these numbers.
+    Requests(Vec<u64>),
+    /// The first `n` requests.
+    First(u64),
+}
+
+impl Trigger {
+    fn fires(&self, n: u64) -> bool {
+        match self {
+            Trigger::Never => false,
+            Trigger::Always => true,
+            Trigger::Share { ratio, seed } => {
+                let h = splitmix(seed ^ splitmix(n));
+                (h as f64 / u64::MAX as f64) < *ratio
+            }
+            Trigger::Requests(list) => list.contains(&n),
+            Trigger::First(k) => n < *k,
+        }
+    }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A fault, when it fires, and on which requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultPlan {
+    pub fault: Fault,
+    pub trigger: Trigger,
+    /// Only requests whose target contains this string are numbered and may be faulted
+    /// (e.g. `/blobs/`); others pass untouched.
+    pub path_contains: Option<String>,
+}
+
+impl FaultPlan {
+    /// `fault` on every request.
+    pub fn always(fault: Fault) -> FaultPlan {
+        Self::new(fault, Trigger::Always)
+    }
+
+    pub fn new(fault: Fault, trigger: Trigger) -> FaultPlan {
+        FaultPlan {
+            fault,
+            trigger,
+            path_contains: None,
+        }
+    }
+
+    /// No fault: a transparent proxy.
+    pub fn none() -> FaultPlan {
+        Self::new(Fault::Status(503), Trigger::Never)
+    }
+
+    /// Only requests whose target contains `needle`.
+    pub fn on_paths(mut self, needle: &str) -> FaultPlan {
+        self.path_contains = Some(needle.to_string());
+        self
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    plan: Mutex<Option<FaultPlan>>,
+    /// Requests seen (all of them).
+    requests: AtomicU64,
+    /// Requests that matched the path filter (the next one's number).
+    matched: AtomicU64,
+    faulted: AtomicU64,
+    /// Response bytes sent to clients.
+    down_bytes: AtomicU64,
+}
+
+/// The proxy; stops accepting when dropped, and connections it holds (stalls, hangs) are
+/// released then.
+pub struct FaultProxy {
+    /// `127.0.0.1:PORT` to send requests to.
+    pub addr: String,
+    pub port: u16,
+    shared: Arc<Shared>,
+    _stop: Stop,
+}
+
+impl FaultProxy {
+    /// Proxies to `upstream` (`HOST:PORT`) under `plan`.
+    pub fn start(upstream: &str, plan: FaultPlan) -> FaultProxy {
+        let shared = Arc::new(Shared {
+            plan: Mutex::new(Some(plan)),
+            ..Shared::default()
+        });
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (sh, st, upstream) = (shared.clone(), stopped.clone(), upstream.to_string());
+        let (addr, stop) = listen(move |client| serve(client, &upstream, &sh, &st));
+        // The connection threads watch the accept loop's flag; tie `stopped` to it.
+        let flag = stop.stopped();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stopped.store(true, Ordering::Relaxed);
+        });
+        FaultProxy {
+            port: port_of(&addr),
+            addr,
+            shared,
+            _stop: stop,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the plan (numbering goes on): a schedule over time is a test changing plans.
+    pub fn set_plan(&self, plan: FaultPlan) {
+        *self.shared.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan);
+    }
+
+    /// Requests seen so far (faulted or not).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests faulted so far.
+    pub fn faulted(&self) -> u64 {
+        self.shared.faulted.load(Ordering::SeqCst)
+    }
+
+    /// Response bytes sent to clients so far.
+    pub fn bytes(&self) -> u64 {
+        self.shared.down_bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// The fault for the next request with `target`, if it meets one.
+fn decide(shared: &Shared, target: &str) -> Option<Fault> {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let plan = shared
+        .plan
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()?;
+    if plan
+        .path_contains
+        .as_deref()
+        .is_some_and(|p| !target.contains(p))
+    {
+        return None;
+    }
+    let n = shared.matched.fetch_add(1, Ordering::SeqCst);
+    if !plan.trigger.fires(n) {
+        return None;
+    }
+    shared.faulted.fetch_add(1, Ordering::SeqCst);
+    Some(plan.fault)
+}
+
+/// One client connection, one exchange at a time.
+fn serve(client: TcpStream, upstream: &str, shared: &Shared, stopped: &AtomicBool) {
+    let _ = client.set_nodelay(true);
+    let Ok(client_w) = client.try_clone() else {
+        return;
+    };
+    let mut client_w = client_w;
+    let mut from_client = BufReader::new(client);
+    let mut server: Option<(BufReader<TcpStream>, TcpStream)> = None;
+    while let Ok(Some(head)) = read_head(&mut from_client) {
+        let req = Head::parse(&head);
+        let (method, target) = req.request();
+        let fault = decide(shared, &target);
+        match fault {
+            Some(Fault::Status(code)) => {
+                let body = copy_body(
+                    &mut from_client,
+                    &mut std::io::sink(),
+                    req.request_framing(),
+                    &mut Pass,
+                );
+                if !matches!(body, Ok(true)) {
+                    return;
+                }
+                let retry = if code == 429 || code == 503 {
+                    "Retry-After: 0\r\n"
+                } else {
+                    ""
+                };
+                let answer =
+                    format!("HTTP/1.1 {code} Injected fault\r\nContent-Length: 0\r\n{retry}\r\n");
+                if client_w.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Fault::Reset) => {
+                reset(&client_w);
+                return;
+            }
+            Some(Fault::Hang) => {
+                hold(stopped);
+                return;
+            }
+            _ => {}
+        }
+        if server.is_none() {
+            let Ok(s) = TcpStream::connect(upstream) else {
+                return; // the client sees the connection close: upstream down
+            };
+            let _ = s.set_nodelay(true);
+            let Ok(w) = s.try_clone() else { return };
+            server = Some((BufReader::new(s), w));
+        }
+        let Some((server_r, server_w)) = server.as_mut() else {
+            return;
+        };
+        if server_w.write_all(&head).is_err()
+            || !matches!(
+                copy_body(&mut from_client, server_w, req.request_framing(), &mut Pass),
+                Ok(true)
+            )
+        {
+            return;
+        }
+        // The response, after any interim (1xx) ones.
+        let resp_head = loop {
+            let Ok(Some(h)) = read_head(server_r) else {
+                return;
+            };
+            let parsed = Head::parse(&h);
+            let interim = (100..200).contains(&parsed.status()) && parsed.status() != 101;
+            if client_w.write_all(&h).is_err() {
+                return;
+            }
+            shared
+                .down_bytes
+                .fetch_add(h.len() as u64, Ordering::SeqCst);
+            if !interim {
+                break parsed;
+            }
+        };
+        let framing = resp_head.response_framing(&method);
+        let until_eof = matches!(framing, Framing::UntilEof);
+        let mut tap = Faulty {
+            fault,
+            offset: 0,
+            started: Instant::now(),
+            shared,
+        };
+        match copy_body(server_r, &mut client_w, framing, &mut tap) {
+            Ok(true) if !until_eof => {}
+            Ok(_) => return,
+            Err(_) => {
+                match tap.fault {
+                    Some(Fault::Stall(_)) => hold(stopped),
+                    Some(Fault::Truncate(_)) => {
+                        let _ = client_w.shutdown(Shutdown::Both);
+                    }
+                    _ => {}
+                }
+                return;
+            }
+        }
+        if resp_head
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            return;
+        }
+    }
+}
+
+/// Applies a response fault to the body's payload as it passes.
+struct Faulty<'a> {
+    fault: Option<Fault>,
+    /// Payload bytes forwarded so far.
+    offset: u64,
+    started: Instant,
+    shared: &'a Shared,
+}
+
+impl Tap for Faulty<'_> {
+    fn framing(&mut self, n: u64) {
+        self.shared.down_bytes.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn payload(&mut self, bytes: &mut [u8]) -> usize {
+        let len = bytes.len() as u64;
+        let keep = match self.fault {
+            Some(Fault::Truncate(n)) | Some(Fault::Stall(n)) => {
+                n.saturating_sub(self.offset).min(len)
+            }
+            Some(Fault::Corrupt(every)) => {
+                let every = every.max(1);
+                let first = (every - self.offset % every) % every;
+                let mut i = first;
+                while i < len {
+                    bytes[i as usize] ^= 0xff;
+                    i += every;
+                }
+                len
+            }
+            Some(Fault::Rate(rate)) => {
+                // Sleep until the bytes sent so far, these included, fit the rate.
+                let due = Duration::from_secs_f64((self.offset + len) as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                len
+            }
+            _ => len,
+        };
+        self.offset += keep;
+        self.shared.down_bytes.fetch_add(keep, Ordering::SeqCst);
+        keep as usize
+    }
+}
+
+/// Makes closing `stream` send a TCP reset (RST, not FIN): SO_LINGER with a zero timeout.
+/// The reset goes out when the caller drops its last handle to the socket.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd we own, a pointer to a live struct of the stated size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Holds the calling connection open and silent until the proxy stops.
+fn hold(stopped: &AtomicBool) {
+    while !stopped.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, Read};
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::blobs::random_blob;
+
+    const LEN: usize = 50_000;
+
+    /// An upstream answering every `GET` with `LEN` bytes (chunked for `/chunked…`), keep-alive;
+    /// returns its address and a count of the requests it saw.
+    fn upstream() -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(AtomicU64::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().unwrap();
+                    let mut r = BufReader::new(conn);
+                    while let Ok(Some(head)) = read_head(&mut r) {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let (_, target) = Head::parse(&head).request();
+                        let body = random_blob(1, LEN);
+                        let ok = if target.starts_with("/chunked") {
+                            let (a, b) = body.split_at(LEN / 2);
+                            let mut out = format!(
+                                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                                a.len()
+                            )
+                            .into_bytes();
+                            out.extend_from_slice(a);
+                            out.extend_from_slice(format!("\r\n{:x}\r\n", b.len()).as_bytes());
+                            out.extend_from_slice(b);
+                            out.extend_from_slice(b"\r\n0\r\n\r\n");
+                            w.write_all(&out)
+                        } else {
+                            w.write_all(
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n")
+                                    .as_bytes(),
+                            )
+                            .and_then(|_| w.write_all(&body))
+                        };
+                        if ok.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A keep-alive client connection.
+    struct Client {
+        r: BufReader<TcpStream>,
+        w: TcpStream,
+    }
+
+    /// What a request got: status and body, or the error that ended it.
+    #[derive(Debug)]
+    enum Got {
+        Answer(u16, Vec<u8>),
+        /// The connection ended (or timed out) after this many body bytes.
+        Broken(std::io::ErrorKind, usize),
+    }
+
+    impl Client {
+        fn connect(addr: &str) -> Client {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(800)))
+                .unwrap();
+            Client {
+                w: s.try_clone().unwrap(),
+                r: BufReader::new(s),
+            }
+        }
+
+        fn get(&mut self, target: &str) -> Got {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+            if let Err(e) = self.w.write_all(req.as_bytes()) {
+                return Got::Broken(e.kind(), 0);
+            }
+            let head = match read_head(&mut self.r) {
+                Ok(Some(h)) => Head::parse(&h),
+                Ok(None) => return Got::Broken(std::io::ErrorKind::UnexpectedEof, 0),
+                Err(e) => return Got::Broken(e.kind(), 0),
+            };
+            let mut body = Vec::new();
+            let want = match head.response_framing("GET") {
+                Framing::Length(n) => n as usize,
+                Framing::Chunked => {
+                    // Test bodies are small: read chunk lines and data.
+                    loop {
+                        let mut line = String::new();
+                        if let Err(e) = self.r.read_line(&mut line) {
+                            return Got::Broken(e.kind(), body.len());
+                        }
+                        let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                        let mut chunk = vec![0; n + 2];
+                        if let Err(e) = self.r.read_exact(&mut chunk) {
+                            return Got::Broken(e.kind(), body.len());
+                        }
+                        if n == 0 {
+                            return Got::Answer(head.status(), body);
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                _ => 0,
+            };
+            let mut buf = [0u8; 8192];
+            while body.len() < want {
+                match self.r.read(&mut buf) {
+                    Ok(0) => return Got::Broken(std::io::ErrorKind::UnexpectedEof, body.len()),
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                    Err(e) => return Got::Broken(e.kind(), body.len()),
+                }
+            }
+            Got::Answer(head.status(), body)
+        }
+    }
+
+    fn proxy(plan: FaultPlan) -> (FaultProxy, Arc<AtomicU64>) {
+        let (up, seen) = upstream();
+        (FaultProxy::start(&up, plan), seen)
+    }
+
+    #[test]
+    fn passes_exchanges_through_on_one_connection() {
+        let (p, seen) = proxy(FaultPlan::none());
+        let mut c = Client::connect(&p.addr);
+        for target in ["/a", "/chunked", "/b"] {
+            match c.get(target) {
+                Got::Answer(200, body) => assert!(body == random_blob(1, LEN), "{target}"),
+                other => panic!("{target}: {other:?}"),
+            }
+        }
+        assert_eq!((p.requests(), p.faulted()), (3, 0));
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert!(p.bytes() > 3 * LEN as u64);
+    }
+
+    #[test]
+    fn answers_a_seeded_share_with_503() {
+        let trigger = Trigger::Share {
+            ratio: 0.3,
+            seed: 42,
+        };
+        let expected: Vec<bool> = (0..100).map(|n| trigger.fires(n)).collect();
+        let hits = expected.iter().filter(|f| **f).count();
+        assert!((15..=45).contains(&hits), "about 30 % fire: {hits}");
+        let (p, seen) = proxy(FaultPlan::new(Fault::Status(503), trigger));
+        let mut c = Client::connect(&p.addr);
+        for (n, fault) in expected.iter().enumerate() {
+            match (c.get("/x"), fault) {
+                (Got::Answer(503, body), true) => assert!(body.is_empty()),
+                (Got::Answer(200, body), false) => assert_eq!(body.len(), LEN),
+                (got, _) => panic!("request {n}: {got:?}, fault expected: {fault}"),
+            }
+        }
+        assert_eq!(p.faulted(), hits as u64);
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            100 - hits as u64,
+            "503s never go up"
+        );
+    }
+
+    #[test]
+    fn resets_the_connection() {
+        let (p, _) = proxy(FaultPlan::always(Fault::Reset));
+        match Client::connect(&p.addr).get("/x") {
+            Got::Broken(kind, 0) => assert_eq!(kind, std::io::ErrorKind::ConnectionReset),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cuts_bodies_short() {
+        let (p, _) = proxy(FaultPlan::always(Fault::Truncate(1000)));
+        match Client::connect(&p.addr).get("/x") {
+            Got::Broken(std::io::ErrorKind::UnexpectedEof, 1000) => {}
+            other => panic!("{other:?}"),
+        }
+        match Client::connect(&p.addr).get("/chunked") {
+            Got::Broken(std::io::ErrorKind::UnexpectedEof, _) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stalls_mid_body_and_hangs_without_closing() {
+        let (p, _) = proxy(FaultPlan::always(Fault::Stall(10)));
+        match Client::connect(&p.addr).get("/x") {
+            Got::Broken(kind, 10) => assert!(
+                matches!(
+                    kind,
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{kind:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        p.set_plan(FaultPlan::always(Fault::Hang));
+        match Client::connect(&p.addr).get("/x") {
+            Got::Broken(kind, 0) => assert!(
+                matches!(
+                    kind,
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{kind:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn slows_to_a_rate() {
+        let (p, _) = proxy(FaultPlan::always(Fault::Rate(100_000)));
+        let mut c = Client::connect(&p.addr);
+        c.r.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let start = Instant::now();
+        match c.get("/x") {
+            Got::Answer(200, body) => assert_eq!(body.len(), LEN),
+            other => panic!("{other:?}"),
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(450),
+            "{LEN} B at 100 kB/s took {took:?}"
+        );
+    }
+
+    #[test]
+    fn corrupts_chosen_bytes_of_scheduled_blob_requests() {
+        let plan =
+            FaultPlan::new(Fault::Corrupt(4096), Trigger::Requests(vec![1])).on_paths("/blobs/");
+        let (p, _) = proxy(plan);
+        let mut c = Client::connect(&p.addr);
+        let want = random_blob(1, LEN);
+        for (target, corrupt) in [
+            ("/blobs/0", false),
+            ("/manifests/x", false),
+            ("/blobs/1", true),
+            ("/chunked/blobs/2", false),
+        ] {
+            let Got::Answer(200, body) = c.get(target) else {
+                panic!("{target}");
+            };
+            let bad: Vec<usize> = (0..LEN).filter(|&i| body[i] != want[i]).collect();
+            if corrupt {
+                let every: Vec<usize> = (0..LEN).step_by(4096).collect();
+                assert_eq!(bad, every, "{target}");
+            } else {
+                assert!(bad.is_empty(), "{target}: {} bad bytes", bad.len());
+            }
+        }
+        assert_eq!((p.requests(), p.faulted()), (4, 1));
+    }
+}
