@@ -75,9 +75,6 @@ pub struct PeerConfig {
     pub embedded_supernode: shoal_supernode::SupernodeConfig,
     /// Log filter (`info`, `shoal_peer=debug`, ...).
     pub log_level: String,
-    /// Test-only fault injection: serve corrupted bytes to other peers.
-    #[serde(skip)]
-    pub fault_corrupt_uploads: bool,
 }
 
 /// Smallest `piece_size` accepted: below it per-piece overhead (a request, a report, a
@@ -110,7 +107,6 @@ impl Default for PeerConfig {
             connect_timeout: Duration::from_secs(5),
             embedded_supernode: shoal_supernode::SupernodeConfig::default(),
             log_level: "info".into(),
-            fault_corrupt_uploads: false,
         }
     }
 }

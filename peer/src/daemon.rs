@@ -135,7 +135,6 @@ pub async fn run(
                 storage: storage.clone(),
                 metrics: metrics.clone(),
                 upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
-                corrupt: config.fault_corrupt_uploads,
             }),
         ),
         (

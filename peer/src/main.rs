@@ -128,9 +128,6 @@ struct RunArgs {
     /// Log filter, e.g. info or shoal_peer=debug.
     #[arg(long, env = "SHOAL_LOG")]
     log_level: Option<String>,
-    /// Test-only: serve corrupted bytes to other peers.
-    #[arg(long, hide = true)]
-    fault_corrupt_uploads: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -197,7 +194,6 @@ impl RunArgs {
         if self.advertise_addr.is_some() {
             c.advertise_addr = self.advertise_addr;
         }
-        c.fault_corrupt_uploads = self.fault_corrupt_uploads;
         c.validate()?;
         Ok(c)
     }

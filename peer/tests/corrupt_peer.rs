@@ -1,5 +1,6 @@
-//! A peer that serves corrupted pieces (`--fault-corrupt-uploads`) cannot poison another peer:
-//! the downloader detects the bad pieces, rejects them and still ends with the right blob.
+//! A peer whose pieces reach others corrupted (a fault proxy in front of its piece server
+//! flips bytes) cannot poison another peer: the downloader detects the bad pieces, rejects
+//! them and still ends with the right blob.
 
 mod support;
 
@@ -18,11 +19,9 @@ async fn corrupted_pieces_are_rejected() {
         let task = digest.to_string();
 
         let supernode = Supernode::start().await;
-        let liar = Peer::start(
+        let (liar, lie) = start_liar(
             "liar",
-            PeerOpts::with_supernode(&supernode)
-                .peer_id("liar")
-                .arg("--fault-corrupt-uploads"),
+            PeerOpts::with_supernode(&supernode).peer_id("liar"),
         )
         .await;
         let out = tempfile::tempdir().unwrap();
@@ -35,13 +34,13 @@ async fn corrupted_pieces_are_rejected() {
         assert_file_digest(&liar_copy, &digest);
 
         // The fault must be active, or this test would prove nothing.
-        let (status, served) = liar.fetch_range(&task, 0, 65535).await;
+        let (status, served) = fetch_piece_range(&lie.url(), &task, 0, 65535).await;
         assert_eq!(status, 206, "faulty peer's piece server");
         assert_eq!(served.len(), 65536);
         assert_ne!(
             served[..],
             blob[..65536],
-            "--fault-corrupt-uploads served correct bytes"
+            "the corrupting proxy served correct bytes"
         );
 
         let honest = Peer::start("honest", PeerOpts::with_supernode(&supernode)).await;

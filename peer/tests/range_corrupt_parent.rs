@@ -1,6 +1,6 @@
-//! A parent that serves corrupt pieces (`--fault-corrupt-uploads`) cannot poison a ranged
-//! request: peer A holds the blob and lies to other peers; peer B asks a range through its
-//! mirror and gets exactly the registry's bytes (from another holder or the origin), having
+//! A parent that serves corrupt pieces (a fault proxy in front of its piece server flips
+//! bytes) cannot poison a ranged request: peer A holds the blob and lies to other peers; peer B
+//! asks a range through its mirror and gets exactly the registry's bytes (from another holder or the origin), having
 //! caught and rejected A's pieces; nothing corrupt lands in B's cache; peer C, with a liar and
 //! an honest holder to choose from, gets a wider range right too.
 
@@ -36,14 +36,14 @@ async fn range_from_lying_parent_is_rejected() {
                 origin.host()
             )
         };
-        let liar = Peer::start("liar", opts("liar").arg("--fault-corrupt-uploads")).await;
+        let (liar, lie) = start_liar("liar", opts("liar")).await;
 
         // The liar fetches the whole blob first (correctly stored: it only lies when serving).
         fetch(&url(&liar, &digest), None, None)
             .await
             .assert_bytes(&blob, "the liar's own whole-blob GET");
         // The fault must be active, or this test would prove nothing.
-        let (status, served) = liar.fetch_range(&task, 0, 65535).await;
+        let (status, served) = fetch_piece_range(&lie.url(), &task, 0, 65535).await;
         assert_eq!(status, 206, "the liar's piece server");
         assert_eq!(
             served.len(),
@@ -53,7 +53,7 @@ async fn range_from_lying_parent_is_rejected() {
         assert_ne!(
             served[..],
             blob[..65536],
-            "--fault-corrupt-uploads served correct bytes"
+            "the corrupting proxy served correct bytes"
         );
 
         // Peer B asks a range over pieces 1-5 while the liar is their only holder.

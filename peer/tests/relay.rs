@@ -95,7 +95,7 @@ async fn a_peer_passes_on_pieces_while_the_origin_sends_them() {
             relayed >= (1 << 20) as f64,
             "r passed on no piece while the origin sent it ({relayed} B)"
         );
-        let egress = origin.proxy.egress();
+        let egress = origin.egress();
         assert!(
             egress < (BLOB + BLOB / 10) as u64,
             "the origin sent {egress} B for a {BLOB} B blob"

@@ -33,8 +33,6 @@ pub struct P2pState {
     pub storage: Arc<Storage>,
     pub metrics: PeerMetrics,
     pub upload_limit: Arc<RateLimit>,
-    /// Test-only fault injection: flip bytes of everything served.
-    pub corrupt: bool,
 }
 
 pub fn router(state: P2pState) -> Router {
@@ -107,7 +105,7 @@ async fn serve_range(
     };
     st.metrics.uploads_active.inc();
     let guard = UploadGuard(st.metrics.uploads_active.clone());
-    let (metrics, limit, corrupt) = (st.metrics.clone(), st.upload_limit.clone(), st.corrupt);
+    let (metrics, limit) = (st.metrics.clone(), st.upload_limit.clone());
     let body = source.then(move |chunk| {
         let metrics = metrics.clone();
         let limit = limit.clone();
@@ -116,14 +114,7 @@ async fn serve_range(
             let chunk = chunk?;
             limit.consume(chunk.len()).await;
             metrics.upload_bytes.inc_by(chunk.len() as u64);
-            if corrupt {
-                let mut bad = chunk.to_vec();
-                for b in bad.iter_mut().step_by(4096) {
-                    *b ^= 0xff;
-                }
-                return Ok::<_, Error>(bytes::Bytes::from(bad));
-            }
-            Ok(chunk)
+            Ok::<_, Error>(chunk)
         }
     });
     let len = range.end - range.start;

@@ -1,6 +1,7 @@
-//! Shared helpers for the end-to-end tests: binaries, ports, timeouts and blobs here;
-//! [`registry`] (a real registry behind a byte-counting proxy), [`process`] (supernode and peer
-//! processes), [`get`] (`shoal-peer get`), [`metrics`] (reading a scrape), [`image`]
+//! Shared helpers for the peer's end-to-end tests, on top of `shoal-testkit` (ports, child
+//! processes, the registry, proxies, metrics and blobs, re-exported here): binaries, timeouts
+//! and files here; [`registry`] (the registry behind a byte-counting proxy, and pushing to it),
+//! [`process`] (supernode and peer processes), [`get`] (`shoal-peer get`), [`image`]
 //! (umoci/skopeo images, OCI client requests), [`containerd`] (a real containerd), [`ranged`]
 //! (ranged blob requests through a mirror) and [`token`] (a bearer-token issuer for a real
 //! registry).
@@ -10,17 +11,15 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::collections::HashSet;
-use std::fs::File;
 use std::future::Future;
-use std::io::Read;
-use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-use shoal_common::{Digest, Sha256Hasher};
+#[allow(unused_imports)]
+pub use shoal_testkit::{
+    assert_file_digest, free_port, hermetic_env, metric_value, random_blob, sha256_file, Daemon,
+    Fault, FaultPlan, FaultProxy, Registry, RegistryAuth,
+};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -30,20 +29,9 @@ pub const HEADERS_ONLY: u64 = 16 * 1024;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Variables that would route the children's (or our) HTTP through a proxy.
-const PROXY_VARS: &[&str] = &[
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-];
-
 mod containerd;
 mod get;
 mod image;
-mod metrics;
 mod process;
 mod ranged;
 mod registry;
@@ -56,8 +44,6 @@ pub use get::*;
 #[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]
-pub use metrics::*;
-#[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]
 pub use ranged::*;
@@ -68,6 +54,19 @@ pub use token::*;
 
 // ---------------------------------------------------------------------------------------------
 // Binaries, ports, timeouts
+
+/// A peer that lies to other peers: started with `opts`, its piece server sits behind a
+/// [`FaultProxy`] that flips one byte in every 4 KiB of what it serves, and the supernode is
+/// told to send other peers there. It stores (and serves to its own clients) correct bytes.
+pub async fn start_liar(name: &str, opts: PeerOpts) -> (Peer, FaultProxy) {
+    let p2p_port = free_port();
+    let proxy = FaultProxy::start(
+        &format!("127.0.0.1:{p2p_port}"),
+        FaultPlan::always(Fault::Corrupt(4096)),
+    );
+    let opts = opts.p2p_port(p2p_port).advertise_port(proxy.port);
+    (Peer::start(name, opts).await, proxy)
+}
 
 pub fn peer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_shoal-peer"))
@@ -82,29 +81,6 @@ pub fn supernode_bin() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A free port on 127.0.0.1. Picked at random below the kernel's ephemeral range (where
-/// outgoing connections take their ports) and checked bindable, so tests running in parallel
-/// processes and the connections they make rarely collide with it.
-pub fn free_port() -> u16 {
-    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let taken = TAKEN.get_or_init(Default::default);
-    let mut rng = rand::rng();
-    for _ in 0..1000 {
-        let port: u16 = rng.random_range(20_000..32_000);
-        let mut taken = taken.lock().unwrap();
-        if taken.contains(&port) {
-            continue;
-        }
-        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
-            taken.insert(port);
-            return port;
-        }
-    }
-    // Fall back to the kernel's choice.
-    let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
 }
 
 /// Runs `fut`, panicking if it takes longer than `limit` (a hang fails the test instead of
@@ -144,65 +120,8 @@ pub fn http() -> reqwest::Client {
         .expect("reqwest client")
 }
 
-async fn status_of(url: &str) -> Option<u16> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    client
-        .get(url)
-        .send()
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-}
-
 // ---------------------------------------------------------------------------------------------
-// Blobs and files
-
-/// `len` pseudo-random bytes, the same for the same seed (splitmix64: fast even in debug
-/// builds). Every piece differs from every other, so a peer serving the wrong piece cannot go
-/// unnoticed.
-pub fn random_blob(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    let mut state = seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
-    for chunk in data.chunks_mut(8) {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-    }
-    data
-}
-
-pub fn sha256_file(path: &Path) -> Digest {
-    let mut f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut h = Sha256Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).expect("read");
-        if n == 0 {
-            return h.finish();
-        }
-        h.update(&buf[..n]);
-    }
-}
-
-/// Asserts `path` exists and has exactly the content named by `digest`.
-pub fn assert_file_digest(path: &Path, digest: &Digest) {
-    assert!(path.exists(), "{} was not written", path.display());
-    let got = sha256_file(path);
-    assert_eq!(
-        &got,
-        digest,
-        "{} has the wrong content ({} bytes)",
-        path.display(),
-        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-    );
-}
+// Files
 
 /// Names of the entries in `dir` (to check no partial or temp file is left behind).
 pub fn dir_entries(dir: &Path) -> Vec<String> {

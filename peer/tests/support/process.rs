@@ -1,127 +1,11 @@
-//! Child processes: a kill-on-drop wrapper with log files, and the supernode and peer
-//! daemons built on it.
+//! The supernode and peer daemons, on the test kit's kill-on-drop [`Daemon`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use tempfile::TempDir;
 
-use super::{
-    free_port, http, metric_value, peer_bin, status_of, supernode_bin, PROXY_VARS, READY_TIMEOUT,
-};
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
-
-/// Removes the variables that would change a child's behaviour behind the test's back: HTTP
-/// proxies and Shoal's own `SHOAL_*` settings.
-pub fn hermetic_env(cmd: &mut Command) {
-    for var in PROXY_VARS {
-        cmd.env_remove(var);
-    }
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SHOAL_") {
-            cmd.env_remove(key);
-        }
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped on drop; its stdout/stderr go to files whose
-/// tails are printed when the test panics.
-pub struct Daemon {
-    name: String,
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `cmd` with output to `log_dir/NAME.{stdout,stderr}` (appended, so a restarted
-    /// process keeps one log).
-    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Daemon {
-        let stdout = log_dir.join(format!("{name}.stdout"));
-        let stderr = log_dir.join(format!("{name}.stderr"));
-        let open = |p: &Path| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
-        };
-        hermetic_env(&mut cmd);
-        cmd.env("NO_COLOR", "1");
-        // `SHOAL_TEST_LOG=debug cargo test ...` for verbose daemon logs.
-        if let Ok(filter) = std::env::var("SHOAL_TEST_LOG") {
-            cmd.env("SHOAL_LOG", &filter).env("RUST_LOG", filter);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(open(&stdout))
-            .stderr(open(&stderr));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name} ({cmd:?}): {e}"));
-        Daemon {
-            name: name.to_string(),
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// `Some(status)` when the process has exited.
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Panics (with the logs) if the process has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.try_exit() {
-            // The log tail is printed when the handle drops.
-            panic!("{} exited unexpectedly with {status}", self.name);
-        }
-    }
-
-    pub fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    pub fn log_tail(&self) -> String {
-        let tail = |p: &Path| {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        };
-        format!(
-            "----- {} stdout (last 40 lines) -----\n{}\n----- {} stderr (last 40 lines) -----\n{}\n",
-            self.name,
-            tail(&self.stdout),
-            self.name,
-            tail(&self.stderr)
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_tail());
-        }
-    }
-}
+use super::{free_port, http, metric_value, peer_bin, supernode_bin, Daemon, READY_TIMEOUT};
 
 // ---------------------------------------------------------------------------------------------
 // Supernode
@@ -154,12 +38,7 @@ impl Supernode {
         cmd.args(args);
         let mut daemon = Daemon::spawn("supernode", cmd, dir.path());
         let url = format!("http://127.0.0.1:{port}/readyz");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while status_of(&url).await != Some(200) {
-            daemon.assert_running();
-            assert!(Instant::now() < deadline, "supernode not ready on {url}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        daemon.wait_http_async(&url, &[200], READY_TIMEOUT).await;
         Supernode {
             port,
             daemon,
@@ -216,6 +95,11 @@ pub struct PeerOpts {
     pub supernode: Option<String>,
     pub cache_size: Option<String>,
     pub peer_id: Option<String>,
+    /// The piece server's port (default: a free one).
+    pub p2p_port: Option<u16>,
+    /// The port other peers are told to fetch pieces from (default: the piece server's); a
+    /// proxy in front of the piece server listens there.
+    pub advertise_port: Option<u16>,
     /// Any further `shoal-peer run` arguments.
     pub extra: Vec<String>,
 }
@@ -227,6 +111,8 @@ impl PeerOpts {
             supernode: Some(sn.url()),
             cache_size: Some("1GiB".into()),
             peer_id: None,
+            p2p_port: None,
+            advertise_port: None,
             extra: vec![],
         }
     }
@@ -237,6 +123,8 @@ impl PeerOpts {
             supernode: None,
             cache_size: None,
             peer_id: None,
+            p2p_port: None,
+            advertise_port: None,
             extra: vec![],
         }
     }
@@ -248,6 +136,16 @@ impl PeerOpts {
 
     pub fn peer_id(mut self, id: impl Into<String>) -> Self {
         self.peer_id = Some(id.into());
+        self
+    }
+
+    pub fn p2p_port(mut self, port: u16) -> Self {
+        self.p2p_port = Some(port);
+        self
+    }
+
+    pub fn advertise_port(mut self, port: u16) -> Self {
+        self.advertise_port = Some(port);
         self
     }
 
@@ -274,11 +172,16 @@ impl Peer {
     pub async fn start(name: &str, opts: PeerOpts) -> Peer {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
-        let (mirror_port, p2p_port, metrics_port) = (free_port(), free_port(), free_port());
+        let p2p_port = opts.p2p_port.unwrap_or_else(free_port);
+        let (mirror_port, metrics_port) = (free_port(), free_port());
         let mut args: Vec<String> = vec!["run".into()];
         if let Some(sn) = &opts.supernode {
+            let advertise = match opts.advertise_port {
+                Some(port) => format!("127.0.0.1:{port}"),
+                None => "127.0.0.1".into(),
+            };
             args.extend(["--supernode".into(), sn.clone()]);
-            args.extend(["--advertise-addr".into(), "127.0.0.1".into()]);
+            args.extend(["--advertise-addr".into(), advertise]);
         }
         args.extend(["--data-dir".into(), data_dir.display().to_string()]);
         if let Some(size) = &opts.cache_size {
@@ -319,16 +222,7 @@ impl Peer {
 
     pub async fn wait_ready(&mut self) {
         let url = format!("{}/readyz", self.metrics_url());
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while status_of(&url).await != Some(200) {
-            self.daemon.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "peer {} not ready on {url} within {READY_TIMEOUT:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.daemon.wait_http_async(&url, &[200], READY_TIMEOUT).await;
     }
 
     /// SIGKILL, as a crash or power loss would.
@@ -348,7 +242,12 @@ impl Peer {
     }
 
     pub async fn is_ready(&self) -> bool {
-        status_of(&format!("{}/readyz", self.metrics_url())).await == Some(200)
+        let url = format!("{}/readyz", self.metrics_url());
+        tokio::task::spawn_blocking(move || shoal_testkit::http_status(&url))
+            .await
+            .ok()
+            .flatten()
+            == Some(200)
     }
 
     pub fn mirror_url(&self) -> String {
@@ -390,14 +289,21 @@ impl Peer {
     /// `GET /api/v1/tasks/{task}/data` with `Range: bytes=START-END` (inclusive) from this
     /// peer's piece server, as another peer would: (status, body).
     pub async fn fetch_range(&self, task: &str, start: u64, end: u64) -> (u16, Vec<u8>) {
-        let resp = http()
-            .get(format!("{}/api/v1/tasks/{task}/data", self.p2p_url()))
-            .header("range", format!("bytes={start}-{end}"))
-            .header(shoal_common::PEER_ID_HEADER, "test-probe")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("piece server of {}: {e}", self.name));
-        let status = resp.status().as_u16();
-        (status, resp.bytes().await.unwrap_or_default().to_vec())
+        fetch_piece_range(&self.p2p_url(), task, start, end).await
     }
+}
+
+/// `GET /api/v1/tasks/{task}/data` with `Range: bytes=START-END` (inclusive) from the piece
+/// server at `base` (a peer's, or a proxy in front of it), as another peer would: (status,
+/// body).
+pub async fn fetch_piece_range(base: &str, task: &str, start: u64, end: u64) -> (u16, Vec<u8>) {
+    let resp = http()
+        .get(format!("{base}/api/v1/tasks/{task}/data"))
+        .header("range", format!("bytes={start}-{end}"))
+        .header(shoal_common::PEER_ID_HEADER, "test-probe")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("piece server at {base}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.unwrap_or_default().to_vec())
 }

@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use tempfile::TempDir;
 
-use super::{base64, basic_auth, http, run, Registry};
+use super::{base64, basic_auth, http, run, Registry, RegistryAuth};
 
 /// The `service` the registry and the issuer agree on.
 pub const TOKEN_SERVICE: &str = "shoal-registry";
@@ -102,7 +102,12 @@ impl TokenIssuer {
 
     /// A real `docker-registry` trusting this issuer.
     pub async fn registry(&self) -> Registry {
-        Registry::start_token(&self.realm(), TOKEN_SERVICE, TOKEN_ISSUER, &self.cert).await
+        Registry::start(RegistryAuth::Token {
+            realm: self.realm(),
+            service: TOKEN_SERVICE.into(),
+            issuer: TOKEN_ISSUER.into(),
+            cert: self.cert.clone(),
+        })
     }
 
     /// `Bearer …` for `actions` (e.g. `pull,push`) on `repo`, asked with `authorization`.
