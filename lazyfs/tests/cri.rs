@@ -32,12 +32,12 @@ use cri_support::can_run_cri;
 use cri_support::client::log_text;
 use cri_support::env::{CriEnv, SnapshotterKind};
 use cri_support::flow::{
-    assert_all_gone, blob_bytes, convert, lazy_layers, manifest_and_digest, metric_value,
-    needs_snapshotter, nonce, parse_metrics, remove_container, remove_pod, run_to_exit, settle,
-    start_idle,
+    assert_all_gone, blob_bytes, convert, lazy_layers, manifest_and_digest, needs_snapshotter,
+    nonce, remove_container, remove_pod, run_to_exit, settle, start_idle,
 };
 use cri_support::image::BusyboxImage;
 use cri_support::mounts::{self, describe};
+use shoal_testkit::{parse_metrics, sum_of};
 
 const MIB: usize = 1 << 20;
 
@@ -240,7 +240,7 @@ fn lazy_image_runs_through_cri() {
     // unpacked), and the image's mount, labelled with the image, served the reads.
     let text = env.snapshotter.as_ref().unwrap().scrape();
     let samples = parse_metrics(&text);
-    let exists = metric_value(
+    let exists = sum_of(
         &samples,
         "shoal_snapshotter_operations_total",
         &[("op", "prepare"), ("result", "exists")],
@@ -251,7 +251,7 @@ fn lazy_image_runs_through_cri() {
         )
     });
     let image_label = format!("{}/shoal-test/lazy@{manifest_digest}", env.host);
-    let read = metric_value(
+    let read = sum_of(
         &samples,
         "shoal_lazyfs_read_bytes_total",
         &[("image", &image_label)],
@@ -261,7 +261,7 @@ fn lazy_image_runs_through_cri() {
     });
     eprintln!("lazy image: prepare → exists {exists} ({lazy_layer_count} lazy layers), {read} B read through the mount");
     // One lazy image on the node: one mount, however many containers and layers.
-    let mounts = metric_value(&samples, "shoal_snapshotter_lazy_mounts", &[]);
+    let mounts = sum_of(&samples, "shoal_snapshotter_lazy_mounts", &[]);
     env.check(mounts == 1.0, || {
         format!("shoal_snapshotter_lazy_mounts is {mounts} with one lazy image:\n{text}")
     });
@@ -277,7 +277,7 @@ fn lazy_image_runs_through_cri() {
     );
     assert_all_gone(&env);
     let text = env.snapshotter.as_ref().unwrap().scrape();
-    let mounts = metric_value(&parse_metrics(&text), "shoal_snapshotter_lazy_mounts", &[]);
+    let mounts = sum_of(&parse_metrics(&text), "shoal_snapshotter_lazy_mounts", &[]);
     env.check(mounts == 0.0, || {
         format!("shoal_snapshotter_lazy_mounts is {mounts} after the image was removed:\n{text}")
     });

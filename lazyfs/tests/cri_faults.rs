@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use cri_support::client::log_text;
 use cri_support::env::{CriEnv, SnapshotterKind};
 use cri_support::flow::{
-    assert_all_gone, convert, exec_ok, lazy_layers, manifest, manifest_and_digest, metric_value,
-    needs_snapshotter, nonce, parse_metrics, remove_container, remove_pod, run_to_exit, settle,
-    start_idle,
+    assert_all_gone, convert, exec_ok, lazy_layers, manifest, manifest_and_digest,
+    needs_snapshotter, nonce, remove_container, remove_pod, run_to_exit, settle, start_idle,
 };
 use cri_support::image::BusyboxImage;
 use cri_support::mounts::{self, describe};
 use cri_support::snapshotter::SnapshotterOptions;
 use k8s_cri::v1::ContainerState;
+use shoal_testkit::{parse_metrics, sum_of};
 
 const MIB: usize = 1 << 20;
 /// containerd reconnects to a restarted snapshotter within this.
@@ -140,7 +140,7 @@ fn image_metric(env: &CriEnv, name: &str, image: &str) -> (f64, usize) {
         .iter()
         .filter(|s| s.name == name && s.label("image") == Some(image))
         .count();
-    (metric_value(&samples, name, &[("image", image)]), n)
+    (sum_of(&samples, name, &[("image", image)]), n)
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn snapshotter_restart_keeps_lazy_containers_working() {
     // The snapshotter's metadata still knows the lazy snapshots: a second container of the
     // image starts on them, with no new mount.
     let samples = parse_metrics(&env.snapshotter.as_ref().unwrap().scrape());
-    let lazy_held = metric_value(&samples, "shoal_snapshotter_snapshots", &[("kind", "lazy")]);
+    let lazy_held = sum_of(&samples, "shoal_snapshotter_snapshots", &[("kind", "lazy")]);
     env.check(lazy_held >= lazy_count as f64, || {
         format!("the restarted snapshotter holds {lazy_held} lazy snapshots, the image has {lazy_count} lazy layers")
     });
@@ -574,7 +574,7 @@ fn broken_lazy_images_fail_cleanly() {
         env.check(out == "ok\n", || format!("{case:?}: echo ok gave {out:?}"));
     }
     let samples = parse_metrics(&env.snapshotter.as_ref().unwrap().scrape());
-    let failures = metric_value(&samples, "shoal_snapshotter_mount_failures_total", &[]);
+    let failures = sum_of(&samples, "shoal_snapshotter_mount_failures_total", &[]);
     env.check(failures >= cases.len() as f64, || {
         format!(
             "shoal_snapshotter_mount_failures_total is {failures} after {} failed mounts",

@@ -21,6 +21,7 @@ use shoal_lazyfs::mount::metrics::Metrics;
 use shoal_lazyfs::mount::source::HttpSource;
 use shoal_lazyfs::store::open_source;
 use shoal_lazyfs::{ImageRef, Index, LazyImage, RegistryOptions};
+use shoal_testkit::metric_sum;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -185,15 +186,6 @@ impl Env {
     fn set_mode(&self, m: Mode) {
         *self.server.mode.lock().unwrap() = m;
     }
-}
-
-/// Sum of the samples whose line starts with `prefix` (name plus labels).
-fn metric_sum(scrape: &str, prefix: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn joined(parts: &[Arc<Vec<u8>>]) -> Vec<u8> {

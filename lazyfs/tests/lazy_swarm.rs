@@ -49,9 +49,9 @@ use std::time::{Duration, Instant};
 
 use common::{prng_bytes, run_ok};
 use mount_support::fixture::can_mount;
-use mount_support::http_log::{Exchange, HttpLog};
-use mount_support::swarm::{metric_labeled, scrape_client, SupernodeProc};
+use mount_support::swarm::{metric_value, scrape_client, SupernodeProc};
 use mount_support::{within, CountingProxy, MountProc, PeerProc};
+use mount_support::{Exchange, HttpLog};
 use shoal_lazyfs::store::open_source;
 use shoal_lazyfs::{ImageRef, Index, LazyImage, RegistryOptions};
 
@@ -88,7 +88,7 @@ fn four_lazy_mounts_cost_the_registry_one_copy_and_a_fifth_reads_from_peers() {
     let list = dir.join("startup.txt");
     let lines: Vec<String> = startup.iter().map(|(p, _)| format!("/{p}\n")).collect();
     fs::write(&list, lines.concat()).expect("write the prefetch list");
-    let registry = mount_support::RegistryProc::start(dir);
+    let registry = mount_support::Registry::start_in(dir, mount_support::RegistryAuth::Open);
     let direct_image = format!("{}/lazy/swarm:t", registry.addr);
     run_ok(&[
         "convert",
@@ -160,8 +160,8 @@ fn four_lazy_mounts_cost_the_registry_one_copy_and_a_fifth_reads_from_peers() {
         .map(|i| PeerProc::start_with_supernode(dir, &format!("peer{i}"), &host, &supernode.url))
         .collect();
     let _tails = LogTails(
-        std::iter::once(supernode.proc_.log.clone())
-            .chain(peers.iter().map(|p| p.proc_.log.clone()))
+        std::iter::once(supernode.proc_.log_path().to_path_buf())
+            .chain(peers.iter().map(|p| p.proc_.log_path().to_path_buf()))
             .collect(),
     );
     let asks: Vec<HttpLog> = peers
@@ -586,7 +586,7 @@ impl Probe<'_> {
         for p in &self.peers {
             let scrape = p.scrape_with(&self.client);
             let by = |source| {
-                metric_labeled(
+                metric_value(
                     &scrape,
                     "shoal_peer_download_bytes_total",
                     &[("source", source)],

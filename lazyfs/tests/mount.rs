@@ -251,7 +251,7 @@ fn dead_sources_give_fast_eio_while_cached_data_reads() {
 
     // Registry and peer go away mid-use.
     fx.peer.proc_.kill();
-    fx.registry.proc_.kill();
+    fx.registry.stop();
     // Forget the kernel's cached pages of these files so reads reach the filesystem again.
     for f in ["usr/bin/big", "etc/passwd"] {
         drop_page_cache(&m.mp.join(f));
@@ -381,7 +381,7 @@ fn prefetch_all_fills_the_cache_so_the_tree_reads_offline() {
     let blobs: u64 = fx.index.blobs.iter().map(|b| b.size).sum();
     assert_eq!(fetched as u64, blobs, "every chunk fetched exactly once");
     fx.peer.proc_.kill();
-    fx.registry.proc_.kill();
+    fx.registry.stop();
     let (exp, mp) = (fx.expected.clone(), m.mp.clone());
     let (want, got) = within(Duration::from_secs(120), "offline tree walk", move || {
         (snapshot(&exp), snapshot(&mp))
@@ -416,7 +416,7 @@ fn a_stalled_fetch_does_not_block_metadata_or_cached_reads() {
         ],
     );
     let cached = fs::read(m.mp.join("etc/passwd")).unwrap();
-    proxy.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy.set_stall(true);
     // A read that hangs on the network until the timeout...
     let mp = m.mp.clone();
     let started = Instant::now();

@@ -36,7 +36,7 @@ fn basic_auth_registry_on_the_direct_path() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let registry = RegistryProc::start_with_basic_auth(tmp.path(), USER, PASSWORD);
+    let registry = Registry::start_in(tmp.path(), RegistryAuth::htpasswd(USER, PASSWORD));
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("etc")).unwrap();
     let big = prng_bytes(7, 700_000, true);

@@ -4,60 +4,20 @@
 
 mod common;
 
-use std::fs;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::*;
+use shoal_testkit::{Registry, RegistryAuth};
 
-struct RegistryProc(Child);
-
-impl Drop for RegistryProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_registry(dir: &std::path::Path) -> Option<(RegistryProc, String)> {
-    if !have("docker-registry") {
+/// A registry on loopback, or `None` (the test skips) when docker-registry is not installed.
+fn start_registry(dir: &std::path::Path) -> Option<(Registry, String)> {
+    if !Registry::installed() {
         eprintln!("SKIP: docker-registry is not installed");
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let cfg = dir.join("config.yml");
-    fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog: {{accesslog: {{disabled: true}}, level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proc_ = RegistryProc(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::blocking::get(format!("http://{addr}/v2/"))
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Some((proc_, addr));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("registry did not start on {addr}");
+    let registry = Registry::start_in(dir, RegistryAuth::Open);
+    let addr = registry.addr.clone();
+    Some((registry, addr))
 }
 
 #[test]

@@ -34,7 +34,12 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
 /// Sum of the series named `name` whose labels include all of `labels`; 0 when there are
 /// none.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    parse_metrics(text)
+    sum_of(&parse_metrics(text), name, labels)
+}
+
+/// [`metric_value`] over samples already parsed (a test reading several from one scrape).
+pub fn sum_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
         .iter()
         .filter(|s| s.name == name && s.has_labels(labels))
         .map(|s| s.value)

@@ -40,25 +40,7 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Deterministic fast pseudo-random bytes; `compressible` repeats short runs so zstd has
-/// something to find.
-pub fn prng_bytes(seed: u64, len: usize, compressible: bool) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        if compressible && s & 3 != 0 {
-            let b = (s >> 40) as u8 % 16 + b'a';
-            out.extend_from_slice(&[b; 8]);
-        } else {
-            out.extend_from_slice(&s.to_le_bytes());
-        }
-    }
-    out.truncate(len);
-    out
-}
+pub use shoal_testkit::blobs::prng_bytes;
 
 /// One entry of a hand-made layer.
 pub enum E {

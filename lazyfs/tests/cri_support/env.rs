@@ -18,7 +18,7 @@ use super::containerd::{Containerd, ContainerdOptions};
 use super::image::{BusyboxImage, OciImage};
 use super::snapshotter::{Snapshotter, SnapshotterOptions};
 use super::tail;
-use crate::mount_support::{CountingProxy, PeerProc, RegistryProc};
+use crate::mount_support::{CountingProxy, PeerProc, Registry, RegistryAuth};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotterKind {
@@ -47,7 +47,7 @@ pub struct CriEnv {
     pub snapshotter: Option<Snapshotter>,
     pub peer: PeerProc,
     pub proxy: CountingProxy,
-    pub registry: RegistryProc,
+    pub registry: Registry,
     /// `HOST:PORT` images are named with: the counting proxy in front of the registry.
     pub host: String,
     /// The sandbox image's reference.
@@ -68,7 +68,7 @@ impl CriEnv {
             .tempdir()
             .unwrap();
         let dir = tmp.path().to_path_buf();
-        let registry = RegistryProc::start(&dir);
+        let registry = Registry::start_in(&dir, RegistryAuth::Open);
         let proxy = CountingProxy::start(&registry.addr);
         let host = proxy.addr.clone();
         let sandbox_image = format!("{host}/{SANDBOX_REPO_TAG}");
@@ -140,7 +140,7 @@ impl CriEnv {
             s.push_str(&sn.mount_log_tails(10));
         }
         s.push('\n');
-        s.push_str(&tail(&self.peer.proc_.log, 20));
+        s.push_str(&tail(self.peer.proc_.log_path(), 20));
         s
     }
 

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use shoal_lazyfs::store::open_source;
 use shoal_lazyfs::{ImageRef, Index, LazyImage, RegistryOptions};
 
-use super::{MountProc, PeerProc, RegistryProc};
+use super::{MountProc, PeerProc, Registry, RegistryAuth};
 use crate::common::*;
 
 pub const MIB: usize = 1 << 20;
 
 pub struct Fixture {
     pub tmp: tempfile::TempDir,
-    pub registry: RegistryProc,
+    pub registry: Registry,
     pub peer: PeerProc,
     /// `ADDR/lazy/img:t`
     pub image: String,
@@ -161,7 +161,7 @@ pub fn setup() -> Option<Fixture> {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let registry = RegistryProc::start(tmp.path());
+    let registry = Registry::start_in(tmp.path(), RegistryAuth::Open);
     let src = tmp.path().join("src-oci");
     write_oci_image(&src, "t", &image_layers());
     let image = format!("{}/lazy/img:t", registry.addr);
