@@ -9,11 +9,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use shoal_testkit::Daemon;
 use support::{bin, free_port, http_get, workspace_root};
 
 struct Entry {
@@ -82,7 +84,7 @@ fn catalogue_matches_a_running_snapshotter() {
         .arg("--cache-dir")
         .arg(tmp.path().join("cache"))
         .arg(format!("--metrics-listen=127.0.0.1:{port}"));
-    let mut snapshotter = spawn(cmd);
+    let mut snapshotter = spawn(cmd, "snapshotter", tmp.path());
     let exposed = families(&scrape(&mut snapshotter, port, "shoal-lazyfs snapshotter"));
     check_both_ways(
         &cat,
@@ -103,25 +105,10 @@ fn families(scrape: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut cmd: Command) -> Daemon {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SHOAL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Daemon(cmd.spawn().expect("spawn daemon"))
+/// Starts a daemon (quiet logs, in `log_dir`), killed when the handle drops.
+fn spawn(mut cmd: Command, name: &str, log_dir: &Path) -> Daemon {
+    cmd.env("RUST_LOG", "warn");
+    Daemon::spawn(name, cmd, log_dir)
 }
 
 fn scrape(daemon: &mut Daemon, port: u16, what: &str) -> String {
@@ -132,7 +119,7 @@ fn scrape(daemon: &mut Daemon, port: u16, what: &str) -> String {
                 return body;
             }
         }
-        if let Ok(Some(status)) = daemon.0.try_wait() {
+        if let Some(status) = daemon.try_exit() {
             panic!("{what} exited early: {status}");
         }
         assert!(Instant::now() < deadline, "{what}: no /metrics on {port}");
@@ -183,7 +170,7 @@ fn catalogue_matches_running_daemons() {
         .arg(format!("--mirror-listen=127.0.0.1:{mirror_port}"))
         .arg(format!("--p2p-listen=127.0.0.1:{}", free_port()))
         .arg(format!("--metrics-listen=127.0.0.1:{metrics_port}"));
-    let mut peer = spawn(cmd);
+    let mut peer = spawn(cmd, "peer", tmp.path());
     let peer_families = families(&scrape(&mut peer, metrics_port, "shoal-peer"));
     assert!(
         peer_families
@@ -270,7 +257,7 @@ fn catalogue_matches_running_daemons() {
     let sn_port = free_port();
     let mut cmd = Command::new(bin("shoal-supernode"));
     cmd.arg(format!("--listen=127.0.0.1:{sn_port}"));
-    let mut sn = spawn(cmd);
+    let mut sn = spawn(cmd, "supernode", tmp.path());
     let sn_families = families(&scrape(&mut sn, sn_port, "shoal-supernode"));
     assert!(
         sn_families

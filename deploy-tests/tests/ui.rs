@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{bin, free_port, http_get};
+use shoal_testkit::Daemon;
+use support::{bin, free_port};
 
 const PEER_A: &str = "node-a.shoal-test-7f3a";
 const PEER_B: &str = "node-b.shoal-test-19c2";
@@ -26,52 +27,31 @@ const HOSTILE_ZONE: &str = "<b id=\"injected\">zone&1</b>";
 const HOSTILE_URL: &str = "https://registry.example/v2/app/blobs/x?<img src=x onerror=alert(1)>";
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Kills the process (and, for Chromium, its process group) when dropped.
-struct Proc {
-    child: Child,
-    group: bool,
-}
+/// Kills Chromium's whole process group (its helper processes too) when dropped.
+struct ChromiumGroup(Child);
 
-impl Drop for Proc {
+impl Drop for ChromiumGroup {
     fn drop(&mut self) {
-        if self.group {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.child.id())])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
-fn start_supernode(port: u16) -> Proc {
+fn start_supernode(port: u16, log_dir: &Path) -> Daemon {
     let mut cmd = Command::new(bin("shoal-supernode"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SHOAL_") {
-            cmd.env_remove(k);
-        }
-    }
     cmd.arg(format!("--listen=127.0.0.1:{port}"))
         .args(["--peer-ttl", "10min"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut sn = Proc {
-        child: cmd.spawn().expect("spawn shoal-supernode"),
-        group: false,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(port, "/readyz").map(|r| r.0) != Some(200) {
-        if let Ok(Some(status)) = sn.child.try_wait() {
-            panic!("shoal-supernode exited early: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "shoal-supernode not ready on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .env("RUST_LOG", "warn");
+    let mut sn = Daemon::spawn("shoal-supernode", cmd, log_dir);
+    sn.wait_http(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        &[200],
+        Duration::from_secs(30),
+    );
     sn
 }
 
@@ -206,13 +186,10 @@ fn run_chromium(work: &Path, name: &str, url: &str, extra: &[&str]) -> String {
     .stdout(File::create(&out_path).unwrap())
     .stderr(File::create(&err_path).unwrap())
     .process_group(0);
-    let mut proc = Proc {
-        child: cmd.spawn().expect("spawn chromium"),
-        group: true,
-    };
+    let mut proc = ChromiumGroup(cmd.spawn().expect("spawn chromium"));
     let deadline = Instant::now() + CHROMIUM_TIMEOUT;
     let status = loop {
-        if let Some(status) = proc.child.try_wait().unwrap() {
+        if let Some(status) = proc.0.try_wait().unwrap() {
             break status;
         }
         if Instant::now() >= deadline {
@@ -236,7 +213,8 @@ fn status_page_in_headless_chromium() {
     let chromium = chromium(); // fail first, clearly, when it is missing
     assert!(chromium.is_file(), "{} is not a file", chromium.display());
     let port = free_port();
-    let _sn = start_supernode(port);
+    let logs = tempfile::tempdir().unwrap();
+    let _sn = start_supernode(port, logs.path());
     populate(port);
     let work = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{port}/ui");
