@@ -148,18 +148,11 @@ impl ProcMemory {
     }
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released: a later
-/// bind by someone else could still take one, which is rare enough on a test machine).
+/// `n` distinct free TCP ports on 127.0.0.1 (the test kit's, never handed out twice by
+/// this process; a later bind by someone else could still take one, which is rare enough on
+/// a test machine).
 pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("finding free ports")?;
-    let mut ports = [0u16; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
-    }
-    Ok(ports)
+    Ok(std::array::from_fn(|_| shoal_testkit::free_port()))
 }
 
 /// Daemons stopped together on drop: SIGTERM to all, up to 3 s of grace, then SIGKILL.

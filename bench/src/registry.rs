@@ -37,10 +37,9 @@ pub fn generate_blob(path: &Path, size: u64) -> Result<Digest> {
     Ok(hasher.finish())
 }
 
-/// `size` random bytes (in memory) and their digest.
+/// `size` random bytes (in memory, a fresh seed each time) and their digest.
 pub fn random_blob(size: usize) -> (Vec<u8>, Digest) {
-    let mut bytes = vec![0u8; size];
-    rand::rng().fill_bytes(&mut bytes);
+    let bytes = shoal_testkit::random_blob(rand::random(), size);
     let digest = Digest::of(&bytes);
     (bytes, digest)
 }

@@ -53,7 +53,7 @@ async fn run(args: &SupernodeArgs) -> Result<SupernodeReport> {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
             let bin = processes::find_binary(args.bin_dir.as_deref(), "shoal-supernode")?;
-            let port = free_port()?;
+            let port = shoal_testkit::free_port();
             let mut cmd = std::process::Command::new(bin);
             cmd.arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
@@ -180,11 +180,6 @@ async fn run(args: &SupernodeArgs) -> Result<SupernodeReport> {
         supernode_rss_bytes: rss,
         target_p99_ms: TARGET_P99_MS,
     })
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
 }
 
 fn peer_id(i: u32) -> String {
