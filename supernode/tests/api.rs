@@ -1,53 +1,26 @@
 //! The HTTP API through the router (`tower::ServiceExt::oneshot`), and serving over TCP.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use shoal_common::api::ErrorBody;
-use shoal_common::Digest;
 use shoal_supernode::{Supernode, SupernodeConfig, TaskStatus};
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 const TASK: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
-
-fn app() -> Router {
-    app_with(SupernodeConfig::default())
-}
-
-fn app_with(config: SupernodeConfig) -> Router {
-    Supernode::new(config, &prometheus::Registry::new())
-        .unwrap()
-        .router()
-}
-
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    body: Body,
-    json: bool,
-) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if json {
-        req = req.header(header::CONTENT_TYPE, "application/json");
-    }
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, bytes.to_vec())
-}
 
 async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
     let has_body = body.is_some();
     let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let (status, bytes) = send(app, method, uri, body, has_body).await;
+    let (status, _, bytes) = send(app, method, uri, body, has_body).await;
     let value = if bytes.is_empty() {
         Value::Null
     } else {
@@ -61,10 +34,6 @@ async fn ok(app: &Router, method: Method, uri: &str, body: Value) -> Value {
     let (status, v) = call(app, method, uri, Some(body)).await;
     assert!(status.is_success(), "{uri}: {status} {v}");
     v
-}
-
-fn digest(p: u64) -> String {
-    Digest::of(&p.to_le_bytes()).to_string()
 }
 
 async fn announce(app: &Router, id: &str, port: u16) {
@@ -207,7 +176,7 @@ async fn three_peers_share_a_task() {
         (StatusCode::NOT_FOUND, Some("peer_unknown"))
     );
 
-    let (status, text) = send(&app, Method::GET, "/metrics", Body::empty(), false).await;
+    let (status, _, text) = get(&app, "/metrics").await;
     let text = String::from_utf8(text).unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -219,10 +188,7 @@ async fn three_peers_share_a_task() {
         "{text}"
     );
     for path in ["/healthz", "/readyz"] {
-        assert_eq!(
-            send(&app, Method::GET, path, Body::empty(), false).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(get(&app, path).await.0, StatusCode::OK);
     }
 }
 
@@ -273,7 +239,7 @@ async fn expect_error(
     json: bool,
     code: &str,
 ) -> StatusCode {
-    let (status, bytes) = send(app, method, uri, body, json).await;
+    let (status, _, bytes) = send(app, method, uri, body, json).await;
     assert!(status.is_client_error(), "{uri}: {status}");
     let err: ErrorBody = serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{uri}: {status} {e}: {}", String::from_utf8_lossy(&bytes)));

@@ -6,34 +6,19 @@
 //! `cargo test --release -p shoal-supernode --test load -- --ignored --nocapture`.
 //! `SHOAL_LOAD_PEERS` sets the number of peers (default 5000).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{header, Method, Request};
 use axum::Router;
-use http_body_util::BodyExt;
 use prometheus::Registry;
 use serde_json::{json, Value};
-use shoal_common::Digest;
 use shoal_supernode::{Supernode, SupernodeConfig};
-use tower::ServiceExt;
+use support::*;
 
 const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
 const PIECES: u64 = 128;
-
-async fn post(app: &Router, uri: &str, body: Value) -> Value {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    assert!(resp.status().is_success(), "{uri}: {}", resp.status());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
-}
 
 async fn peer(app: Router, i: usize) -> Vec<Duration> {
     let id = format!("peer-{i}");
@@ -76,7 +61,7 @@ async fn peer(app: Router, i: usize) -> Vec<Duration> {
                 .get(0)
                 .map(|x| x["peer_id"].clone())
                 .unwrap_or(Value::Null);
-            done.push(json!({"piece": p, "sha256": Digest::of(&p.to_le_bytes()).to_string(), "from": from, "millis": 20}));
+            done.push(json!({"piece": p, "sha256": digest(p), "from": from, "millis": 20}));
         }
         if !done.is_empty() {
             let r = post(

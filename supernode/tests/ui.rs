@@ -1,61 +1,23 @@
 //! The status page (`GET /ui`) and its JSON (`GET /api/v1/status`) through the router.
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+mod support;
+
+use axum::http::{header, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use shoal_common::Digest;
-use shoal_supernode::{StatusSummary, Supernode, SupernodeConfig};
-use tower::ServiceExt;
+use shoal_supernode::StatusSummary;
+use support::*;
 
 const TASK: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000aa";
 
-fn app() -> Router {
-    Supernode::new(SupernodeConfig::default(), &prometheus::Registry::new())
-        .unwrap()
-        .router()
-}
-
-async fn send(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, HeaderMap, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    let body = match body {
-        Some(v) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
-    (parts.status, parts.headers, bytes)
-}
-
-async fn post(app: &Router, uri: &str, body: Value) -> Value {
-    let (status, _, bytes) = send(app, Method::POST, uri, Some(body)).await;
-    let text = String::from_utf8_lossy(&bytes);
-    assert!(status.is_success(), "POST {uri}: {status} {text}");
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-}
-
 async fn status(app: &Router) -> StatusSummary {
-    let (code, headers, bytes) = send(app, Method::GET, "/api/v1/status", None).await;
+    let (code, headers, bytes) = get(app, "/api/v1/status").await;
     assert_eq!(code, StatusCode::OK);
     assert!(headers[header::CONTENT_TYPE]
         .to_str()
         .unwrap()
         .starts_with("application/json"));
     serde_json::from_slice(&bytes).unwrap()
-}
-
-fn digest(p: u64) -> String {
-    Digest::of(&p.to_le_bytes()).to_string()
 }
 
 /// Every `src=` / `href=` value in the page (quoted or not).
@@ -75,7 +37,7 @@ fn links(html: &str) -> Vec<String> {
 #[tokio::test]
 async fn page_is_self_contained_html() {
     let app = app();
-    let (code, headers, bytes) = send(&app, Method::GET, "/ui", None).await;
+    let (code, headers, bytes) = get(&app, "/ui").await;
     assert_eq!(code, StatusCode::OK);
     let ctype = headers[header::CONTENT_TYPE].to_str().unwrap();
     assert!(ctype.starts_with("text/html"), "{ctype}");
@@ -181,7 +143,7 @@ async fn status_shows_peers_tasks_and_bytes_by_source() {
     assert_eq!(s.bytes.peers, 1000, "the short last piece, once");
 
     // The raw JSON has the task's fields flat, as in GET /api/v1/tasks.
-    let (_, _, raw) = send(&app, Method::GET, "/api/v1/status", None).await;
+    let (_, _, raw) = get(&app, "/api/v1/status").await;
     let raw: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(raw["tasks"][0]["task_id"], TASK);
     assert_eq!(raw["tasks"][0]["completed_peers"], 1);
