@@ -41,18 +41,13 @@ impl CountingProxy {
     pub fn start(upstream: &str) -> CountingProxy {
         let shared = Arc::new(Shared::default());
         let (sh, upstream) = (shared.clone(), upstream.to_string());
-        let (addr, stop) = listen(move |client| serve(client, &upstream, &sh));
+        let (addr, stop) = listen(move |client, _| serve(client, &upstream, &sh));
         CountingProxy {
             port: port_of(&addr),
             addr,
             shared,
             _stop: stop,
         }
-    }
-
-    /// `http://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
     }
 
     /// Bytes sent by the upstream to clients so far.

@@ -78,7 +78,7 @@ impl HttpLog {
     pub fn start(upstream: &str) -> HttpLog {
         let shared = Arc::new(Shared::default());
         let (sh, upstream) = (shared.clone(), upstream.to_string());
-        let (addr, stop) = listen(move |client| {
+        let (addr, stop) = listen(move |client, _| {
             let Ok(server) = TcpStream::connect(&upstream) else {
                 return;
             };

@@ -25,8 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A loopback listener whose accept loop runs `serve` on a thread per connection until the
-/// returned [`Stop`] is dropped.
-fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> (String, Stop) {
+/// returned [`Stop`] is dropped; `serve` gets the flag that says so (connections it holds
+/// open watch it).
+fn listen(serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static) -> (String, Stop) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy on 127.0.0.1");
     let addr = listener
         .local_addr()
@@ -40,8 +41,8 @@ fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> (String, Stop) {
                 break;
             }
             let Ok(client) = client else { continue };
-            let serve = serve.clone();
-            std::thread::spawn(move || serve(client));
+            let (serve, stopped) = (serve.clone(), stopped.clone());
+            std::thread::spawn(move || serve(client, &stopped));
         }
     });
     (
@@ -57,12 +58,6 @@ fn listen(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> (String, Stop) {
 struct Stop {
     addr: String,
     flag: Arc<AtomicBool>,
-}
-
-impl Stop {
-    fn stopped(&self) -> Arc<AtomicBool> {
-        self.flag.clone()
-    }
 }
 
 impl Drop for Stop {
