@@ -19,11 +19,8 @@ async fn corrupted_pieces_are_rejected() {
         let task = digest.to_string();
 
         let supernode = Supernode::start().await;
-        let (liar, lie) = start_liar(
-            "liar",
-            PeerOpts::with_supernode(&supernode).peer_id("liar"),
-        )
-        .await;
+        let (liar, lie) =
+            start_liar("liar", PeerOpts::with_supernode(&supernode).peer_id("liar")).await;
         let out = tempfile::tempdir().unwrap();
 
         // The faulty peer fetches first, so it holds every piece, correctly stored.

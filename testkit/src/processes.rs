@@ -26,24 +26,31 @@ const PROXY_VARS: &[&str] = &[
 /// Lines of each log printed when a test panics.
 const TAIL_LINES: usize = 40;
 
-/// Removes the variables that would change a child's behaviour behind the test's back: HTTP
-/// proxies and Shoal's own `SHOAL_*` settings.
+/// Keeps the test's own environment from changing a child's behaviour behind its back: HTTP
+/// proxies and Shoal's `SHOAL_*` settings are not inherited. Variables set on `cmd` itself
+/// stay.
 pub fn hermetic_env(cmd: &mut Command) {
-    for var in PROXY_VARS {
-        cmd.env_remove(var);
-    }
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SHOAL_") {
+    let set: Vec<std::ffi::OsString> = cmd
+        .get_envs()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k.to_os_string())
+        .collect();
+    let inherited = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_string_lossy().starts_with("SHOAL_"))
+        .chain(PROXY_VARS.iter().map(Into::into));
+    for key in inherited {
+        if !set.contains(&key) {
             cmd.env_remove(key);
         }
     }
 }
 
-/// Where the child's output goes.
+/// Where the child's output goes; always appended, so a restarted process keeps one log.
 enum Logs {
-    /// `NAME.stdout` and `NAME.stderr`, appended (a restarted process keeps one log).
+    /// `NAME.stdout` and `NAME.stderr`.
     Split { stdout: PathBuf, stderr: PathBuf },
-    /// One file for both, truncated at start.
+    /// One file for both.
     Combined(PathBuf),
 }
 
@@ -57,7 +64,6 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `cmd` (with [`hermetic_env`]) with output to `log_dir/NAME.{stdout,stderr}`.
-    /// `SHOAL_TEST_LOG=debug cargo test ...` passes a log filter to Shoal's binaries.
     pub fn spawn(name: &str, cmd: Command, log_dir: &Path) -> Daemon {
         let stdout = log_dir.join(format!("{name}.stdout"));
         let stderr = log_dir.join(format!("{name}.stderr"));
@@ -72,9 +78,13 @@ impl Daemon {
         Self::start(name, cmd, out, err, Logs::Split { stdout, stderr })
     }
 
-    /// Like [`Daemon::spawn`], with stdout and stderr together in the file `log`.
+    /// Like [`Daemon::spawn`], with stdout and stderr together in the file `log` (appended).
     pub fn spawn_logged(name: &str, cmd: Command, log: &Path) -> Daemon {
-        let out = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
         let err = out
             .try_clone()
             .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
@@ -84,6 +94,7 @@ impl Daemon {
     fn start(name: &str, mut cmd: Command, out: File, err: File, logs: Logs) -> Daemon {
         hermetic_env(&mut cmd);
         cmd.env("NO_COLOR", "1");
+        // `SHOAL_TEST_LOG=debug cargo test ...` for verbose daemon logs.
         if let Ok(filter) = std::env::var("SHOAL_TEST_LOG") {
             cmd.env("SHOAL_LOG", &filter).env("RUST_LOG", filter);
         }
@@ -349,6 +360,24 @@ mod tests {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "the child is gone (killed and reaped)"
+        );
+    }
+
+    #[test]
+    fn environment_is_hermetic_but_explicit_settings_stay() {
+        std::env::set_var("SHOAL_TESTKIT_PROBE", "inherited");
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo \"[$SHOAL_TESTKIT_PROBE|$SHOAL_TESTKIT_SET|$http_proxy]\"",
+        ]);
+        cmd.env("SHOAL_TESTKIT_SET", "explicit")
+            .env("http_proxy", "http://set.example");
+        hermetic_env(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "[|explicit|http://set.example]"
         );
     }
 

@@ -19,8 +19,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use shoal_testkit::Daemon;
 
 pub use super::config::ContainerdOptions;
 use super::config::{config_toml, hosts_toml};
@@ -31,7 +33,7 @@ use crate::mount_support::free_port;
 pub const K8S_NS: &str = "k8s.io";
 
 pub struct Containerd {
-    child: Child,
+    child: Daemon,
     pub dir: PathBuf,
     pub sock: PathBuf,
     pub log: PathBuf,
@@ -65,16 +67,9 @@ impl Containerd {
         .unwrap();
         let text = config_toml(dir, &sock, &certs, &runc_root, free_port(), &opts);
         fs::write(&config, text).unwrap();
-        let out = fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = clean_command("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawning containerd");
+        let mut cmd = clean_command("containerd");
+        cmd.arg("--config").arg(&config);
+        let child = Daemon::spawn_logged("containerd", cmd, &log);
         let mut c = Containerd {
             child,
             dir: dir.to_path_buf(),
@@ -86,7 +81,7 @@ impl Containerd {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !c.sock.exists() {
-            if let Ok(Some(st)) = c.child.try_wait() {
+            if let Some(st) = c.child.try_exit() {
                 panic!("containerd exited with {st}\n{}", c.log_tail(40));
             }
             assert!(
@@ -105,7 +100,7 @@ impl Containerd {
 
     /// Whether containerd is still running.
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// Where the runc shim mounts a container's root filesystem.
@@ -201,12 +196,9 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.log_tail(60));
-        }
+        // Dropping `child` afterwards prints containerd's log tail if the test panicked.
         self.kill_containers();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         mounts::detach_all_under(&self.dir);
     }
 }

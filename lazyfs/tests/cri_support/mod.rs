@@ -117,10 +117,6 @@ pub fn run_cmd(mut cmd: Command, limit: Duration, what: &str) -> Output {
 /// A command with the test runner's Shoal and proxy settings removed from its environment.
 pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SHOAL_") || k.to_ascii_lowercase().ends_with("_proxy") {
-            cmd.env_remove(k);
-        }
-    }
+    shoal_testkit::hermetic_env(&mut cmd);
     cmd
 }

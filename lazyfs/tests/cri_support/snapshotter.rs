@@ -5,10 +5,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{clean_command, mounts, tail};
+use shoal_testkit::Daemon;
+
+use super::{mounts, tail};
 use crate::mount_support::free_port;
 
 pub fn snapshotter_bin() -> PathBuf {
@@ -36,7 +38,7 @@ pub struct SnapshotterOptions {
 const RESTART_MARK: &str = "===== test: snapshotter restarted =====";
 
 pub struct Snapshotter {
-    child: Child,
+    child: Daemon,
     cmd_args: Vec<std::ffi::OsString>,
     pub sock: PathBuf,
     pub root: PathBuf,
@@ -79,7 +81,7 @@ impl Snapshotter {
                 format!("{}ms", t.as_millis()).into(),
             ]);
         }
-        let child = spawn(&args, &log, false);
+        let child = spawn(&args, &log);
         let mut s = Snapshotter {
             child,
             cmd_args: args,
@@ -97,7 +99,7 @@ impl Snapshotter {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !self.sock.exists() {
-            if let Ok(Some(st)) = self.child.try_wait() {
+            if let Some(st) = self.child.try_exit() {
                 panic!("snapshotter exited with {st}\n{}", self.log_tail(40));
             }
             assert!(
@@ -111,24 +113,20 @@ impl Snapshotter {
 
     /// SIGKILL, as a crash or an OOM kill would end it; its mount processes live on.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     /// SIGTERM and wait for the exit (panics after 30 s).
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            assert!(
-                Instant::now() < deadline,
+        if self
+            .child
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(30))
+            .is_none()
+        {
+            panic!(
                 "snapshotter did not exit within 30 s of SIGTERM\n{}",
                 self.log_tail(40)
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -143,7 +141,7 @@ impl Snapshotter {
             let mut f = fs::OpenOptions::new().append(true).open(&self.log).unwrap();
             let _ = writeln!(f, "{RESTART_MARK}");
         }
-        self.child = spawn(&self.cmd_args, &self.log, true);
+        self.child = spawn(&self.cmd_args, &self.log);
         self.wait_ready();
     }
 
@@ -202,7 +200,7 @@ impl Snapshotter {
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// The entries of `root/snapshots` (none after the last snapshot is removed).
@@ -221,18 +219,11 @@ impl Drop for Snapshotter {
         if std::thread::panicking() {
             eprintln!("{}\n{}", self.log_tail(60), self.mount_log_tails(20));
         }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) on our own, not yet reaped child.
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if self.child.is_running() {
+            self.child
+                .signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         // Lazy mounts run in processes of their own that outlive the snapshotter; detaching
         // a mount ends its process, a kill makes sure.
         mounts::detach_all_under(&self.root);
@@ -245,23 +236,11 @@ impl Drop for Snapshotter {
     }
 }
 
-fn spawn(args: &[std::ffi::OsString], log: &Path, append: bool) -> Child {
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(append)
-        .write(true)
-        .truncate(!append)
-        .open(log)
-        .unwrap();
-    let err = out.try_clone().unwrap();
-    clean_command(snapshotter_bin())
-        .args(args)
-        .env("SHOAL_LOG", "shoal_lazyfs=debug")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawning shoal-lazyfs snapshotter")
+/// The snapshotter with debug logs, appended to `log` (a restart goes on in the same file).
+fn spawn(args: &[std::ffi::OsString], log: &Path) -> Daemon {
+    let mut cmd = Command::new(snapshotter_bin());
+    cmd.args(args).env("SHOAL_LOG", "shoal_lazyfs=debug");
+    Daemon::spawn_logged("shoal-lazyfs snapshotter", cmd, log)
 }
 
 /// Every process's pid and arguments.

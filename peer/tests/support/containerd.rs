@@ -2,13 +2,13 @@
 //! killed and its mounts unmounted on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use super::{run, wait_for};
+use super::{run, wait_for, Daemon};
 
 pub struct Containerd {
-    child: Child,
+    child: Daemon,
     pub dir: PathBuf,
     pub sock: PathBuf,
 }
@@ -28,14 +28,9 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config);
+        let child = Daemon::spawn_logged("containerd", cmd, &dir.join("log"));
         let c = Containerd {
             child,
             dir: dir.to_path_buf(),
@@ -80,8 +75,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         // Unmount anything left under the dir (snapshots, image mounts), deepest first.
         let _ = Command::new("sh")
             .arg("-c")

@@ -222,7 +222,9 @@ impl Peer {
 
     pub async fn wait_ready(&mut self) {
         let url = format!("{}/readyz", self.metrics_url());
-        self.daemon.wait_http_async(&url, &[200], READY_TIMEOUT).await;
+        self.daemon
+            .wait_http_async(&url, &[200], READY_TIMEOUT)
+            .await;
     }
 
     /// SIGKILL, as a crash or power loss would.

@@ -15,8 +15,7 @@ pub trait Push {
     /// Like [`Push::push`], for a registry that may want credentials: with
     /// `Some(authorization)` every request carries it (`Basic …` for htpasswd, `Bearer …` with a
     /// push token for token auth).
-    async fn push_with_auth(&self, repo: &str, data: &[u8], authorization: Option<&str>)
-        -> Digest;
+    async fn push_with_auth(&self, repo: &str, data: &[u8], authorization: Option<&str>) -> Digest;
 }
 
 impl Push for Registry {
@@ -24,12 +23,7 @@ impl Push for Registry {
         self.push_with_auth(repo, data, None).await
     }
 
-    async fn push_with_auth(
-        &self,
-        repo: &str,
-        data: &[u8],
-        authorization: Option<&str>,
-    ) -> Digest {
+    async fn push_with_auth(&self, repo: &str, data: &[u8], authorization: Option<&str>) -> Digest {
         let digest = Digest::of(data);
         let client = http();
         let with_auth = |req: reqwest::RequestBuilder| match authorization {
