@@ -214,13 +214,28 @@ impl Daemon {
     /// first or `limit` passes. Blocks the calling thread: from async code use
     /// [`Daemon::wait_http_async`].
     pub fn wait_http(&mut self, url: &str, statuses: &[u16], limit: Duration) {
+        self.wait_until(&format!("an answer on {url}"), limit, || {
+            http_status(url).is_some_and(|s| statuses.contains(&s))
+        });
+    }
+
+    /// Polls `ready` every 50 ms until it holds, panicking (with the log tail) if the process
+    /// exits first or `limit` passes without it: `what` names what was awaited.
+    pub fn wait_until(&mut self, what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
-        while !http_status(url).is_some_and(|s| statuses.contains(&s)) {
-            self.assert_running();
+        while !ready() {
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "{} exited with {status} before {what}\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "{} not ready on {url} within {limit:?}",
-                self.name
+                "{}: no {what} within {limit:?}\n{}",
+                self.name,
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -20,7 +20,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_testkit::Daemon;
 
@@ -79,18 +79,9 @@ impl Containerd {
             opts,
             runc_root,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !c.sock.exists() {
-            if let Some(st) = c.child.try_exit() {
-                panic!("containerd exited with {st}\n{}", c.log_tail(40));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd socket did not appear\n{}",
-                c.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let sock = c.sock.clone();
+        c.child
+            .wait_until("its socket", Duration::from_secs(60), || sock.exists());
         c
     }
 

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_testkit::Daemon;
 
@@ -97,18 +97,9 @@ impl Snapshotter {
 
     /// Waits (up to 2 min: restoring lazy mounts comes first) for the socket.
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.sock.exists() {
-            if let Some(st) = self.child.try_exit() {
-                panic!("snapshotter exited with {st}\n{}", self.log_tail(40));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "snapshotter socket did not appear\n{}",
-                self.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let sock = self.sock.clone();
+        self.child
+            .wait_until("its socket", Duration::from_secs(120), || sock.exists());
     }
 
     /// SIGKILL, as a crash or an OOM kill would end it; its mount processes live on.

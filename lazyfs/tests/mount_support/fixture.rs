@@ -71,7 +71,7 @@ pub fn can_mount() -> bool {
         eprintln!("SKIP: needs root and /dev/fuse");
         return false;
     }
-    if !have("docker-registry") {
+    if !Registry::installed() {
         eprintln!("SKIP: docker-registry is not installed");
         return false;
     }

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // Each test file uses a different subset.
 #[allow(unused_imports)]
@@ -59,17 +59,26 @@ pub struct PeerProc {
 }
 
 impl PeerProc {
+    /// A single-node peer (embedded supernode) with a 64 MiB cache, reaching `registry` over
+    /// plain http; data in `dir/peer-data`, log in `dir/peer.log`.
     pub fn start(dir: &Path, registry: &str) -> PeerProc {
+        Self::launch(dir, "peer", registry, "64MiB", &[])
+    }
+
+    /// A peer named `name` (data in `dir/NAME-data`, log in `dir/NAME.log`) reaching
+    /// `registry` over plain http; `extra`: more `shoal-peer run` flags. Waits for `/readyz`.
+    fn launch(dir: &Path, name: &str, registry: &str, cache: &str, extra: &[&str]) -> PeerProc {
         let (m, p2p, met) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(peer_bin());
         cmd.args(["run", "--data-dir"])
-            .arg(dir.join("peer-data"))
-            .args(["--cache-size", "64MiB"])
+            .arg(dir.join(format!("{name}-data")))
+            .args(["--cache-size", cache])
             .args(["--mirror-listen", &format!("127.0.0.1:{m}")])
             .args(["--p2p-listen", &format!("127.0.0.1:{p2p}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{met}")])
-            .args(["--insecure-registry", registry]);
-        let mut proc_ = Proc::spawn_logged("shoal-peer", cmd, &dir.join("peer.log"));
+            .args(["--insecure-registry", registry])
+            .args(extra);
+        let mut proc_ = Proc::spawn_logged(name, cmd, &dir.join(format!("{name}.log")));
         let metrics = format!("http://127.0.0.1:{met}");
         proc_.wait_http(&format!("{metrics}/readyz"), &[200], READY);
         PeerProc {
@@ -135,18 +144,9 @@ impl MountProc {
             mp: mp.to_path_buf(),
             metrics: format!("http://127.0.0.1:{port}/metrics"),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !is_mounted(mp) {
-            if let Some(st) = m.proc_.try_exit() {
-                panic!("mount exited with {st}:\n{}", m.proc_.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not mounted:\n{}",
-                m.proc_.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mp = m.mp.clone();
+        m.proc_
+            .wait_until("the mount", Duration::from_secs(60), || is_mounted(&mp));
         m
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub use shoal_testkit::metric_value;
 use shoal_testkit::workspace_bin;
 
-use super::{free_port, peer_bin, PeerProc, Proc, READY};
+use super::{free_port, PeerProc, Proc, READY};
 
 pub struct SupernodeProc {
     pub proc_: Proc,
@@ -38,24 +38,13 @@ impl PeerProc {
         registry: &str,
         supernode: &str,
     ) -> PeerProc {
-        let (m, p2p, met) = (free_port(), free_port(), free_port());
-        let mut cmd = Command::new(peer_bin());
-        cmd.args(["run", "--supernode", supernode, "--data-dir"])
-            .arg(dir.join(format!("{name}-data")))
-            .args(["--cache-size", "1GiB"])
-            .args(["--mirror-listen", &format!("127.0.0.1:{m}")])
-            .args(["--p2p-listen", &format!("127.0.0.1:{p2p}")])
-            .args(["--advertise-addr", &format!("127.0.0.1:{p2p}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{met}")])
-            .args(["--insecure-registry", registry]);
-        let mut proc_ = Proc::spawn_logged(name, cmd, &dir.join(format!("{name}.log")));
-        let metrics = format!("http://127.0.0.1:{met}");
-        proc_.wait_http(&format!("{metrics}/readyz"), &[200], READY);
-        PeerProc {
-            proc_,
-            mirror: format!("http://127.0.0.1:{m}"),
-            metrics,
-        }
+        Self::launch(
+            dir,
+            name,
+            registry,
+            "1GiB",
+            &["--supernode", supernode, "--advertise-addr", "127.0.0.1"],
+        )
     }
 
     /// The peer's `/metrics` text, fetched with `client`.
