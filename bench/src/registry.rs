@@ -55,13 +55,8 @@ pub fn blob_url_at(host_port: &str, digest: &Digest) -> String {
 }
 
 fn config(storage: &Path, listen: &str) -> String {
-    format!(
-        "version: 0.1\n\
-         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-         storage:\n  filesystem:\n    rootdirectory: {}\n\
-         http:\n  addr: {listen}\n",
-        storage.display()
-    )
+    use shoal_testkit::registry::{config_yaml, RegistryAuth};
+    config_yaml(storage, listen, &RegistryAuth::Open, storage)
 }
 
 /// Writes the registry's storage directory and configuration under `work`; returns the

@@ -326,11 +326,10 @@ fn raw_get(url: &str, timeout: Duration, body: bool) -> Option<(String, String)>
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    // One write: a request in fragments may be answered and closed on before its end
+    // arrives, and the close then resets the connection.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
     let mut buf = Vec::new();
     if body {
         s.read_to_end(&mut buf).ok()?;
@@ -414,8 +413,13 @@ mod tests {
         std::thread::spawn(move || {
             for s in listener.incoming().take(2) {
                 let mut s = s.unwrap();
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 1024]);
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
                 let _ = s.write_all(b"HTTP/1.1 418 Teapot\r\nContent-Length: 5\r\n\r\nhello");
             }
         });

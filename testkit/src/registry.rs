@@ -71,6 +71,19 @@ impl RegistryAuth {
     }
 }
 
+/// The registry's YAML configuration: storage under `root`, listening on `addr`, quiet logs,
+/// `auth` (an htpasswd file goes into `dir`). `shoal-bench` starts its registries with it too.
+pub fn config_yaml(root: &Path, addr: &str, auth: &RegistryAuth, dir: &Path) -> String {
+    format!(
+        "version: 0.1\n\
+         log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: {addr}\n  secret: shoal-tests\n{}",
+        root.display(),
+        auth.config(dir)
+    )
+}
+
 /// A running registry; killed on drop. Its storage lives in a temp dir it owns, or in the
 /// directory given to [`Registry::start_in`].
 pub struct Registry {
@@ -109,18 +122,8 @@ impl Registry {
         let addr = format!("127.0.0.1:{port}");
         let root = dir.join("registry-data");
         let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n  secret: shoal-tests\n{}",
-                root.display(),
-                auth.config(dir)
-            ),
-        )
-        .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        std::fs::write(&config, config_yaml(&root, &addr, &auth, dir))
+            .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").arg(&config);
         let mut daemon = Daemon::spawn_logged("registry", cmd, &dir.join("registry.log"));
