@@ -1,3 +1,5 @@
+//! Workspace rules a reviewer would otherwise check by hand.
+//!
 //! Every dependency a crate declares is used, in the place its section says: `[dependencies]`
 //! by the library or binary sources, `[dev-dependencies]` by tests, benches or `#[cfg(test)]`
 //! code, `[build-dependencies]` by `build.rs`. This is what `cargo machete` checks (a crate's
@@ -144,4 +146,31 @@ fn mentions_needs_a_whole_identifier() {
     ));
     assert!(!mentions("use tokio_util::sync;", "tokio"));
     assert!(!mentions("my_tokio::x", "tokio"));
+}
+
+/// Issue 23's rule for logic files: one concept per module, rarely over ~500 lines. Unit-test
+/// files (`tests.rs`, anything under a `tests/` directory) are not logic.
+#[test]
+fn library_and_binary_files_stay_under_500_lines() {
+    const LIMIT: usize = 500;
+    let root = workspace_root();
+    let mut long = Vec::new();
+    for dir in members(&root) {
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        for f in files {
+            let rel = f.strip_prefix(&root).unwrap_or(&f).to_path_buf();
+            let is_test = rel.file_name().is_some_and(|n| n == "tests.rs")
+                || rel.components().any(|c| c.as_os_str() == "tests");
+            let lines = std::fs::read_to_string(&f).unwrap_or_default().lines().count();
+            if !is_test && lines > LIMIT {
+                long.push(format!("{} ({lines} lines)", rel.display()));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "split these along their concepts:\n{}",
+        long.join("\n")
+    );
 }
