@@ -107,9 +107,23 @@ impl Repository {
         check(resp, &url).await
     }
 
-    /// Exactly `len` bytes at `offset` of blob `digest`. A server that ignores the range
-    /// (allowed by HTTP) is read up to the range and cut.
+    /// Exactly `len` bytes at `offset` of blob `digest`; a shorter answer is an error
+    /// ([`Error::Short`], retryable).
     pub async fn blob_range(&self, digest: &Digest, offset: u64, len: u64) -> Result<Bytes> {
+        let bytes = self.blob_range_upto(digest, offset, len).await?;
+        if (bytes.len() as u64) < len {
+            return Err(Error::Short {
+                url: self.url(&format!("blobs/{digest}")),
+                got: bytes.len() as u64,
+                want: len,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// At most `len` bytes at `offset` of blob `digest`: fewer when the blob ends first. A
+    /// server that ignores the range (allowed by HTTP) is read up to the range and cut.
+    pub async fn blob_range_upto(&self, digest: &Digest, offset: u64, len: u64) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -146,13 +160,6 @@ impl Repository {
             }
             let take = c.len().min(want - out.len());
             out.extend_from_slice(&c[..take]);
-        }
-        if out.len() < want {
-            return Err(Error::Short {
-                url,
-                got: out.len() as u64,
-                want: len,
-            });
         }
         Ok(out.freeze())
     }
