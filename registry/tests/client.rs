@@ -23,6 +23,9 @@ struct Counts {
     down: AtomicUsize,
     private: AtomicUsize,
     token: AtomicUsize,
+    /// The generation of the only token `rotating` accepts; bumped by `/revoke`.
+    generation: AtomicUsize,
+    rotating: AtomicUsize,
 }
 
 struct Server {
@@ -38,6 +41,7 @@ async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let realm = format!("http://{host}/token");
+    let rotating_realm = realm.clone();
     let app = Router::new()
         .route(
             "/v2/flaky/manifests/t",
@@ -102,6 +106,35 @@ async fn start() -> Server {
                     format!(r#"{{"token":"{token}","expires_in":300}}"#)
                 },
             ),
+        )
+        .route(
+            "/v2/rotating/manifests/t",
+            get(move |State(c): State<Arc<Counts>>, h: HeaderMap| {
+                let realm = format!("{}2", rotating_realm);
+                async move {
+                    c.rotating.fetch_add(1, Ordering::SeqCst);
+                    let want = format!("Bearer gen-{}", c.generation.load(Ordering::SeqCst));
+                    if h.get("authorization").is_some_and(|a| a == want.as_str()) {
+                        return "{}".into_response();
+                    }
+                    let challenge = format!(r#"Bearer realm="{realm}",scope="x""#);
+                    (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response()
+                }
+            }),
+        )
+        .route(
+            "/token2",
+            get(|State(c): State<Arc<Counts>>| async move {
+                c.token.fetch_add(1, Ordering::SeqCst);
+                let g = c.generation.load(Ordering::SeqCst);
+                format!(r#"{{"token":"gen-{g}"}}"#)
+            }),
+        )
+        .route(
+            "/revoke",
+            get(|State(c): State<Arc<Counts>>| async move {
+                c.generation.fetch_add(1, Ordering::SeqCst);
+            }),
         )
         .route(
             "/v2/r/blobs/{digest}",
@@ -264,4 +297,20 @@ async fn reads_ranges() {
     let mirror = Repository::through_mirror(c, &s.base, "reg.io", "r");
     assert!(mirror.url("blobs/x").ends_with("/v2/r/blobs/x?ns=reg.io"));
     assert_eq!(&mirror.blob_range(&d, 0, 2).await.unwrap()[..], b"01");
+}
+
+#[tokio::test]
+async fn renews_a_revoked_token_once() {
+    let s = start().await;
+    let c = client(&s);
+    assert_eq!(get_status(&c, &s, "rotating", &Auth::Anonymous).await, 200);
+    assert_eq!(s.counts.token.load(Ordering::SeqCst), 1);
+    // The registry stops accepting the cached token (it expired early): one 401, one new
+    // token, and the request succeeds.
+    reqwest::get(format!("{}/revoke", s.base)).await.unwrap();
+    assert_eq!(get_status(&c, &s, "rotating", &Auth::Anonymous).await, 200);
+    assert_eq!(s.counts.token.load(Ordering::SeqCst), 2);
+    assert_eq!(s.counts.rotating.load(Ordering::SeqCst), 4);
+    let cached = c.auth_for(&s.host, "rotating", &Auth::Anonymous).unwrap();
+    assert_eq!(cached.to_str().unwrap(), "Bearer gen-1");
 }
