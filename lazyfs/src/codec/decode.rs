@@ -115,33 +115,33 @@ pub fn decode_body(body: &[u8]) -> Result<Index> {
         let at = format!("chunk #{i}");
         let blob = r.u32(&at)?;
         let offset = r.var(&at)?;
-        let csize = r.u32(&at)?;
-        let usize = r.u32(&at)?;
+        let stored_len = r.u32(&at)?;
+        let raw_len = r.u32(&at)?;
         let digest = r.digest(&at)?;
         let b = index
             .blobs
             .get(blob as usize)
             .ok_or_else(|| Error::index(&at, format!("data blob #{blob} does not exist")))?;
-        if usize == 0 || usize > MAX_CHUNK {
+        if raw_len == 0 || raw_len > MAX_CHUNK {
             return Err(Error::index(
                 &at,
-                format!("uncompressed size {usize} out of range"),
+                format!("uncompressed size {raw_len} out of range"),
             ));
         }
-        if csize == 0 || u64::from(csize) > zstd_bound(usize) {
+        if stored_len == 0 || u64::from(stored_len) > zstd_bound(raw_len) {
             return Err(Error::index(
                 &at,
-                format!("compressed size {csize} out of range"),
+                format!("compressed size {stored_len} out of range"),
             ));
         }
         if offset
-            .checked_add(u64::from(csize))
+            .checked_add(u64::from(stored_len))
             .is_none_or(|end| end > b.size)
         {
             return Err(Error::index(
                 &at,
                 format!(
-                    "bytes {offset}+{csize} lie outside blob {} ({} bytes)",
+                    "bytes {offset}+{stored_len} lie outside blob {} ({} bytes)",
                     b.digest, b.size
                 ),
             ));
@@ -149,8 +149,8 @@ pub fn decode_body(body: &[u8]) -> Result<Index> {
         index.chunks.push(Chunk {
             blob,
             offset,
-            csize,
-            usize,
+            stored_len,
+            raw_len,
             digest,
         });
     }
@@ -247,7 +247,7 @@ fn decode_inode(r: &mut Reader<'_>, index: &mut Index, has_mtime: bool, at: &str
                     .get(id as usize)
                     .ok_or_else(|| Error::index(at, format!("chunk #{id} does not exist")))?;
                 size = size
-                    .checked_add(u64::from(c.usize))
+                    .checked_add(u64::from(c.raw_len))
                     .ok_or_else(|| Error::index(at, "file size overflows"))?;
                 index.file_chunks.push(id);
             }

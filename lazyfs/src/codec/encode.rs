@@ -28,8 +28,8 @@ pub fn encode(index: &Index, level: i32) -> Result<Vec<u8>> {
     for c in &index.chunks {
         put(&mut b, u64::from(c.blob));
         put(&mut b, c.offset);
-        put(&mut b, u64::from(c.csize));
-        put(&mut b, u64::from(c.usize));
+        put(&mut b, u64::from(c.stored_len));
+        put(&mut b, u64::from(c.raw_len));
         b.extend_from_slice(c.digest.as_bytes());
     }
     put(&mut b, index.inodes.len() as u64);

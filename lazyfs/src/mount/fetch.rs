@@ -123,7 +123,7 @@ impl Fetcher {
     pub fn get_local(&self, wanted: &[FileChunk]) -> Option<Vec<ChunkBytes>> {
         let digests: Vec<(shoal_common::Digest, u32)> = wanted
             .iter()
-            .map(|fc| self.chunk(fc.chunk).ok().map(|c| (c.digest, c.usize)))
+            .map(|fc| self.chunk(fc.chunk).ok().map(|c| (c.digest, c.raw_len)))
             .collect::<Option<_>>()?;
         if !digests.iter().all(|(d, _)| self.cache.holds(d)) {
             return None;
@@ -172,12 +172,12 @@ impl Fetcher {
             for &i in &missing {
                 if let Some(fc) = wanted.get(i) {
                     let c = self.chunk(fc.chunk)?;
-                    lookups.push((Some(i), fc.chunk, c.digest, c.usize));
+                    lookups.push((Some(i), fc.chunk, c.digest, c.raw_len));
                 }
             }
             for fc in &ahead {
                 let c = self.chunk(fc.chunk)?;
-                lookups.push((None, fc.chunk, c.digest, c.usize));
+                lookups.push((None, fc.chunk, c.digest, c.raw_len));
             }
             let cache = self.cache.clone();
             let found = tokio::task::spawn_blocking(move || {
