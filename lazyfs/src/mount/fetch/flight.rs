@@ -92,9 +92,9 @@ impl Fetcher {
         Ok(got)
     }
 
-    /// Fetch one run ([`Fetcher::from_sources`]); cache what verifies.
+    /// Fetch one run ([`Fetcher::fetch_from_sources`]); cache what verifies.
     pub(super) async fn fetch_run(self: Arc<Self>, id: u64, run: BlobRun) -> RunResult {
-        let results = self.from_sources(run).await;
+        let results = self.fetch_from_sources(run).await;
         // Cache successes: memory now, disk in the background. The memory tier may refuse
         // or soon evict a chunk (moka admits by frequency), so the run stays registered as
         // in flight, its bytes available to late readers, until the disk holds them too:

@@ -18,7 +18,7 @@ use crate::mount::source::HttpSource;
 impl Fetcher {
     /// Every chunk of `run`, from the first source that delivers it intact; for the others,
     /// the last failure.
-    pub(super) async fn from_sources(&self, run: BlobRun) -> Vec<ChunkResult> {
+    pub(super) async fn fetch_from_sources(&self, run: BlobRun) -> Vec<ChunkResult> {
         let mut results = Vec::new();
         let mut pending: Vec<FileChunk> = run.chunks;
         let mut last_err: Option<Error> = None;
