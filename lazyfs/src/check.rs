@@ -128,7 +128,9 @@ pub fn check_chunks(src: &dyn BlobSource, index: &Index) -> (u64, Vec<Error>) {
     (ok, problems)
 }
 
-/// Decompress and hash one chunk out of `window` (which starts at blob offset `base`).
+/// Decompress and hash one chunk out of `window` (which starts at blob offset `base`): the
+/// one chunk check, shared by `check`, `unpack` and the mount's fetcher. Decompression is
+/// capped at the chunk's size, so a forged frame cannot make it allocate more.
 pub fn verify_chunk(index: &Index, id: u32, window: &[u8], base: u64) -> Result<Vec<u8>, Error> {
     let c = index
         .chunks

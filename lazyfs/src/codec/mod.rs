@@ -4,12 +4,12 @@
 //! The decoder treats its input as hostile. Every count is bounded by the bytes left, every
 //! reference is checked against the table it points into, and the tree rules (parents
 //! before children, sorted unique names, no `/`, NUL, `.` or `..`) are enforced, so that
-//! code walking a decoded [`Index`] needs no further checks and cannot loop.
+//! code walking a decoded [`Index`](crate::Index) needs no further checks and cannot loop.
 //!
-//! - [`encode`]: [`Index`](crate::Index) → bytes, deterministically.
-//! - [`decode`]: bytes → a validated [`Index`](crate::Index).
-//! - [`names`]: the name and chunk-parameter rules both sides enforce.
-//! - [`varint`]: the body's primitives (LEB128, zigzag, a bounds-checked reader).
+//! - `encode`: an index → bytes, deterministically.
+//! - `decode`: bytes → a validated index.
+//! - `names`: the name and chunk-parameter rules both sides enforce.
+//! - `varint`: the body's primitives (LEB128, zigzag, a bounds-checked reader).
 
 mod decode;
 mod encode;

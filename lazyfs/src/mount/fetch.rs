@@ -10,8 +10,8 @@
 //! cached or returned; a chunk that no source delivers intact is an error, never data.
 //!
 //! - this module: the cache tiers and what a read needs fetched (with readahead);
-//! - [`flight`]: single flight, one spawned task per run, caching what it got;
-//! - [`sources`]: each source in turn, retries, verification.
+//! - `flight`: single flight, one spawned task per run, caching what it got;
+//! - `sources`: each source in turn, retries, verification.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

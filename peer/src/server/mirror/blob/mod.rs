@@ -23,7 +23,7 @@ mod response;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use shoal_common::{Digest, TaskId};
 
 use super::{
@@ -34,7 +34,7 @@ use crate::engine::{byte_ready, DownloadRequest};
 use crate::server::range::{parse_range, RangeError};
 use crate::storage::TaskFile;
 use access::{blob_url, check_access, head_upstream};
-use response::{bad_range, blob_headers, respond};
+use response::{bad_range, head_only, respond};
 
 pub(super) async fn blob(
     st: &MirrorState,
@@ -46,13 +46,7 @@ pub(super) async fn blob(
     let req = BlobRequest::decode(st, rest, q, headers)?;
     match open(st, method, &req).await? {
         Opened::File(file) => respond(st, method, file, req.digest, req.range.as_deref()),
-        Opened::Head { length } => {
-            let mut out = blob_headers(&req.digest);
-            if let Some(length) = length {
-                out.insert(header::CONTENT_LENGTH, length.into());
-            }
-            Ok((StatusCode::OK, out).into_response())
-        }
+        Opened::Head { length } => Ok(head_only(&req.digest, length)),
     }
 }
 

@@ -17,7 +17,7 @@ pub(super) fn bad_range(message: impl Into<String>) -> MirrorError {
     MirrorError::new(StatusCode::BAD_REQUEST, "RANGE_INVALID", message)
 }
 
-pub(super) fn blob_headers(digest: &Digest) -> HeaderMap {
+fn blob_headers(digest: &Digest) -> HeaderMap {
     let mut out = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         out.insert("docker-content-digest", v);
@@ -27,6 +27,15 @@ pub(super) fn blob_headers(digest: &Digest) -> HeaderMap {
         HeaderValue::from_static("application/octet-stream"),
     );
     out
+}
+
+/// A whole-blob `HEAD` answered from upstream's length alone (nothing cached, nothing opened).
+pub(super) fn head_only(digest: &Digest, length: Option<u64>) -> Response {
+    let mut out = blob_headers(digest);
+    if let Some(length) = length {
+        out.insert(header::CONTENT_LENGTH, length.into());
+    }
+    (StatusCode::OK, out).into_response()
 }
 
 /// The answer for `file` (complete, or with the pieces under `range` on their way): headers,
