@@ -40,6 +40,10 @@
 //!
 //! The work per request is O(missing pieces) plus a bounded sample of holders per assigned
 //! piece, never O(peers × pieces).
+//!
+//! Before all this, the pieces a request names as wanted (a lazy reader's) are served first
+//! (`wanted`). Origin leases and their shares are in `origin`, the choice of parents for one
+//! piece in `parents`; `schedule` puts the passes together.
 
 use std::collections::HashSet;
 use std::sync::Arc;
