@@ -93,7 +93,7 @@ impl StoredImage {
         }
         let mut chunk_bytes = 0;
         for &id in &chunks {
-            chunk_bytes += u64::from(self.chunk(id)?.csize);
+            chunk_bytes += u64::from(self.chunk(id)?.stored_len);
         }
         let piece_size = piece_size.max(1);
         let mut sizes: BTreeSet<u64> = OTHER_PIECE_SIZES.into_iter().collect();
@@ -148,7 +148,7 @@ impl StoredImage {
                 .get(c.blob as usize)
                 .context("no such blob")?
                 .size;
-            let last = c.offset + u64::from(c.csize).max(1) - 1;
+            let last = c.offset + u64::from(c.stored_len).max(1) - 1;
             for p in c.offset / piece_size..=last / piece_size {
                 if pieces.insert((c.blob, p)) {
                     bytes += piece_size.min(blob_size.saturating_sub(p * piece_size));
@@ -240,11 +240,11 @@ mod tests {
             digest: Digest::of(b"data"),
             size: 300_000,
         };
-        let chunk = |offset, csize, usize| Chunk {
+        let chunk = |offset, stored_len, raw_len| Chunk {
             blob: 0,
             offset,
-            csize,
-            usize,
+            stored_len,
+            raw_len,
             digest: Digest::of(&offset.to_le_bytes()),
         };
         let inode = |kind, chunks: std::ops::Range<u32>| Inode {
