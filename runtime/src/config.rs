@@ -7,7 +7,9 @@
 //! `Option`/`Vec` say `required = false`), so the parsed matches hold only what the
 //! environment or the command line really set; [`Overrides`] keeps those matches and
 //! applies them over the file with `FromArgMatches::update_from_arg_matches`. Config-only
-//! settings (tables, booleans a flag could not unset) are `#[arg(skip)]`.
+//! settings (tables, durations nobody sets per run) are `#[arg(skip)]`. A boolean setting is
+//! written `#[arg(long, switch = true)]` (with [`Switch`] in scope): a plain clap flag always
+//! holds `false` when absent and would overwrite the file's `true`.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -18,12 +20,33 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 
+/// Makes a boolean setting a switch that is absent unless given: `--flag` alone means true,
+/// `--flag=false` turns off what the file turned on, and variables take the usual
+/// true/false/1/0/yes/no. `require_equals` keeps a bare switch from taking the next argument.
+pub trait Switch {
+    fn switch(self, on: bool) -> Self;
+}
+
+impl Switch for clap::Arg {
+    fn switch(self, on: bool) -> Self {
+        if !on {
+            return self;
+        }
+        self.action(clap::ArgAction::Set)
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true")
+            .value_parser(clap::builder::FalseyValueParser::new())
+            .required(false)
+    }
+}
+
 /// Reads a TOML config file; fields left out keep their defaults (the struct's
 /// `#[serde(default)]`).
 pub fn read_toml<C: DeserializeOwned>(path: &Path) -> Result<C, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::ConfigRead {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     toml::from_str(&text).map_err(|e| Error::ConfigParse {
         path: path.to_owned(),
@@ -120,6 +143,8 @@ mod tests {
         extra: Option<u32>,
         #[arg(skip)]
         file_only: u32,
+        #[arg(long, switch = true)]
+        on: bool,
     }
 
     fn humantime_like(s: &str) -> Result<Duration, String> {
@@ -137,6 +162,7 @@ mod tests {
                 items: vec!["a".into()],
                 extra: None,
                 file_only: 5,
+                on: false,
             }
         }
     }
@@ -153,7 +179,11 @@ mod tests {
     fn file_then_environment_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "name = \"file\"\nitems = [\"f\"]\nfile_only = 9\n").unwrap();
+        std::fs::write(
+            &file,
+            "name = \"file\"\nitems = [\"f\"]\nfile_only = 9\non = true\n",
+        )
+        .unwrap();
         let f = file.to_str().unwrap();
 
         let cli = Cli::try_parse_from(["x", "--config", f]).unwrap();
@@ -161,6 +191,11 @@ mod tests {
         assert_eq!((c.name.as_str(), c.file_only), ("file", 9));
         assert_eq!(c.items, ["f"]);
         assert_eq!(c.wait, Duration::from_secs(1));
+        assert!(c.on, "an absent switch keeps the file's value");
+        let cli = Cli::try_parse_from(["x", "--config", f, "--on=false"]).unwrap();
+        assert!(!cli.settings.resolve(cli.config.as_deref()).unwrap().on);
+        let cli = Cli::try_parse_from(["x", "--on"]).unwrap();
+        assert!(cli.settings.resolve(None).unwrap().on);
 
         let cli = Cli::try_parse_from([
             "x", "--config", f, "--item", "1", "--item", "2", "--wait", "7s",

@@ -5,25 +5,35 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading config {}: {source}", path.display())]
+    // `error` is part of the message rather than a `source`, so that one-line reports
+    // (`{e}`) and chain reports (`{e:#}`) both name the cause once.
+    #[error("reading config {}: {error}", path.display())]
     ConfigRead {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config {}: {message}", path.display())]
     ConfigParse { path: PathBuf, message: String },
     /// A flag or environment value that parsed but cannot be applied to the config.
     #[error("applying flags and environment: {0}")]
     Flags(String),
+    /// The loaded config breaks one of its own rules (the binary's `validate()`).
+    #[error(transparent)]
+    Invalid(Box<dyn std::error::Error + Send + Sync>),
     #[error("encoding metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
 
 impl Error {
-    /// Whether trying again unchanged may succeed. Nothing here is: a config is wrong until
-    /// someone edits it, and encoding fails the same way every time.
+    /// Wraps a config's validation failure, so that it exits [`crate::Exit::Config`].
+    pub fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Invalid(e.into())
+    }
+
+    /// Whether trying again unchanged may succeed: only an interrupted read. A config is
+    /// wrong until someone edits it, and encoding fails the same way every time.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::ConfigRead { source, .. } if source.kind() == std::io::ErrorKind::Interrupted)
+        matches!(self, Error::ConfigRead { error, .. } if error.kind() == std::io::ErrorKind::Interrupted)
     }
 
     /// Whether this is the operator's configuration being wrong (exit [`crate::Exit::Config`]).

@@ -55,6 +55,20 @@ impl Exit {
         }
         Exit::Failure
     }
+
+    /// [`Exit::for_error`] for a binary whose library error `E` knows whether it is worth
+    /// retrying: such a cause exits [`Exit::TempFail`].
+    pub fn for_error_retrying<E: StdError + 'static>(
+        err: &(dyn StdError + 'static),
+        retryable: fn(&E) -> bool,
+    ) -> Exit {
+        Exit::for_error(err, |cause| {
+            cause
+                .downcast_ref::<E>()
+                .filter(|e| retryable(e))
+                .map(|_| Exit::TempFail)
+        })
+    }
 }
 
 impl From<Exit> for ExitCode {
@@ -101,5 +115,11 @@ mod tests {
         assert_eq!(Exit::for_error(&err, outer_first), Exit::Usage);
         let config = crate::Error::Flags("x".into());
         assert_eq!(Exit::for_error(&config, |_| None), Exit::Config);
+        let invalid = crate::Error::invalid("cache_size too small");
+        assert_eq!(Exit::for_error(&invalid, |_| None), Exit::Config);
+        let retry = |e: &std::io::Error| e.kind() == std::io::ErrorKind::TimedOut;
+        assert_eq!(Exit::for_error_retrying(&err, retry), Exit::TempFail);
+        let other = Outer(std::io::Error::other("no"));
+        assert_eq!(Exit::for_error_retrying(&other, retry), Exit::Failure);
     }
 }

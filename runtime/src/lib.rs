@@ -15,7 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod shutdown;
 
-pub use config::Overrides;
+pub use config::{Overrides, Switch};
 pub use error::Error;
 pub use exit::Exit;
 pub use logging::LogFormat;
