@@ -2,40 +2,51 @@
 //! every server and task of the process watches, so shutdown is ordered by the owners of
 //! the work rather than by the signal handler.
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-/// Resolves on the first SIGINT or SIGTERM. A signal that cannot be watched is ignored
-/// (the other still works), so this never resolves spuriously.
-pub async fn signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// SIGINT and SIGTERM, caught from the moment [`Signals::install`] returns (the default
+/// action, dying on the spot, no longer applies).
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    /// Must be called inside a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    let term = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 
-/// A token cancelled by the first SIGINT or SIGTERM. Must be called inside a tokio runtime.
+/// A token cancelled by the first SIGINT or SIGTERM. The handlers are in place when this
+/// returns, so a signal that arrives right after (say, while a mount is being set up) is a
+/// clean stop rather than a kill. Must be called inside a tokio runtime.
 pub fn on_signal() -> CancellationToken {
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        signal().await;
-        tracing::info!("shutting down");
-        c.cancel();
-    });
+    match Signals::install() {
+        Ok(mut signals) => {
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                signals.recv().await;
+                tracing::info!("shutting down");
+                c.cancel();
+            });
+        }
+        // Without handlers the signals keep their default action: the process still stops.
+        Err(e) => tracing::warn!(error = %e, "cannot watch SIGINT/SIGTERM"),
+    }
     cancel
 }
 
@@ -44,8 +55,6 @@ mod tests {
     #[tokio::test]
     async fn sigterm_cancels_the_token() {
         let cancel = super::on_signal();
-        // Let the task install its handlers before the signal arrives.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let pid = std::process::id();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])

@@ -33,6 +33,7 @@ use fuser::{Config, MountOption, SessionACL};
 use serde::{Deserialize, Serialize};
 use shoal_common::ByteSize;
 use shoal_runtime::Switch;
+use tokio_util::sync::CancellationToken;
 
 use self::access::AccessLog;
 use self::cache::{ChunkCache, DiskCache};
@@ -318,15 +319,9 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
         source: e,
     };
     // Signal handlers before the mount exists, so an early SIGTERM still unmounts.
-    let signals = {
-        use tokio::signal::unix::{signal, SignalKind};
+    let stop = {
         let _rt = rt.enter();
-        (
-            signal(SignalKind::terminate())
-                .map_err(|e| Error::io("installing SIGTERM handler", e))?,
-            signal(SignalKind::interrupt())
-                .map_err(|e| Error::io("installing SIGINT handler", e))?,
-        )
+        shoal_runtime::shutdown::on_signal()
     };
     let session =
         fuser::spawn_mount(fs, &opts.mountpoint, &config).map_err(|e| mount_err("mounting", e))?;
@@ -348,7 +343,7 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
         metrics,
     ));
 
-    let signalled = rt.block_on(wait_for_end(&session, signals));
+    let signalled = rt.block_on(wait_for_end(&session, &stop));
     if signalled {
         tracing::info!("signal received: unmounting");
         if let Err(e) = session.umount_and_join() {
@@ -367,14 +362,10 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
 }
 
 /// `true` on SIGTERM/SIGINT, `false` when the session ended by itself (external unmount).
-async fn wait_for_end(
-    session: &fuser::BackgroundSession,
-    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
-) -> bool {
+async fn wait_for_end(session: &fuser::BackgroundSession, stop: &CancellationToken) -> bool {
     loop {
         tokio::select! {
-            _ = term.recv() => return true,
-            _ = int.recv() => return true,
+            _ = stop.cancelled() => return true,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if session.guard.is_finished() {
                     return false;
