@@ -110,6 +110,14 @@ pub struct PeerConfig {
     /// Log filter (`info`, `shoal_peer=debug`, ...).
     #[arg(long, env = "SHOAL_LOG", required = false, value_name = "FILTER")]
     pub log_level: String,
+    /// Log line format: text or json.
+    #[arg(
+        long,
+        env = "SHOAL_LOG_FORMAT",
+        required = false,
+        value_name = "FORMAT"
+    )]
+    pub log_format: shoal_runtime::LogFormat,
     /// Test-only fault injection: serve corrupted bytes to other peers.
     #[serde(skip)]
     #[arg(skip)]
@@ -146,6 +154,7 @@ impl Default for PeerConfig {
             connect_timeout: Duration::from_secs(5),
             embedded_supernode: shoal_supernode::SupernodeConfig::default(),
             log_level: "info".into(),
+            log_format: shoal_runtime::LogFormat::Text,
             fault_corrupt_uploads: false,
         }
     }

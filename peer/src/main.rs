@@ -10,7 +10,7 @@ use shoal_common::Digest;
 use shoal_peer::daemon::{self, Listeners};
 use shoal_peer::get::{self, GetOptions};
 use shoal_peer::PeerConfig;
-use shoal_runtime::{logging, shutdown, Exit, LogFormat, Overrides};
+use shoal_runtime::{logging, shutdown, Exit, Overrides};
 use url::Url;
 
 #[derive(Parser)]
@@ -127,7 +127,7 @@ impl RunArgs {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    logging::init(&config.log_level, LogFormat::Text);
+    logging::init(&config.log_level, config.log_format);
     let listeners = Listeners::bind(&config).await?;
     let cancel = shutdown::on_signal();
     daemon::run(config, listeners, cancel).await?;
