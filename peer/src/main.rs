@@ -178,3 +178,50 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_settings_layer_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peer.toml");
+        std::fs::write(
+            &file,
+            "cache_size = \"2GiB\"\nconcurrent_pieces = 4\n[labels]\nzone = \"a\"\nrack = \"1\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["shoal-peer", "check-config", "--config", f]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            let Command::CheckConfig(a) = cli.command else {
+                unreachable!("parsed check-config")
+            };
+            a.resolve()
+        };
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.cache_size.0, c.concurrent_pieces), (2 << 30, 4));
+        let c = parse(&[
+            "--cache-size",
+            "1GiB",
+            "--label",
+            "zone=b",
+            "--supernode",
+            "http://s:1",
+        ])
+        .unwrap();
+        assert_eq!((c.cache_size.0, c.concurrent_pieces), (1 << 30, 4));
+        assert_eq!(c.labels["zone"], "b");
+        assert_eq!(c.labels["rack"], "1", "flags add labels to the file's");
+        assert_eq!(c.supernodes.len(), 1);
+        let e = parse(&["--concurrent-pieces", "0"]).unwrap_err();
+        assert!(e.to_string().contains("concurrent_pieces"), "{e}");
+        assert_eq!(Exit::for_error(&e, |_| None), Exit::Config);
+    }
+}

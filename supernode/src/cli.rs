@@ -38,3 +38,34 @@ impl Cli {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn flags_follow_the_subcommand_and_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sn.toml");
+        std::fs::write(&file, "max_parents = 5\npeer_ttl = \"1m\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let cli = Cli::try_parse_from([
+            "shoal-supernode",
+            "check-config",
+            "--config",
+            f,
+            "--max-parents",
+            "7",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::CheckConfig)));
+        let c = cli.resolve().unwrap();
+        assert_eq!((c.max_parents, c.peer_ttl), (7, Duration::from_secs(60)));
+        let cli =
+            Cli::try_parse_from(["shoal-supernode", "--config", f, "--peer-ttl", "2s"]).unwrap();
+        let e = cli.resolve().unwrap_err().to_string();
+        assert!(e.contains("heartbeat_interval"), "{e}");
+    }
+}
