@@ -10,7 +10,8 @@ use super::fetch::Fetcher;
 use super::metrics::Metrics;
 use crate::index::{FileChunk, Index, Kind};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PrefetchMode {
     /// Every chunk of the image, in blob order.
     All,
