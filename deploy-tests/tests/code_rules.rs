@@ -162,7 +162,10 @@ fn library_and_binary_files_stay_under_500_lines() {
             let rel = f.strip_prefix(&root).unwrap_or(&f).to_path_buf();
             let is_test = rel.file_name().is_some_and(|n| n == "tests.rs")
                 || rel.components().any(|c| c.as_os_str() == "tests");
-            let lines = std::fs::read_to_string(&f).unwrap_or_default().lines().count();
+            let lines = std::fs::read_to_string(&f)
+                .unwrap_or_default()
+                .lines()
+                .count();
             if !is_test && lines > LIMIT {
                 long.push(format!("{} ({lines} lines)", rel.display()));
             }
