@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use shoal_common::Digest;
 use shoal_lazyfs::index::Chunk;
-use shoal_lazyfs::store::{read_blob, Fetched};
+use shoal_lazyfs::store::{read_blob, RawManifest};
 use shoal_lazyfs::{BlobSource, Index, Kind, LazyImage};
 
 use crate::lazyfs_tree::FileSpec;
@@ -195,7 +195,7 @@ impl BlobSource for RegistryStorage {
         Some(self.tag.clone())
     }
 
-    fn manifest(&self, reference: Option<&str>) -> shoal_lazyfs::Result<Fetched> {
+    fn manifest(&self, reference: Option<&str>) -> shoal_lazyfs::Result<RawManifest> {
         let tag = reference.unwrap_or(&self.tag);
         let link = self.v2.join(format!(
             "repositories/{}/_manifests/tags/{tag}/current/link",
@@ -206,7 +206,7 @@ impl BlobSource for RegistryStorage {
         let digest: Digest = text.trim().parse().map_err(|e| {
             shoal_lazyfs::Error::manifest(link.display().to_string(), format!("{e}"))
         })?;
-        Ok(Fetched {
+        Ok(RawManifest {
             bytes: read_blob(self, &digest, 16 << 20)?,
             media_type: None,
             digest,

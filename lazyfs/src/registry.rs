@@ -22,7 +22,7 @@ use shoal_registry::{Auth, Client, ClientOptions, Repository, RetryPolicy};
 
 use crate::error::{Error, Result};
 use crate::media;
-use crate::store::{BlobSink, BlobSource, Fetched};
+use crate::store::{BlobSink, BlobSource, RawManifest};
 
 /// Largest manifest read.
 const MAX_MANIFEST: usize = 16 << 20;
@@ -204,7 +204,7 @@ impl BlobSource for Registry {
         Some(self.reference.clone())
     }
 
-    fn manifest(&self, reference: Option<&str>) -> Result<Fetched> {
+    fn manifest(&self, reference: Option<&str>) -> Result<RawManifest> {
         let reference = reference.unwrap_or(&self.reference).to_string();
         let tag = reference.clone();
         let (bytes, media_type) = self.pull(move |repo| {
@@ -230,7 +230,7 @@ impl BlobSource for Registry {
                 });
             }
         }
-        Ok(Fetched {
+        Ok(RawManifest {
             bytes,
             media_type,
             digest,

@@ -20,7 +20,7 @@ use crate::credentials::Credential;
 use crate::error::{Error, Result};
 
 pub use shoal_common::registry::valid_host;
-pub use shoal_registry::Answer;
+pub use shoal_registry::AuthorizedResponse;
 
 pub struct Upstream {
     client: Client,
@@ -39,7 +39,7 @@ impl Upstream {
             insecure,
             ..Default::default()
         })
-        .map_err(|e| Error::Config(format!("upstream http client: {e}")))?;
+        .map_err(|e| Error::runtime("upstream http client", e))?;
         Ok(Upstream {
             client,
             credentials: HashMap::new(),
@@ -101,7 +101,7 @@ impl Upstream {
         url: &str,
         headers: HeaderMap,
         client_auth: Option<HeaderValue>,
-    ) -> Result<Answer> {
+    ) -> Result<AuthorizedResponse> {
         let auth = self.auth(host, client_auth);
         let req = Request {
             method,

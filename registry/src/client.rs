@@ -108,7 +108,7 @@ impl<'a> Request<'a> {
 
 /// The final response (any status) and the `Authorization` that got it, to reuse for a
 /// follow-up request (the blob download after the access check).
-pub struct Answer {
+pub struct AuthorizedResponse {
     pub response: Response,
     pub auth: Option<HeaderValue>,
 }
@@ -189,15 +189,15 @@ impl Client {
     }
 
     /// Sends `req`, retrying per the policy and answering one bearer challenge. Any status
-    /// comes back as an [`Answer`]; only a request that got no answer at all is an error.
-    pub async fn send(&self, req: &Request<'_>) -> Result<Answer> {
+    /// comes back as an [`AuthorizedResponse`]; only a request that got no answer at all is an error.
+    pub async fn send(&self, req: &Request<'_>) -> Result<AuthorizedResponse> {
         let initial = req.auth.initial();
         let auth = self
             .cached_token(req.host, req.repo, req.auth)
             .or_else(|| initial.cloned());
         let response = self.retrying(req, auth.as_ref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED || matches!(req.auth, Auth::None) {
-            return Ok(Answer { response, auth });
+            return Ok(AuthorizedResponse { response, auth });
         }
         let challenge = response
             .headers()
@@ -205,12 +205,12 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .map(protocol::parse_challenge);
         let Some(Challenge::Bearer(challenge)) = challenge else {
-            return Ok(Answer { response, auth });
+            return Ok(AuthorizedResponse { response, auth });
         };
         // Our own bearer token was refused: that is the answer.
         let basic = initial.filter(|a| a.to_str().is_ok_and(protocol::is_basic));
         if initial.is_some() && basic.is_none() {
-            return Ok(Answer { response, auth });
+            return Ok(AuthorizedResponse { response, auth });
         }
         let (token, ttl) = self.fetch_token(&challenge, basic).await?;
         if let Some(id) = req.auth.cache_identity() {
@@ -220,7 +220,7 @@ impl Client {
                 .insert(key, (token.clone(), Instant::now() + ttl));
         }
         let response = self.retrying(req, Some(&token)).await?;
-        Ok(Answer {
+        Ok(AuthorizedResponse {
             response,
             auth: Some(token),
         })

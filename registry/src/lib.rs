@@ -13,7 +13,9 @@ pub mod error;
 pub mod repository;
 pub mod retry;
 
-pub use client::{check, read_limited, Answer, Auth, Client, ClientOptions, Payload, Request};
+pub use client::{
+    check, read_limited, Auth, AuthorizedResponse, Client, ClientOptions, Payload, Request,
+};
 pub use error::{Error, Result};
 pub use repository::Repository;
 pub use retry::RetryPolicy;

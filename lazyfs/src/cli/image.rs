@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use shoal_common::ByteSize;
 use shoal_lazyfs::artifact::Form;
-use shoal_lazyfs::convert::{convert, ConvertOptions, Dictionary, Source};
+use shoal_lazyfs::convert::{convert, ConvertOptions, Dictionary, Input};
 use shoal_lazyfs::store::{open_sink, open_source};
 use shoal_lazyfs::{ChunkParams, ImageRef, LazyImage, RegistryOptions};
 use shoal_runtime::Exit;
@@ -137,8 +137,8 @@ pub fn convert_cmd(args: ConvertArgs) -> anyhow::Result<Exit> {
     };
     let opts = registry.options();
     let source = match ImageRef::parse(&src)? {
-        ImageRef::Dir(p) => Source::Dir(p),
-        r => Source::Image(open_source(&r, &opts)?),
+        ImageRef::Dir(p) => Input::Dir(p),
+        r => Input::Image(open_source(&r, &opts)?),
     };
     let dst_ref = ImageRef::parse(&dst)?;
     let sink = open_sink(&dst_ref, &opts)?;

@@ -8,7 +8,7 @@ use shoal_common::Digest;
 
 use super::super::{upstream_failed, upstream_refused, MirrorError, MirrorState};
 use crate::access::AccessCache;
-use crate::upstream::Answer;
+use crate::upstream::AuthorizedResponse;
 
 pub(super) fn blob_url(st: &MirrorState, host: &str, name: &str, digest: &Digest) -> String {
     format!("{}/v2/{name}/blobs/{digest}", st.upstream.base_url(host))
@@ -22,7 +22,7 @@ pub(super) async fn head_upstream(
     name: &str,
     digest: &Digest,
     auth: Option<HeaderValue>,
-) -> Result<Answer, MirrorError> {
+) -> Result<AuthorizedResponse, MirrorError> {
     st.metrics
         .upstream_requests
         .with_label_values(&["blob"])
