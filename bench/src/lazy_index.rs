@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use shoal_common::Digest;
 use shoal_lazyfs::index::Chunk;
-use shoal_lazyfs::store::{read_blob, Fetched};
+use shoal_lazyfs::store::{read_blob, RawManifest};
 use shoal_lazyfs::{BlobSource, Index, Kind, LazyImage};
 
 use crate::lazyfs_tree::FileSpec;
@@ -93,7 +93,7 @@ impl StoredImage {
         }
         let mut chunk_bytes = 0;
         for &id in &chunks {
-            chunk_bytes += u64::from(self.chunk(id)?.csize);
+            chunk_bytes += u64::from(self.chunk(id)?.stored_len);
         }
         let piece_size = piece_size.max(1);
         let mut sizes: BTreeSet<u64> = OTHER_PIECE_SIZES.into_iter().collect();
@@ -148,7 +148,7 @@ impl StoredImage {
                 .get(c.blob as usize)
                 .context("no such blob")?
                 .size;
-            let last = c.offset + u64::from(c.csize).max(1) - 1;
+            let last = c.offset + u64::from(c.stored_len).max(1) - 1;
             for p in c.offset / piece_size..=last / piece_size {
                 if pieces.insert((c.blob, p)) {
                     bytes += piece_size.min(blob_size.saturating_sub(p * piece_size));
@@ -195,7 +195,7 @@ impl BlobSource for RegistryStorage {
         Some(self.tag.clone())
     }
 
-    fn manifest(&self, reference: Option<&str>) -> shoal_lazyfs::Result<Fetched> {
+    fn manifest(&self, reference: Option<&str>) -> shoal_lazyfs::Result<RawManifest> {
         let tag = reference.unwrap_or(&self.tag);
         let link = self.v2.join(format!(
             "repositories/{}/_manifests/tags/{tag}/current/link",
@@ -206,7 +206,7 @@ impl BlobSource for RegistryStorage {
         let digest: Digest = text.trim().parse().map_err(|e| {
             shoal_lazyfs::Error::manifest(link.display().to_string(), format!("{e}"))
         })?;
-        Ok(Fetched {
+        Ok(RawManifest {
             bytes: read_blob(self, &digest, 16 << 20)?,
             media_type: None,
             digest,
@@ -240,11 +240,11 @@ mod tests {
             digest: Digest::of(b"data"),
             size: 300_000,
         };
-        let chunk = |offset, csize, usize| Chunk {
+        let chunk = |offset, stored_len, raw_len| Chunk {
             blob: 0,
             offset,
-            csize,
-            usize,
+            stored_len,
+            raw_len,
             digest: Digest::of(&offset.to_le_bytes()),
         };
         let inode = |kind, chunks: std::ops::Range<u32>| Inode {

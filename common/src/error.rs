@@ -13,6 +13,10 @@ pub enum ParseError {
     Size { input: String, reason: String },
     #[error("invalid piece layout: {0}")]
     Layout(String),
+    #[error("invalid image reference {input:?}: {reason}")]
+    Reference { input: String, reason: &'static str },
+    #[error("invalid registry token response: {reason}")]
+    Token { reason: String },
 }
 
 /// Keep untrusted input short in error messages: a 1 MB header must not become a 1 MB log line.

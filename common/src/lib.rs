@@ -6,6 +6,8 @@
 //! - [`pieceset`]: a compact set of piece indices (what a peer holds).
 //! - [`api`]: the JSON messages exchanged between peers and supernodes.
 //! - [`hashring`]: which supernode owns a task when several share the work.
+//! - [`registry`]: the OCI distribution protocol's pure parts: image references, registry
+//!   hosts and URLs, auth challenges, tokens, Basic credentials (the client is `shoal-registry`).
 //! - [`size`]: human byte sizes and rates for configs (`10GiB`, `100Mbit`).
 //! - [`error`]: parse errors for all of the above.
 
@@ -15,6 +17,7 @@ pub mod error;
 pub mod hashring;
 pub mod piece;
 pub mod pieceset;
+pub mod registry;
 pub mod size;
 pub mod task;
 

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use shoal_lazyfs::convert::{convert, ConvertOptions, Source};
+use shoal_lazyfs::convert::{convert, ConvertOptions, Input};
 use shoal_lazyfs::reference::ImageRef;
 use shoal_lazyfs::store::open_sink;
 use shoal_lazyfs::{ChunkParams, RegistryOptions};
@@ -111,7 +111,7 @@ fn main() {
         let sink = open_sink(&dst, &RegistryOptions::default()).unwrap();
         let started = Instant::now();
         let report = convert(
-            &Source::Dir(root.clone()),
+            &Input::Dir(root.clone()),
             sink.as_ref(),
             &ConvertOptions {
                 params: ChunkParams {

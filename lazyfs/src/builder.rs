@@ -228,8 +228,8 @@ pub fn build(tree: &Tree, opts: &BuildOptions<'_>, data_out: File) -> Result<Bui
                 Home::Dict(b) => dict_map.get(&b).copied().unwrap_or(new_blob),
             },
             offset: c.offset,
-            csize: c.csize,
-            usize: c.usize,
+            stored_len: c.stored_len,
+            raw_len: c.raw_len,
             digest: c.digest,
         })
         .collect();
@@ -264,7 +264,7 @@ pub fn build(tree: &Tree, opts: &BuildOptions<'_>, data_out: File) -> Result<Bui
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|&c| index.chunks.get(c as usize))
-                .map(|c| u64::from(c.usize))
+                .map(|c| u64::from(c.raw_len))
                 .sum();
         }
     }

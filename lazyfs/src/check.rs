@@ -128,14 +128,16 @@ pub fn check_chunks(src: &dyn BlobSource, index: &Index) -> (u64, Vec<Error>) {
     (ok, problems)
 }
 
-/// Decompress and hash one chunk out of `window` (which starts at blob offset `base`).
+/// Decompress and hash one chunk out of `window` (which starts at blob offset `base`): the
+/// one chunk check, shared by `check`, `unpack` and the mount's fetcher. Decompression is
+/// capped at the chunk's size, so a forged frame cannot make it allocate more.
 pub fn verify_chunk(index: &Index, id: u32, window: &[u8], base: u64) -> Result<Vec<u8>, Error> {
     let c = index
         .chunks
         .get(id as usize)
         .ok_or_else(|| chunk_error(index, id, "no such chunk".into()))?;
     let from = (c.offset - base) as usize;
-    let Some(frame) = window.get(from..from + c.csize as usize) else {
+    let Some(frame) = window.get(from..from + c.stored_len as usize) else {
         return Err(chunk_error(
             index,
             id,
@@ -146,13 +148,17 @@ pub fn verify_chunk(index: &Index, id: u32, window: &[u8], base: u64) -> Result<
             ),
         ));
     };
-    let data = zstd::bulk::decompress(frame, c.usize as usize)
+    let data = zstd::bulk::decompress(frame, c.raw_len as usize)
         .map_err(|e| chunk_error(index, id, format!("bad zstd frame: {e}")))?;
-    if data.len() != c.usize as usize {
+    if data.len() != c.raw_len as usize {
         return Err(chunk_error(
             index,
             id,
-            format!("decompresses to {} bytes, expected {}", data.len(), c.usize),
+            format!(
+                "decompresses to {} bytes, expected {}",
+                data.len(),
+                c.raw_len
+            ),
         ));
     }
     let got = Digest::of(&data);

@@ -34,8 +34,8 @@ pub struct ChunkDict {
 struct DictChunk {
     blob: u32,
     offset: u64,
-    csize: u32,
-    usize: u32,
+    stored_len: u32,
+    raw_len: u32,
 }
 
 impl ChunkDict {
@@ -45,8 +45,8 @@ impl ChunkDict {
             chunks.entry(c.digest).or_insert(DictChunk {
                 blob: c.blob,
                 offset: c.offset,
-                csize: c.csize,
-                usize: c.usize,
+                stored_len: c.stored_len,
+                raw_len: c.raw_len,
             });
         }
         ChunkDict {
@@ -77,8 +77,8 @@ pub enum Home {
 pub struct ChunkRec {
     pub home: Home,
     pub offset: u64,
-    pub csize: u32,
-    pub usize: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
     pub digest: Digest,
 }
 
@@ -286,20 +286,20 @@ impl WriterState {
             }
             let id = u32::try_from(self.chunks.len())
                 .map_err(|_| Error::Invalid("more than 2^32 chunks".into()))?;
-            let usize = data.len() as u32; // chunks never exceed the 16 MiB fastcdc maximum
+            let raw_len = data.len() as u32; // chunks never exceed the 16 MiB fastcdc maximum
             let from_dict = self
                 .dict
                 .as_ref()
                 .and_then(|d| d.chunks.get(digest).copied());
             let rec = match from_dict {
-                Some(dc) if dc.usize == usize => {
+                Some(dc) if dc.raw_len == raw_len => {
                     self.stats.dict_chunks += 1;
-                    self.stats.dict_bytes += u64::from(usize);
+                    self.stats.dict_bytes += u64::from(raw_len);
                     ChunkRec {
                         home: Home::Dict(dc.blob),
                         offset: dc.offset,
-                        csize: dc.csize,
-                        usize,
+                        stored_len: dc.stored_len,
+                        raw_len,
                         digest: *digest,
                     }
                 }
@@ -308,8 +308,8 @@ impl WriterState {
                     ChunkRec {
                         home: Home::New,
                         offset: 0,
-                        csize: 0,
-                        usize,
+                        stored_len: 0,
+                        raw_len,
                         digest: *digest,
                     }
                 }
@@ -343,9 +343,9 @@ impl WriterState {
             self.hasher.update(&frame);
             if let Some(rec) = self.chunks.get_mut(id as usize) {
                 rec.offset = self.written;
-                rec.csize = frame.len() as u32;
+                rec.stored_len = frame.len() as u32;
                 self.stats.new_chunks += 1;
-                self.stats.new_bytes += u64::from(rec.usize);
+                self.stats.new_bytes += u64::from(rec.raw_len);
                 self.stats.new_compressed_bytes += frame.len() as u64;
             }
             self.written += frame.len() as u64;

@@ -18,7 +18,8 @@ use crate::media;
 use crate::store::{BlobSink, BlobSource, VerifyReader};
 use crate::tree::Tree;
 
-pub enum Source {
+/// What a conversion reads: an image (from a registry or an OCI layout) or a plain directory.
+pub enum Input {
     Image(Box<dyn BlobSource>),
     Dir(std::path::PathBuf),
 }
@@ -55,7 +56,7 @@ pub struct ConvertReport {
     pub total_time: Duration,
 }
 
-pub fn convert(src: &Source, dst: &dyn BlobSink, opts: &ConvertOptions) -> Result<ConvertReport> {
+pub fn convert(src: &Input, dst: &dyn BlobSink, opts: &ConvertOptions) -> Result<ConvertReport> {
     let started = Instant::now();
     let staging = dst.staging_dir();
     let mut spool = Spool::new(&staging)?;
@@ -67,7 +68,7 @@ pub fn convert(src: &Source, dst: &dyn BlobSink, opts: &ConvertOptions) -> Resul
         ProgressBar::hidden()
     };
     let (mut tree, image_config) = match src {
-        Source::Dir(path) => {
+        Input::Dir(path) => {
             spinner.set_message(format!("scanning {}", path.display()));
             let (tree, skipped) = crate::dirsrc::read_dir_tree(path)?;
             if skipped > 0 {
@@ -75,7 +76,7 @@ pub fn convert(src: &Source, dst: &dyn BlobSink, opts: &ConvertOptions) -> Resul
             }
             (tree, None)
         }
-        Source::Image(img) => {
+        Input::Image(img) => {
             let mut tree = Tree::new();
             let info = crate::image::read_image(img.as_ref(), &mut tree, &mut spool, &|m| {
                 spinner.set_message(m.to_string())

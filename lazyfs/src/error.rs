@@ -67,6 +67,11 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The registry client failed in a way the variants above do not name (a token
+    /// endpoint, a malformed answer, a body cut short).
+    #[error(transparent)]
+    Client(shoal_registry::Error),
+
     /// A chunk range could not be fetched from one source (peer mirror or registry) of a
     /// mount. `retryable` says whether asking the same source again may help.
     #[error("fetching {what} from {from}: {reason}")]
@@ -184,6 +189,7 @@ impl Error {
                     || source.is_body()
             }
             Error::Registry { status, .. } => *status == 429 || *status >= 500,
+            Error::Client(e) => e.retryable(),
             Error::Fetch { retryable, .. } => *retryable,
             Error::Timeout { .. } => true,
             _ => false,

@@ -7,7 +7,7 @@ use shoal_common::Digest;
 use crate::error::{Error, Result};
 use crate::layer::{apply_layer, decompress, Spool};
 use crate::media;
-use crate::store::{read_blob, BlobSource, Fetched, VerifyReader};
+use crate::store::{read_blob, BlobSource, RawManifest, VerifyReader};
 use crate::tree::Tree;
 
 /// What the source image contributed besides its files.
@@ -20,7 +20,7 @@ pub struct SourceImage {
 
 /// Resolve the reference to one image manifest, choosing this machine's platform from an
 /// index.
-pub fn resolve_manifest(src: &dyn BlobSource) -> Result<(Fetched, ImageManifest)> {
+pub fn resolve_manifest(src: &dyn BlobSource) -> Result<(RawManifest, ImageManifest)> {
     let mut fetched = src.manifest(None)?;
     for _ in 0..2 {
         let is_index = matches!(

@@ -78,20 +78,23 @@ pub struct BlobRef {
     pub size: u64,
 }
 
-/// One stored chunk: a single zstd frame at `offset..offset+csize` of data blob `blob`,
-/// decompressing to `usize` bytes whose sha256 is `digest`.
+/// One stored chunk: a single zstd frame at `offset..offset+stored_len` of data blob `blob`,
+/// decompressing to `raw_len` bytes whose sha256 is `digest`. (`FORMAT.md` calls the two
+/// lengths `csize` and `usize`.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     pub blob: u32,
     pub offset: u64,
-    pub csize: u32,
-    pub usize: u32,
+    /// Bytes of the zstd frame in the blob.
+    pub stored_len: u32,
+    /// Bytes of the chunk's content (decompressed).
+    pub raw_len: u32,
     pub digest: Digest,
 }
 
 impl Chunk {
     pub fn end(&self) -> u64 {
-        self.offset + u64::from(self.csize)
+        self.offset + u64::from(self.stored_len)
     }
 }
 
@@ -300,9 +303,9 @@ impl Index {
             if let Some(run) = runs.last_mut() {
                 if run.blob == c.blob
                     && run.offset + run.len == c.offset
-                    && run.len + u64::from(c.csize) <= max_len
+                    && run.len + u64::from(c.stored_len) <= max_len
                 {
-                    run.len += u64::from(c.csize);
+                    run.len += u64::from(c.stored_len);
                     run.chunks.push(*fc);
                     continue;
                 }
@@ -310,7 +313,7 @@ impl Index {
             runs.push(BlobRun {
                 blob: c.blob,
                 offset: c.offset,
-                len: u64::from(c.csize),
+                len: u64::from(c.stored_len),
                 chunks: vec![*fc],
             });
         }
@@ -377,7 +380,7 @@ impl Index {
                 off += self
                     .chunks
                     .get(c as usize)
-                    .map_or(0, |c| u64::from(c.usize));
+                    .map_or(0, |c| u64::from(c.raw_len));
             }
         }
     }

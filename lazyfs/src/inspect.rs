@@ -55,11 +55,11 @@ pub fn stats(index: &Index) -> Stats {
     }
     for c in &index.chunks {
         s.chunks += 1;
-        s.chunk_bytes += u64::from(c.usize);
-        s.compressed_bytes += u64::from(c.csize);
+        s.chunk_bytes += u64::from(c.raw_len);
+        s.compressed_bytes += u64::from(c.stored_len);
         if let Some(b) = s.per_blob.get_mut(c.blob as usize) {
             b.0 += 1;
-            b.1 += u64::from(c.csize);
+            b.1 += u64::from(c.stored_len);
         }
     }
     s

@@ -20,7 +20,7 @@
 //! - [`reference`]: `HOST/REPO:TAG`, `oci:DIR:TAG`, `dir:PATH`.
 //! - [`store`]: the [`BlobSource`]/[`BlobSink`] traits and verified reads.
 //! - [`ocidir`]: OCI image layout directories.
-//! - [`registry`]: the OCI distribution client.
+//! - [`registry`]: images in a registry, as a source and a sink (over `shoal-registry`).
 //!
 //! Reading back
 //! - [`check`]: full verification naming bad chunks and entries.

@@ -10,7 +10,7 @@ use shoal_common::Digest;
 
 use crate::error::{Error, IoContext, Result};
 use crate::media;
-use crate::store::{BlobSink, BlobSource, Fetched};
+use crate::store::{BlobSink, BlobSource, RawManifest};
 
 pub struct OciDir {
     dir: PathBuf,
@@ -54,7 +54,7 @@ impl BlobSource for OciDir {
         self.tag.clone()
     }
 
-    fn manifest(&self, reference: Option<&str>) -> Result<Fetched> {
+    fn manifest(&self, reference: Option<&str>) -> Result<RawManifest> {
         let reference = reference.map(str::to_string).or_else(|| self.tag.clone());
         let what = || {
             format!(
@@ -116,7 +116,7 @@ impl BlobSource for OciDir {
                     .map(str::to_string)
             })
         });
-        Ok(Fetched {
+        Ok(RawManifest {
             bytes,
             media_type,
             digest,

@@ -1,7 +1,11 @@
-//! Parsing the image references the CLI accepts: `HOST/REPO:TAG` (or `@sha256:…`),
-//! `oci:DIR[:TAG]` and `dir:PATH`.
+//! Parsing the image references the CLI accepts: `HOST/REPO:TAG` (or `@sha256:…`; parsed
+//! by `shoal_common::registry`, shared with the other registry clients), `oci:DIR[:TAG]` and
+//! `dir:PATH`.
 
 use std::path::PathBuf;
+
+use shoal_common::registry::Reference;
+use shoal_common::ParseError;
 
 use crate::error::{Error, Result};
 
@@ -50,45 +54,14 @@ impl ImageRef {
                 tag,
             });
         }
-        let rest = input.strip_prefix("docker://").unwrap_or(input);
-        let (host, path) = match rest.split_once('/') {
-            Some((h, p)) if h.contains('.') || h.contains(':') || h == "localhost" => {
-                (h.to_string(), p.to_string())
-            }
-            _ => ("docker.io".to_string(), rest.to_string()),
-        };
-        let (repo, reference) = if let Some((r, d)) = path.split_once('@') {
-            (r.to_string(), d.to_string())
-        } else {
-            match path.rsplit_once(':') {
-                Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
-                _ => (path.clone(), "latest".to_string()),
-            }
-        };
-        let repo = if host == "docker.io" && !repo.contains('/') {
-            format!("library/{repo}")
-        } else {
-            repo
-        };
-        let valid_repo = !repo.is_empty()
-            && repo.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
-            });
-        if !valid_repo {
-            return Err(bad(
-                "repository must be lowercase letters, digits, '.', '_', '-' and '/'",
-            ));
-        }
-        if reference.is_empty() || reference.contains('/') {
-            return Err(bad("invalid tag or digest"));
-        }
+        let r = Reference::parse(input).map_err(|e| match e {
+            ParseError::Reference { reason, .. } => bad(reason),
+            other => bad(&other.to_string()),
+        })?;
         Ok(ImageRef::Registry {
-            host,
-            repo,
-            reference,
+            host: r.host,
+            repo: r.repo,
+            reference: r.reference,
         })
     }
 }

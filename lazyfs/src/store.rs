@@ -13,7 +13,7 @@ use crate::reference::ImageRef;
 use crate::registry::{Registry, RegistryOptions};
 
 /// A manifest as fetched, with the digest of its exact bytes.
-pub struct Fetched {
+pub struct RawManifest {
     pub bytes: Vec<u8>,
     pub media_type: Option<String>,
     pub digest: Digest,
@@ -25,7 +25,7 @@ pub trait BlobSource: Send + Sync {
     /// The tag or digest the reference named (`None`: the only image of a layout).
     fn reference(&self) -> Option<String>;
     /// Fetch a manifest (or image index) by tag or digest; `None` means the default.
-    fn manifest(&self, reference: Option<&str>) -> Result<Fetched>;
+    fn manifest(&self, reference: Option<&str>) -> Result<RawManifest>;
     /// Stream a whole blob (not verified; wrap in [`VerifyReader`]).
     fn blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>>;
     /// Exactly `len` bytes at `offset` of a blob; short if the blob is shorter.

@@ -69,7 +69,7 @@ fn flipped_byte_in_a_chunk_is_named() {
     let victim = 3u32;
     let c = &index.chunks[victim as usize];
     let mut data = fs::read(&img.data_blob).unwrap();
-    data[(c.offset + u64::from(c.csize) / 2) as usize] ^= 0x55;
+    data[(c.offset + u64::from(c.stored_len) / 2) as usize] ^= 0x55;
     fs::write(&img.data_blob, &data).unwrap();
     let (ok, out) = check(&img);
     assert!(!ok);

@@ -299,7 +299,7 @@ fn a_dead_peer_falls_back_to_the_registry_and_the_disk_cache_survives() {
     // Disk writes happen in the background: wait for them.
     let want: u64 = chunks
         .iter()
-        .map(|c| u64::from(env.index.chunks[c.chunk as usize].usize))
+        .map(|c| u64::from(env.index.chunks[c.chunk as usize].raw_len))
         .sum();
     let deadline = Instant::now() + Duration::from_secs(10);
     while DiskCache::open(cache_dir.path(), 64 << 20).unwrap().bytes() < want {
@@ -392,7 +392,12 @@ fn a_cold_walk_through_a_tiny_memory_cache_fetches_each_chunk_once() {
         Some(disk),
     );
     walk_in_order(&env, &fetcher);
-    let blob: u64 = env.index.chunks.iter().map(|c| u64::from(c.csize)).sum();
+    let blob: u64 = env
+        .index
+        .chunks
+        .iter()
+        .map(|c| u64::from(c.stored_len))
+        .sum();
     assert_eq!(
         env.server.sent.load(Ordering::SeqCst),
         blob,

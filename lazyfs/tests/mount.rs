@@ -197,7 +197,7 @@ fn corrupted_chunk_reads_as_eio_and_other_files_still_read() {
     let blob = fx.index.blobs[chunk.blob as usize].digest;
     let path = fx.registry.blob_path(&blob.hex());
     let mut bytes = fs::read(&path).unwrap();
-    let mid = (chunk.offset + u64::from(chunk.csize) / 2) as usize;
+    let mid = (chunk.offset + u64::from(chunk.stored_len) / 2) as usize;
     for b in &mut bytes[mid..mid + 16] {
         *b ^= 0x5a;
     }

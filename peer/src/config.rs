@@ -1,5 +1,7 @@
 //! The peer's configuration: one struct, read from a TOML file, then overridden by `SHOAL_*`
-//! environment variables and flags (in the binary), then validated once and used as is.
+//! environment variables and flags, then validated once and used as is. The struct is
+//! written once: serde names the file's keys, clap (`shoal_runtime::Overrides`) the flags
+//! and variables; settings only a file can express are `#[arg(skip)]`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,69 +14,110 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerConfig {
     /// Supernode base URLs. Empty: run an embedded supernode (single node).
+    #[arg(
+        long = "supernode",
+        env = "SHOAL_SUPERNODE",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub supernodes: Vec<Url>,
     /// Stable name of this peer; default: `<hostname>-<random>`, persisted in `data_dir`.
+    #[arg(long, env = "SHOAL_PEER_ID")]
     pub peer_id: Option<String>,
     /// Where cached blobs live.
+    #[arg(long, env = "SHOAL_DATA_DIR", required = false)]
     pub data_dir: PathBuf,
     /// Disk quota for cached blobs (bytes; `10GiB` style accepted).
+    #[arg(long, env = "SHOAL_CACHE_SIZE", required = false)]
     pub cache_size: ByteSize,
     /// Registry mirror and local API (`shoal-peer get`). Local only by default: it serves what
     /// it holds to whoever asks.
+    #[arg(long, env = "SHOAL_MIRROR_LISTEN", required = false)]
     pub mirror_listen: SocketAddr,
     /// Piece server for other peers.
+    #[arg(long, env = "SHOAL_P2P_LISTEN", required = false)]
     pub p2p_listen: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "SHOAL_METRICS_LISTEN", required = false)]
     pub metrics_listen: SocketAddr,
     /// Address announced to the supernode for the piece server: an IP (port taken from
     /// `p2p_listen`) or IP:port. Default: the local address used to reach the supernode.
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// Labels announced to the supernode (e.g. `zone = "a"`): nearby parents are preferred.
+    #[arg(skip)]
     pub labels: BTreeMap<String, String>,
     /// Upload limit for serving other peers (bytes per second; `100Mbit` style; 0 = unlimited).
+    #[arg(long, env = "SHOAL_UPLOAD_RATE", required = false)]
     pub upload_rate: ByteRate,
     /// Download limit for fetching pieces (bytes per second; 0 = unlimited).
+    #[arg(long, env = "SHOAL_DOWNLOAD_RATE", required = false)]
     pub download_rate: ByteRate,
     /// Registries reached over plain http instead of https (`host` or `host:port`).
+    #[arg(
+        long = "insecure-registry",
+        env = "SHOAL_INSECURE_REGISTRY",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
     pub insecure_registries: Vec<String>,
     /// Registry mirror: upstream registry host (`host` or `host:port`) for requests without
     /// `?ns=HOST` (containerd always sends it; other clients may not). None: such requests
     /// are refused.
+    #[arg(long, env = "SHOAL_DEFAULT_UPSTREAM", value_name = "HOST")]
     pub default_upstream: Option<String>,
     /// Registry mirror: per-registry settings keyed by host (or host:port): the node's
     /// credentials (`username`/`password` or `token`), used when a client sends none, and
     /// `insecure`.
+    #[arg(skip)]
     pub registries: BTreeMap<String, crate::credentials::RegistrySettings>,
     /// Registry mirror: before serving a cached blob, confirm upstream (a `HEAD` with the
     /// client's credentials, else the node's) that the client may read it.
+    #[arg(skip)]
     pub verify_blob_access: bool,
     /// How long a positive access answer is remembered (per credential, repository and blob).
     #[serde(with = "humantime_serde")]
+    #[arg(skip)]
     pub blob_access_ttl: Duration,
     /// Pieces fetched at once per task.
+    #[arg(long, env = "SHOAL_CONCURRENT_PIECES", required = false)]
     pub concurrent_pieces: u32,
     /// Memory for piece buffers over all downloads together (bytes, e.g. "96MiB"): a piece is
     /// held whole until its sha256 is checked, so this bounds the peer's memory however many
     /// downloads run at once. At least the largest piece size (16 MiB).
+    #[arg(long, env = "SHOAL_PIECE_MEMORY", required = false)]
     pub piece_memory: ByteSize,
     /// Piece size for blobs this peer is the first to download (bytes, a power of two from
     /// 256 KiB to 16 MiB); 0 picks it from the blob length (about 128 pieces, at least 1 MiB). Peers that join a
     /// task later use the layout the supernode already has.
+    #[arg(long, env = "SHOAL_PIECE_SIZE", required = false)]
     pub piece_size: ByteSize,
     /// Give up on one piece transfer from one source after this long.
     #[serde(with = "humantime_serde")]
+    #[arg(skip)]
     pub piece_timeout: Duration,
     /// Connecting to a parent or origin times out after this long.
     #[serde(with = "humantime_serde")]
+    #[arg(skip)]
     pub connect_timeout: Duration,
     /// Settings of the embedded supernode (used only when `supernodes` is empty).
+    #[arg(skip)]
     pub embedded_supernode: shoal_supernode::SupernodeConfig,
     /// Log filter (`info`, `shoal_peer=debug`, ...).
+    #[arg(long, env = "SHOAL_LOG", required = false, value_name = "FILTER")]
     pub log_level: String,
+    /// Log line format: text or json.
+    #[arg(
+        long,
+        env = "SHOAL_LOG_FORMAT",
+        required = false,
+        value_name = "FORMAT"
+    )]
+    pub log_format: shoal_runtime::LogFormat,
 }
 
 /// Smallest `piece_size` accepted: below it per-piece overhead (a request, a report, a
@@ -107,6 +150,7 @@ impl Default for PeerConfig {
             connect_timeout: Duration::from_secs(5),
             embedded_supernode: shoal_supernode::SupernodeConfig::default(),
             log_level: "info".into(),
+            log_format: shoal_runtime::LogFormat::Text,
         }
     }
 }

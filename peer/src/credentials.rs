@@ -153,11 +153,9 @@ impl RegistrySettings {
         };
         let password = secret(&self.password, &self.password_file, "password")?;
         if let (Some(u), Some(p)) = (&self.username, password) {
-            let raw = format!("{u}:{p}");
-            return Ok(Some(Credential::Basic(sensitive(format!(
-                "Basic {}",
-                base64(raw.as_bytes())
-            ))?)));
+            return Ok(Some(Credential::Basic(sensitive(
+                shoal_common::registry::basic(u, &p),
+            )?)));
         }
         match secret(&self.token, &self.token_file, "token")? {
             Some(t) => Ok(Some(Credential::Bearer(sensitive(format!("Bearer {t}"))?))),
@@ -166,31 +164,9 @@ impl RegistrySettings {
     }
 }
 
-/// Standard base64 with padding (RFC 4648), for Basic credentials.
-fn base64(data: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (raw, enc) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-            ("user:pass", "dXNlcjpwYXNz"),
-        ] {
-            assert_eq!(base64(raw.as_bytes()), enc, "{raw}");
-        }
-    }
 
     #[test]
     fn secrets_never_print() {
@@ -241,7 +217,7 @@ mod tests {
         let c = from_file.credential().unwrap().unwrap();
         assert_eq!(
             c.header().to_str().unwrap(),
-            format!("Basic {}", base64(b"u:from-file"))
+            shoal_common::registry::basic("u", "from-file")
         );
         let missing = RegistrySettings {
             token_file: Some(dir.path().join("absent")),

@@ -37,7 +37,7 @@ impl Listeners {
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| Error::Config(format!("cannot listen on {addr} ({what}): {e}")))
+                .map_err(|e| Error::runtime(format!("cannot listen on {addr} ({what})"), e))
         };
         Ok(Listeners {
             mirror: bind(config.mirror_listen, "mirror_listen").await?,
@@ -55,19 +55,19 @@ pub async fn run(
 ) -> Result<()> {
     config.validate()?;
     let registry = Registry::new();
-    let metrics = PeerMetrics::new(&registry)
-        .map_err(|e| Error::Config(format!("metrics registration: {e}")))?;
+    let metrics =
+        PeerMetrics::new(&registry).map_err(|e| Error::runtime("metrics registration", e))?;
     let tracker = TaskTracker::new();
 
     let supernodes = if config.supernodes.is_empty() {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
-            .map_err(|e| Error::Config(format!("embedded supernode: {e}")))?;
+            .map_err(|e| Error::runtime("embedded supernode", e))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::Config(format!("embedded supernode: {e}")))?;
+            .map_err(|e| Error::runtime("embedded supernode", e))?;
         let sn = shoal_supernode::Supernode::new(config.embedded_supernode.clone(), &registry)
-            .map_err(|e| Error::Config(format!("embedded supernode: {e}")))?;
+            .map_err(|e| Error::runtime("embedded supernode", e))?;
         let c = cancel.clone();
         tracker.spawn(async move {
             if let Err(e) = sn.serve(listener, c).await {
@@ -76,7 +76,7 @@ pub async fn run(
         });
         tracing::info!(%addr, "running an embedded supernode (single-node mode)");
         vec![Url::parse(&format!("http://{addr}"))
-            .map_err(|e| Error::Config(format!("embedded supernode url: {e}")))?]
+            .map_err(|e| Error::runtime("embedded supernode url", e))?]
     } else {
         config.supernodes.clone()
     };
@@ -94,7 +94,7 @@ pub async fn run(
     let p2p_addr = listeners
         .p2p
         .local_addr()
-        .map_err(|e| Error::Config(format!("p2p listener: {e}")))?;
+        .map_err(|e| Error::runtime("p2p listener", e))?;
     let advertise = advertise_addr(&config, &supernodes[0], p2p_addr).await?;
     let peer_id = peer_id(&config)?;
     tracing::info!(%peer_id, %advertise, "peer identity");

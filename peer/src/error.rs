@@ -13,8 +13,15 @@ pub enum Error {
     #[error(transparent)]
     Parse(#[from] ParseError),
 
+    /// The configuration (file, environment, flags) is wrong: the operator must change it.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// Something the peer sets up or keeps for itself failed while it runs (a listener, its
+    /// HTTP client, a cache file that holds another task): neither the configuration's nor a
+    /// client's fault, so never a 4xx.
+    #[error("{what}: {message}")]
+    Runtime { what: String, message: String },
 
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -105,6 +112,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub fn runtime(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Runtime {
+            what: what.into(),
+            message: message.to_string(),
         }
     }
 

@@ -1,17 +1,16 @@
 //! `shoal-peer`: parse the configuration, wire the daemon or run a client command, map errors
-//! to exit codes.
+//! to exit codes (the table in `shoal_runtime::exit`: 78 when the configuration does not load
+//! or validate, 75 when a retryable peer error ends the command, 1 otherwise).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use shoal_common::{ByteRate, ByteSize, Digest};
+use shoal_common::Digest;
 use shoal_peer::daemon::{self, Listeners};
 use shoal_peer::get::{self, GetOptions};
 use shoal_peer::PeerConfig;
-use tokio_util::sync::CancellationToken;
+use shoal_runtime::{logging, shutdown, Exit, Overrides};
 use url::Url;
 
 #[derive(Parser)]
@@ -74,60 +73,18 @@ fn containerd_config(args: ContainerdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every setting of the config file, overridable by flag or `SHOAL_*` environment variable.
-#[derive(Args, Default)]
+/// `run` and `check-config`: the config file, then every `PeerConfig` setting as a `SHOAL_*`
+/// variable or flag.
+#[derive(Args)]
 struct RunArgs {
     /// TOML configuration file.
-    #[arg(long, env = "SHOAL_CONFIG")]
+    #[arg(long, env = "SHOAL_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Supernode URL (repeatable); none runs an embedded supernode.
-    #[arg(long = "supernode", env = "SHOAL_SUPERNODE", value_delimiter = ',')]
-    supernodes: Vec<Url>,
-    #[arg(long, env = "SHOAL_PEER_ID")]
-    peer_id: Option<String>,
-    #[arg(long, env = "SHOAL_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Disk quota, e.g. 20GiB.
-    #[arg(long, env = "SHOAL_CACHE_SIZE")]
-    cache_size: Option<ByteSize>,
-    #[arg(long, env = "SHOAL_MIRROR_LISTEN")]
-    mirror_listen: Option<SocketAddr>,
-    #[arg(long, env = "SHOAL_P2P_LISTEN")]
-    p2p_listen: Option<SocketAddr>,
-    #[arg(long, env = "SHOAL_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
-    /// IP (or IP:port) other peers reach this peer's piece server at.
-    #[arg(long, env = "SHOAL_ADVERTISE_ADDR")]
-    advertise_addr: Option<String>,
-    /// Upload limit, e.g. 100Mbit or 12MiB (0 = unlimited).
-    #[arg(long, env = "SHOAL_UPLOAD_RATE")]
-    upload_rate: Option<ByteRate>,
-    /// Download limit, e.g. 100Mbit or 12MiB (0 = unlimited).
-    #[arg(long, env = "SHOAL_DOWNLOAD_RATE")]
-    download_rate: Option<ByteRate>,
-    /// Registry reached over plain http (repeatable).
-    #[arg(
-        long = "insecure-registry",
-        env = "SHOAL_INSECURE_REGISTRY",
-        value_delimiter = ','
-    )]
-    insecure_registries: Vec<String>,
-    /// Label announced to the supernode, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_parser = parse_label)]
+    #[command(flatten)]
+    settings: Overrides<PeerConfig>,
+    /// Label announced to the supernode, KEY=VALUE (repeatable; added to the file's).
+    #[arg(long = "label", value_parser = parse_label, value_name = "KEY=VALUE")]
     labels: Vec<(String, String)>,
-    /// Pieces fetched at once per task.
-    #[arg(long, env = "SHOAL_CONCURRENT_PIECES")]
-    concurrent_pieces: Option<u32>,
-    /// Memory for piece buffers over all downloads, e.g. 96MiB.
-    #[arg(long, env = "SHOAL_PIECE_MEMORY")]
-    piece_memory: Option<ByteSize>,
-    /// Piece size for blobs this peer is first to download (a power of two, 256KiB-16MiB, e.g.
-    /// 4MiB); 0 = automatic (about 128 pieces per blob).
-    #[arg(long, env = "SHOAL_PIECE_SIZE")]
-    piece_size: Option<ByteSize>,
-    /// Log filter, e.g. info or shoal_peer=debug.
-    #[arg(long, env = "SHOAL_LOG")]
-    log_level: Option<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -155,93 +112,22 @@ struct GetArgs {
 }
 
 impl RunArgs {
-    fn resolve(self) -> anyhow::Result<PeerConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config {}", path.display()))?;
-                PeerConfig::from_toml(&text)
-                    .with_context(|| format!("config {}", path.display()))?
-            }
-            None => PeerConfig::default(),
-        };
-        if !self.supernodes.is_empty() {
-            c.supernodes = self.supernodes;
-        }
-        if !self.insecure_registries.is_empty() {
-            c.insecure_registries = self.insecure_registries;
-        }
+    /// The resolved, validated config; its errors exit `Exit::Config`.
+    fn resolve(self) -> Result<PeerConfig, shoal_runtime::Error> {
+        let mut c = self.settings.resolve(self.config.as_deref())?;
         c.labels.extend(self.labels);
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
-        }
-        set!(
-            data_dir,
-            cache_size,
-            mirror_listen,
-            p2p_listen,
-            metrics_listen,
-            upload_rate,
-            download_rate,
-            concurrent_pieces,
-            piece_memory,
-            piece_size,
-            log_level
-        );
-        if self.peer_id.is_some() {
-            c.peer_id = self.peer_id;
-        }
-        if self.advertise_addr.is_some() {
-            c.advertise_addr = self.advertise_addr;
-        }
-        c.validate()?;
+        c.validate().map_err(shoal_runtime::Error::invalid)?;
         Ok(c)
     }
 }
 
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    init_tracing(&config.log_level);
+    logging::init(&config.log_level, config.log_format);
     let listeners = Listeners::bind(&config).await?;
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        c.cancel();
-    });
+    let cancel = shutdown::on_signal();
     daemon::run(config, listeners, cancel).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn get_cmd(args: GetArgs) -> anyhow::Result<()> {
@@ -281,10 +167,57 @@ async fn main() -> ExitCode {
         Command::ContainerdConfig(a) => containerd_config(a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("shoal-peer: error: {e:#}");
-            ExitCode::FAILURE
+            Exit::for_error_retrying(e.as_ref(), shoal_peer::Error::is_retryable).into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_settings_layer_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peer.toml");
+        std::fs::write(
+            &file,
+            "cache_size = \"2GiB\"\nconcurrent_pieces = 4\n[labels]\nzone = \"a\"\nrack = \"1\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["shoal-peer", "check-config", "--config", f]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            let Command::CheckConfig(a) = cli.command else {
+                unreachable!("parsed check-config")
+            };
+            a.resolve()
+        };
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.cache_size.0, c.concurrent_pieces), (2 << 30, 4));
+        let c = parse(&[
+            "--cache-size",
+            "1GiB",
+            "--label",
+            "zone=b",
+            "--supernode",
+            "http://s:1",
+        ])
+        .unwrap();
+        assert_eq!((c.cache_size.0, c.concurrent_pieces), (1 << 30, 4));
+        assert_eq!(c.labels["zone"], "b");
+        assert_eq!(c.labels["rack"], "1", "flags add labels to the file's");
+        assert_eq!(c.supernodes.len(), 1);
+        let e = parse(&["--concurrent-pieces", "0"]).unwrap_err();
+        assert!(e.to_string().contains("concurrent_pieces"), "{e}");
+        assert_eq!(Exit::for_error(&e, |_| None), Exit::Config);
     }
 }

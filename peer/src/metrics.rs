@@ -7,16 +7,16 @@ use prometheus::{
 
 /// Where a piece came from, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum FetchedFrom {
     Peer,
     Origin,
 }
 
-impl Source {
+impl FetchedFrom {
     pub fn label(self) -> &'static str {
         match self {
-            Source::Peer => "peer",
-            Source::Origin => "origin",
+            FetchedFrom::Peer => "peer",
+            FetchedFrom::Origin => "origin",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -202,16 +202,8 @@ async fn report(
     Ok(Json(sn.state().report(&task_id(&task)?, &r)?))
 }
 
-async fn metrics(State(sn): Sn) -> Result<Response, ApiError> {
-    let text = sn.state().metrics.render().map_err(Error::Metrics)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+async fn metrics(State(sn): Sn) -> Response {
+    shoal_runtime::metrics::response(sn.state().metrics.render().map_err(Into::into))
 }
 
 async fn readyz(State(sn): Sn) -> Response {

@@ -1,12 +1,12 @@
-//! The command line of `shoal-supernode` (binary only). Every flag can also be set through a
-//! `SHOAL_*` environment variable; precedence: flags > environment > config file > defaults.
+//! The command line of `shoal-supernode` (binary only): the config file, then every
+//! [`SupernodeConfig`] setting as a `SHOAL_*` variable or flag (flags win; see
+//! `shoal_runtime::config`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use shoal_supernode::{Error, LogFormat, SupernodeConfig};
+use clap::{Parser, Subcommand};
+use shoal_runtime::Overrides;
+use shoal_supernode::SupernodeConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,8 +17,11 @@ use shoal_supernode::{Error, LogFormat, SupernodeConfig};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Config file (TOML); fields left out keep their defaults.
+    #[arg(long, env = "SHOAL_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub options: Options,
+    pub settings: Overrides<SupernodeConfig>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,95 +30,42 @@ pub enum Command {
     CheckConfig,
 }
 
-#[derive(Debug, Args)]
-pub struct Options {
-    /// Config file (TOML); fields left out keep their defaults.
-    #[arg(long, env = "SHOAL_CONFIG", global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to serve the API, /metrics, /healthz and /readyz on [default: 0.0.0.0:8002].
-    #[arg(long, env = "SHOAL_LISTEN", global = true, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Forget a peer silent for this long, e.g. "15s".
-    #[arg(long, env = "SHOAL_PEER_TTL", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub peer_ttl: Option<Duration>,
-    /// Heartbeat interval peers are told to use, e.g. "3s".
-    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub heartbeat_interval: Option<Duration>,
-    /// How long an assignment counts as in flight, e.g. "30s".
-    #[arg(long, env = "SHOAL_ASSIGNMENT_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub assignment_timeout: Option<Duration>,
-    /// How long an exclusive origin lease on a piece lasts, e.g. "60s".
-    #[arg(long, env = "SHOAL_ORIGIN_LEASE_TIMEOUT", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub origin_lease_timeout: Option<Duration>,
-    /// Live peers per task allowed to fetch from the origin.
-    #[arg(
-        long,
-        env = "SHOAL_MAX_ORIGIN_PEERS_PER_TASK",
-        global = true,
-        value_name = "N"
-    )]
-    pub max_origin_peers_per_task: Option<u32>,
-    /// Origin leases in flight per task, over all its origin peers.
-    #[arg(
-        long,
-        env = "SHOAL_MAX_ORIGIN_PIECES_IN_FLIGHT",
-        global = true,
-        value_name = "N"
-    )]
-    pub max_origin_pieces_in_flight: Option<u32>,
-    /// Parents offered per assignment.
-    #[arg(long, env = "SHOAL_MAX_PARENTS", global = true, value_name = "N")]
-    pub max_parents: Option<u32>,
-    /// Assignments in flight to one parent before it is saturated.
-    #[arg(
-        long,
-        env = "SHOAL_MAX_UPLOADS_PER_PARENT",
-        global = true,
-        value_name = "N"
-    )]
-    pub max_uploads_per_parent: Option<u32>,
-    /// Forget a task without peers after this long, e.g. "10m".
-    #[arg(long, env = "SHOAL_TASK_GC_AFTER", global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub task_gc_after: Option<Duration>,
-    /// Log filter, e.g. "info" or "shoal_supernode=debug" (RUST_LOG wins when set).
-    #[arg(long, env = "SHOAL_LOG_LEVEL", global = true, value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, env = "SHOAL_LOG_FORMAT", global = true, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+impl Cli {
+    /// The config file (or defaults) with the environment and flags applied, validated.
+    pub fn resolve(&self) -> Result<SupernodeConfig, shoal_runtime::Error> {
+        let config = self.settings.resolve(self.config.as_deref())?;
+        config.validate().map_err(shoal_runtime::Error::invalid)?;
+        Ok(config)
+    }
 }
 
-impl Options {
-    /// The config file (or defaults) with the flags and environment applied, validated.
-    pub fn resolve(&self) -> Result<SupernodeConfig, Error> {
-        let mut c = match &self.config {
-            Some(path) => SupernodeConfig::from_file(path)?,
-            None => SupernodeConfig::default(),
-        };
-        fn set<T: Clone>(field: &mut T, value: &Option<T>) {
-            if let Some(v) = value {
-                *field = v.clone();
-            }
-        }
-        set(&mut c.listen, &self.listen);
-        set(&mut c.peer_ttl, &self.peer_ttl);
-        set(&mut c.heartbeat_interval, &self.heartbeat_interval);
-        set(&mut c.assignment_timeout, &self.assignment_timeout);
-        set(&mut c.origin_lease_timeout, &self.origin_lease_timeout);
-        set(
-            &mut c.max_origin_peers_per_task,
-            &self.max_origin_peers_per_task,
-        );
-        set(
-            &mut c.max_origin_pieces_in_flight,
-            &self.max_origin_pieces_in_flight,
-        );
-        set(&mut c.max_parents, &self.max_parents);
-        set(&mut c.max_uploads_per_parent, &self.max_uploads_per_parent);
-        set(&mut c.task_gc_after, &self.task_gc_after);
-        set(&mut c.log_level, &self.log_level);
-        set(&mut c.log_format, &self.log_format);
-        c.validate()?;
-        Ok(c)
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn flags_follow_the_subcommand_and_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sn.toml");
+        std::fs::write(&file, "max_parents = 5\npeer_ttl = \"1m\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let cli = Cli::try_parse_from([
+            "shoal-supernode",
+            "check-config",
+            "--config",
+            f,
+            "--max-parents",
+            "7",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::CheckConfig)));
+        let c = cli.resolve().unwrap();
+        assert_eq!((c.max_parents, c.peer_ttl), (7, Duration::from_secs(60)));
+        let cli =
+            Cli::try_parse_from(["shoal-supernode", "--config", f, "--peer-ttl", "2s"]).unwrap();
+        let e = cli.resolve().unwrap_err().to_string();
+        assert!(e.contains("heartbeat_interval"), "{e}");
     }
 }

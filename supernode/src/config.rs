@@ -1,34 +1,55 @@
 //! The supernode's configuration: one struct, read from a TOML file, overridden by `SHOAL_*`
-//! environment variables and flags (in the binary), checked by [`SupernodeConfig::validate`].
+//! environment variables and flags, checked by [`SupernodeConfig::validate`]. The binary does
+//! the loading (`shoal_runtime::Overrides`); the struct names both the file's keys (serde)
+//! and the flags (clap; `global` so they also follow `check-config`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use shoal_runtime::LogFormat;
 
 use crate::error::Error;
 
 /// Everything the supernode can be told. Durations are written the humantime way (`"15s"`,
 /// `"10m"`); every field has a default, and unknown fields are an error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupernodeConfig {
     /// Address the API, `/metrics`, `/healthz` and `/readyz` are served on.
+    #[arg(
+        long,
+        env = "SHOAL_LISTEN",
+        global = true,
+        required = false,
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
     /// A peer silent for this long is forgotten with all its pieces, assignments and leases.
     #[serde(with = "humantime_serde")]
+    #[arg(long, env = "SHOAL_PEER_TTL", global = true, required = false, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub peer_ttl: Duration,
     /// How often peers are told to send a heartbeat; well below `peer_ttl`.
     #[serde(with = "humantime_serde")]
+    #[arg(long, env = "SHOAL_HEARTBEAT_INTERVAL", global = true, required = false, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub heartbeat_interval: Duration,
     /// A piece assigned to a peer (from a parent) counts as in flight for at most this long.
     #[serde(with = "humantime_serde")]
+    #[arg(long, env = "SHOAL_ASSIGNMENT_TIMEOUT", global = true, required = false, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub assignment_timeout: Duration,
     /// A peer allowed to fetch a piece from the origin keeps that exclusive lease this long.
     #[serde(with = "humantime_serde")]
+    #[arg(long, env = "SHOAL_ORIGIN_LEASE_TIMEOUT", global = true, required = false, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub origin_lease_timeout: Duration,
     /// At most this many live peers per task may go back to the origin (count).
+    #[arg(
+        long,
+        env = "SHOAL_MAX_ORIGIN_PEERS_PER_TASK",
+        global = true,
+        required = false,
+        value_name = "N"
+    )]
     pub max_origin_peers_per_task: u32,
     /// Origin leases in flight per task, over all its origin peers (count). Few pieces at a
     /// time means each finishes quickly and peers can pass it on while the origin sends the
@@ -36,41 +57,55 @@ pub struct SupernodeConfig {
     /// origin peer gets an equal share of these (at least one). Keep it at about the peers'
     /// `concurrent_pieces`: origin transfers share the receivers' downlinks with their peer
     /// transfers, so fewer leases leave the origin's uplink partly idle (docs/design.md).
+    #[arg(
+        long,
+        env = "SHOAL_MAX_ORIGIN_PIECES_IN_FLIGHT",
+        global = true,
+        required = false,
+        value_name = "N"
+    )]
     pub max_origin_pieces_in_flight: u32,
     /// Parents offered per assignment, best first (count).
+    #[arg(
+        long,
+        env = "SHOAL_MAX_PARENTS",
+        global = true,
+        required = false,
+        value_name = "N"
+    )]
     pub max_parents: u32,
     /// Assignments in flight to one parent (per task) before it counts as saturated (count).
+    #[arg(
+        long,
+        env = "SHOAL_MAX_UPLOADS_PER_PARENT",
+        global = true,
+        required = false,
+        value_name = "N"
+    )]
     pub max_uploads_per_parent: u32,
     /// A task with no peers for this long is forgotten.
     #[serde(with = "humantime_serde")]
+    #[arg(long, env = "SHOAL_TASK_GC_AFTER", global = true, required = false, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub task_gc_after: Duration,
     /// Log filter: a level (`info`) or a `tracing` directive list (`shoal_supernode=debug`).
-    /// `RUST_LOG`, when set, wins.
+    /// `RUST_LOG`, when set, wins; `SHOAL_LOG_LEVEL` is the variable's older spelling.
+    #[arg(
+        long,
+        env = "SHOAL_LOG",
+        global = true,
+        required = false,
+        value_name = "FILTER"
+    )]
     pub log_level: String,
     /// Log line format.
+    #[arg(
+        long,
+        env = "SHOAL_LOG_FORMAT",
+        global = true,
+        required = false,
+        value_name = "FORMAT"
+    )]
     pub log_format: LogFormat,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("log format {other:?} is not \"text\" or \"json\"")),
-        }
-    }
 }
 
 impl Default for SupernodeConfig {
@@ -96,18 +131,6 @@ impl Default for SupernodeConfig {
 const MAX_COUNT: u32 = 1024;
 
 impl SupernodeConfig {
-    /// Reads a TOML file (missing fields take their defaults). Does not validate.
-    pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| Error::ConfigParse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
     /// The config as TOML, as `check-config` prints it.
     pub fn to_toml(&self) -> Result<String, Error> {
         toml::to_string_pretty(self).map_err(|e| Error::Config(format!("cannot print: {e}")))
@@ -150,8 +173,8 @@ impl SupernodeConfig {
                 return bad(format!("{name} must be between 1 and {MAX_COUNT}, not {n}"));
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return bad(format!("log_level {:?}: {e}", self.log_level));
+        if let Err(e) = shoal_runtime::logging::check_filter(&self.log_level) {
+            return bad(format!("log_level: {e}"));
         }
         Ok(())
     }

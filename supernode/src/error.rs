@@ -1,8 +1,6 @@
 //! The crate's one error type. Domain errors (bad input, unknown peer or task) become 4xx
 //! replies in [`crate::api`]; the rest are start-up and serving failures.
 
-use std::path::PathBuf;
-
 use shoal_common::TaskId;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +20,6 @@ pub enum Error {
     /// A configuration value is wrong.
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("cannot read config file {}: {source}", path.display())]
-    ConfigRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot parse config file {}: {message}", path.display())]
-    ConfigParse { path: PathBuf, message: String },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("HTTP server failed: {0}")]

@@ -24,9 +24,10 @@ mod supernode;
 mod ui;
 
 pub use api::MAX_BODY_BYTES;
-pub use config::{LogFormat, SupernodeConfig};
+pub use config::SupernodeConfig;
 pub use error::Error;
 pub use schedule::{Candidate, LeastLoaded, ParentSelector, Requester};
+pub use shoal_runtime::LogFormat;
 pub use status::BytesBySource;
 pub use status::{PeerStatus, TaskPeerStatus, TaskStatus};
 pub use supernode::Supernode;

@@ -1,60 +1,49 @@
 //! `shoal-supernode`: parse the configuration, set up logging, serve until SIGTERM or Ctrl-C.
+//! Exit codes follow `shoal_runtime::exit`: 78 for a configuration that does not load or
+//! validate, 75 when serving fails in a way worth retrying, 1 otherwise.
 
 mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use shoal_supernode::{LogFormat, Supernode, SupernodeConfig};
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use shoal_runtime::{logging, shutdown, Exit};
+use shoal_supernode::{Supernode, SupernodeConfig};
 
 use crate::cli::{Cli, Command};
 
-/// Exit status for a configuration that does not load or validate.
-const EXIT_CONFIG: u8 = 2;
-
 fn main() -> ExitCode {
+    logging::accept_old_variable("SHOAL_LOG_LEVEL");
     let cli = Cli::parse();
-    let config = match cli.options.resolve() {
+    let config = match cli.resolve() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shoal-supernode: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return Exit::Config.into();
         }
     };
     match cli.command {
         Some(Command::CheckConfig) => match config.to_toml() {
             Ok(text) => {
                 print!("{text}");
-                ExitCode::SUCCESS
+                Exit::Ok.into()
             }
             Err(e) => {
                 eprintln!("shoal-supernode: {e}");
-                ExitCode::from(EXIT_CONFIG)
+                Exit::Config.into()
             }
         },
-        None => run(config),
+        None => run(config).into(),
     }
 }
 
-fn init_tracing(config: &SupernodeConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn run(config: SupernodeConfig) -> ExitCode {
-    init_tracing(&config);
+fn run(config: SupernodeConfig) -> Exit {
+    logging::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failure;
         }
     };
     runtime.block_on(async move {
@@ -63,50 +52,26 @@ fn run(config: SupernodeConfig) -> ExitCode {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(%listen, "cannot listen: {e}");
-                return ExitCode::FAILURE;
+                return Exit::Failure;
             }
         };
         let supernode = match Supernode::new(config, &prometheus::Registry::new()) {
             Ok(sn) => sn,
             Err(e) => {
                 tracing::error!("{e}");
-                return ExitCode::from(EXIT_CONFIG);
+                return Exit::Config;
             }
         };
-        let cancel = CancellationToken::new();
-        tokio::spawn(stop_on_signal(cancel.clone()));
-        match supernode.serve(listener, cancel).await {
-            Ok(()) => ExitCode::SUCCESS,
+        match supernode.serve(listener, shutdown::on_signal()).await {
+            Ok(()) => Exit::Ok,
             Err(e) => {
                 tracing::error!("{e}");
-                ExitCode::FAILURE
+                if e.is_retryable() {
+                    Exit::TempFail
+                } else {
+                    Exit::Failure
+                }
             }
         }
     })
-}
-
-async fn stop_on_signal(cancel: CancellationToken) {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutting down");
-    cancel.cancel();
 }

@@ -70,9 +70,9 @@ impl ChunkCache {
 
     /// Disk lookup (blocking file I/O: call from a blocking thread). A verified hit is
     /// promoted to memory.
-    pub fn get_disk(&self, digest: &Digest, usize: u32) -> Option<ChunkBytes> {
+    pub fn get_disk(&self, digest: &Digest, raw_len: u32) -> Option<ChunkBytes> {
         let disk = self.disk.as_ref()?;
-        let data = Arc::new(disk.get(digest, usize, &self.metrics)?);
+        let data = Arc::new(disk.get(digest, raw_len, &self.metrics)?);
         self.metrics.hit(Tier::Disk);
         self.memory.insert(*digest, data.clone());
         Some(data)
@@ -197,12 +197,12 @@ impl DiskCache {
         self.dir.join("chunks").join(prefix).join(hex)
     }
 
-    fn get(&self, digest: &Digest, usize: u32, metrics: &Metrics) -> Option<Vec<u8>> {
+    fn get(&self, digest: &Digest, raw_len: u32, metrics: &Metrics) -> Option<Vec<u8>> {
         if !self.state.lock().entries.contains_key(digest) {
             return None;
         }
         let path = self.path(digest);
-        let data = fs::read(&path).ok().and_then(|d| strip_trailer(d, usize));
+        let data = fs::read(&path).ok().and_then(|d| strip_trailer(d, raw_len));
         match data {
             Some(d) => {
                 self.state.lock().touch(digest);
@@ -288,8 +288,8 @@ impl DiskCache {
 const TRAILER: usize = 4;
 
 /// The chunk of a disk cache file, if it has the expected length and its CRC matches.
-fn strip_trailer(mut file: Vec<u8>, usize: u32) -> Option<Vec<u8>> {
-    let len = usize as usize;
+fn strip_trailer(mut file: Vec<u8>, raw_len: u32) -> Option<Vec<u8>> {
+    let len = raw_len as usize;
     if file.len() != len + TRAILER {
         return None;
     }

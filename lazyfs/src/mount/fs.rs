@@ -24,23 +24,27 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
 
+mod attr;
+mod listing;
+
 use super::read::Reader;
 use crate::index::{Index, Inode, Kind};
+use attr::{negative_attr, BLOCK};
+use listing::{dir_listing, DirItem};
 
 /// How long the kernel may trust an entry, an attribute or a negative lookup: the tree never
 /// changes, so "forever". A year rather than `u64::MAX` seconds, which the kernel would turn
 /// into a negative `time64_t`.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-const BLOCK: u32 = 4096;
 
 pub struct LazyFs {
     index: Arc<Index>,
@@ -83,39 +87,7 @@ impl LazyFs {
     }
 
     fn attr(&self, id: u32, inode: &Inode) -> FileAttr {
-        let mtime = inode.mtime.map_or(UNIX_EPOCH, |m| {
-            let nanos = Duration::new(m.sec.unsigned_abs(), m.nsec);
-            if m.sec >= 0 {
-                UNIX_EPOCH + nanos
-            } else {
-                UNIX_EPOCH.checked_sub(nanos).unwrap_or(UNIX_EPOCH)
-            }
-        });
-        let rdev = match inode.kind {
-            Kind::CharDev | Kind::BlockDev => {
-                // Linux dev_t encoding (what makedev does), truncated to the 32 bits FUSE carries.
-                let (ma, mi) = inode.rdev;
-                (mi & 0xff) | ((ma & 0xfff) << 8) | ((mi & !0xff) << 12)
-            }
-            _ => 0,
-        };
-        FileAttr {
-            ino: INodeNo(u64::from(id) + 1),
-            size: inode.size,
-            blocks: inode.size.div_ceil(512),
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind: file_type(inode.kind),
-            perm: (inode.mode & 0o7777) as u16,
-            nlink: self.index.nlink.get(id as usize).copied().unwrap_or(1),
-            uid: inode.uid,
-            gid: inode.gid,
-            rdev,
-            blksize: BLOCK,
-            flags: 0,
-        }
+        attr::attr(&self.index, id, inode)
     }
 
     fn entry_attr(&self, entry: u32) -> Option<(FileAttr, &[u8])> {
@@ -132,87 +104,6 @@ impl LazyFs {
     ) -> Result<impl Iterator<Item = (u64, DirItem<'_>)> + '_, Errno> {
         let entry = self.dir_entry(ino)?;
         Ok(dir_listing(&self.index, entry, ino, offset))
-    }
-}
-
-/// `.`, `..` and the children of directory entry `entry` (FUSE inode `ino`), from position
-/// `offset` on, each with the offset of the item after it. Starts at `offset` without walking
-/// what comes before, so listing a large directory in many small replies stays linear.
-fn dir_listing(
-    index: &Index,
-    entry: u32,
-    ino: INodeNo,
-    offset: u64,
-) -> impl Iterator<Item = (u64, DirItem<'_>)> + '_ {
-    let parent_inode = index
-        .entry(entry)
-        .and_then(|e| index.entry(e.parent))
-        .map_or(ino.0, |p| u64::from(p.inode) + 1);
-    let dot = |ino, name: &'static [u8]| DirItem {
-        ino,
-        kind: FileType::Directory,
-        name,
-    };
-    let dots = [(1, dot(ino, b".")), (2, dot(INodeNo(parent_inode), b".."))];
-    let children = index.children(entry);
-    // Offsets 0 and 1 are the dots; child `i` of the range is at `2 + i`.
-    let first = u64::from(children.start)
-        .saturating_add(offset.saturating_sub(2))
-        .min(u64::from(children.end));
-    // `first` lies within `children`, whose bounds are u32s.
-    let first = u32::try_from(first).unwrap_or(children.end);
-    let items = (first..children.end).filter_map(move |child| {
-        let e = index.entry(child)?;
-        let kind = index.inode(e.inode).map_or(Kind::File, |i| i.kind);
-        Some((
-            u64::from(child - children.start) + 3,
-            DirItem {
-                ino: INodeNo(u64::from(e.inode) + 1),
-                kind: file_type(kind),
-                name: index.name(e),
-            },
-        ))
-    });
-    dots.into_iter()
-        .skip(usize::try_from(offset.min(2)).unwrap_or(2))
-        .chain(items)
-}
-
-struct DirItem<'a> {
-    ino: INodeNo,
-    kind: FileType,
-    name: &'a [u8],
-}
-
-/// The attributes of a negative entry: only its node id (0) matters to the kernel.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: BLOCK,
-        flags: 0,
-    }
-}
-
-fn file_type(kind: Kind) -> FileType {
-    match kind {
-        Kind::Dir => FileType::Directory,
-        Kind::File => FileType::RegularFile,
-        Kind::Symlink => FileType::Symlink,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-        Kind::Fifo => FileType::NamedPipe,
     }
 }
 
@@ -459,57 +350,5 @@ fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
         reply.error(Errno::ERANGE);
     } else {
         reply.data(value);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::builder::{build, BuildOptions};
-    use crate::index::{ChunkParams, ROOT_ENTRY};
-
-    /// A directory read in replies that stop anywhere resumes where the last one ended: every
-    /// offset handed out gives exactly the rest of the listing.
-    #[test]
-    fn a_listing_resumes_at_any_offset() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(src.join("sub")).expect("creating the tree");
-        for i in 0..12 {
-            std::fs::write(src.join(format!("f{i:02}")), [i as u8]).expect("writing a file");
-        }
-        let (tree, _) = crate::dirsrc::read_dir_tree(&src).expect("reading the tree");
-        let progress = |_| {};
-        let built = build(
-            &tree,
-            &BuildOptions {
-                params: ChunkParams::default(),
-                prefetch: Vec::new(),
-                dict: None,
-                spool: None,
-                progress: &progress,
-            },
-            tempfile::tempfile().expect("a temp file"),
-        )
-        .expect("building the index");
-        let index = built.index;
-        let root = INodeNo(1);
-        let names = |offset| -> Vec<(u64, Vec<u8>)> {
-            dir_listing(&index, ROOT_ENTRY, root, offset)
-                .map(|(next, item)| (next, item.name.to_vec()))
-                .collect()
-        };
-        let all = names(0);
-        let mut expected: Vec<Vec<u8>> = vec![b".".to_vec(), b"..".to_vec()];
-        expected.extend((0..12).map(|i| format!("f{i:02}").into_bytes()));
-        expected.push(b"sub".to_vec());
-        let got: Vec<Vec<u8>> = all.iter().map(|(_, n)| n.clone()).collect();
-        assert_eq!(got, expected);
-        let nexts: Vec<u64> = all.iter().map(|(next, _)| *next).collect();
-        assert_eq!(nexts, (1..=expected.len() as u64).collect::<Vec<_>>());
-        for (i, (next, _)) in all.iter().enumerate() {
-            assert_eq!(names(*next), all[i + 1..], "resuming at {next}");
-        }
-        assert!(names(1000).is_empty());
     }
 }

@@ -6,10 +6,7 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::error::{Error, Result};
 
@@ -175,13 +172,13 @@ impl Metrics {
     }
 }
 
-/// Text exposition of a registry.
+/// Text exposition of a registry (empty, with a warning, if it cannot be encoded: a scrape
+/// or a test then sees missing metrics rather than a failed mount).
 pub fn render(r: &Registry) -> String {
-    let mut buf = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&r.gather(), &mut buf) {
+    shoal_runtime::metrics::encode(r).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "encoding metrics");
-    }
-    String::from_utf8_lossy(&buf).into_owned()
+        String::new()
+    })
 }
 
 /// Bind `addr` and serve `GET /metrics` until the runtime shuts down.
@@ -192,21 +189,7 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<SocketAddr> {
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("metrics listener address", e))?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let r = registry.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    render(&r),
-                )
-            }
-        }),
-    );
+    let app = shoal_runtime::metrics::router(registry);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics server stopped");

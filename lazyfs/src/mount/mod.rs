@@ -30,6 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
+use serde::{Deserialize, Serialize};
+use shoal_common::ByteSize;
+use shoal_runtime::Switch;
+use tokio_util::sync::CancellationToken;
 
 use self::access::AccessLog;
 use self::cache::{ChunkCache, DiskCache};
@@ -43,36 +47,168 @@ use crate::error::{Error, Result};
 use crate::reference::ImageRef;
 use crate::registry::{Registry, RegistryOptions};
 
+/// Where lazy mounts read and keep chunks: `mount`, and each mount the snapshotter starts
+/// (a `[chunks]` table in either's config file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunkOptions {
+    /// The local Shoal peer's registry mirror; manifest, index and chunks go through it
+    /// (empty: the registry only) [default: http://127.0.0.1:65001].
+    #[arg(long, env = "SHOAL_PEER", required = false, value_name = "URL")]
+    pub peer: String,
+    /// Registry host (HOST or HOST:PORT) to reach over plain http; repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "SHOAL_INSECURE_REGISTRY",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    #[serde(rename = "insecure_registries")]
+    pub insecure: Vec<String>,
+    /// Disk cache of verified chunks, kept across mounts (empty: memory only)
+    /// [default: /var/cache/shoal-lazyfs].
+    #[arg(
+        long,
+        env = "SHOAL_LAZYFS_CACHE_DIR",
+        required = false,
+        value_name = "DIR"
+    )]
+    pub cache_dir: PathBuf,
+    /// Disk cache quota; least recently used chunks are evicted [default: 10GiB].
+    #[arg(long, env = "SHOAL_LAZYFS_CACHE_SIZE", required = false)]
+    pub cache_size: ByteSize,
+    /// Background prefetch: all chunks, the image's prefetch list, or nothing [default: list].
+    #[arg(
+        long,
+        env = "SHOAL_LAZYFS_PREFETCH",
+        required = false,
+        value_name = "all|list|none"
+    )]
+    pub prefetch: PrefetchMode,
+}
+
+impl Default for ChunkOptions {
+    fn default() -> Self {
+        ChunkOptions {
+            peer: "http://127.0.0.1:65001".into(),
+            insecure: Vec::new(),
+            cache_dir: "/var/cache/shoal-lazyfs".into(),
+            cache_size: ByteSize(10 << 30),
+            prefetch: PrefetchMode::List,
+        }
+    }
+}
+
+impl ChunkOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !self.peer.is_empty()
+            && !self.peer.starts_with("http://")
+            && !self.peer.starts_with("https://")
+        {
+            return Err(Error::Invalid(format!(
+                "--peer {:?} must be an http(s) URL or empty",
+                self.peer
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Settings of `shoal-lazyfs mount`: a config file, then `SHOAL_LAZYFS_*` variables, then
+/// flags (see `shoal_runtime::config`). The image and mountpoint are the command's
+/// arguments, not settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct MountOptions {
     /// `HOST/REPO:TAG` or `HOST/REPO@sha256:…` of a lazyfs image.
+    #[arg(skip)]
+    #[serde(skip)]
     pub image: String,
+    #[arg(skip)]
+    #[serde(skip)]
     pub mountpoint: PathBuf,
-    /// Base URL of the local peer's mirror; `None` fetches from the registry only.
-    pub peer: Option<String>,
-    pub insecure: Vec<String>,
-    /// Never fall back to the registry when the peer fails.
+    #[command(flatten)]
+    pub chunks: ChunkOptions,
+    /// Never fetch from the registry directly when the peer fails.
+    #[arg(long, env = "SHOAL_LAZYFS_NO_FALLBACK", switch = true)]
     pub no_fallback: bool,
-    /// Disk cache directory; `None` keeps chunks in memory only.
-    pub cache_dir: Option<PathBuf>,
-    pub cache_size: u64,
-    pub memory_cache_size: u64,
-    pub prefetch: PrefetchMode,
+    /// Memory cache of hot chunks [default: 256MiB].
+    #[arg(long, env = "SHOAL_LAZYFS_MEMORY_CACHE_SIZE", required = false)]
+    pub memory_cache_size: ByteSize,
+    /// Write the paths of the files read, in first-read order, to FILE on unmount.
+    #[arg(long, value_name = "FILE")]
     pub record_access: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (/metrics).
+    #[arg(long, env = "SHOAL_LAZYFS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Deadline of each range request.
+    /// Deadline of each range request (then retry, then the next source, then EIO)
+    /// [default: 10s].
+    #[arg(long, env = "SHOAL_LAZYFS_TIMEOUT", required = false, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Retries per source after a retryable failure.
+    /// Retries per source after a retryable failure [default: 2].
+    #[arg(long, env = "SHOAL_LAZYFS_RETRIES", required = false)]
     pub retries: u32,
-    /// Largest merged range request.
-    pub max_request: u64,
-    /// File bytes fetched along with a read that misses (0: none).
-    pub readahead: u64,
-    /// Let other users (and user namespaces) access the mount (`allow_other`).
+    /// Largest merged range request [default: 4MiB].
+    #[arg(long, env = "SHOAL_LAZYFS_MAX_REQUEST", required = false)]
+    pub max_request: ByteSize,
+    /// When a read must fetch, also fetch this much of the file after it (0: off)
+    /// [default: 1MiB].
+    #[arg(long, env = "SHOAL_LAZYFS_READAHEAD", required = false)]
+    pub readahead: ByteSize,
+    /// Let other users access the mount (allow_other), e.g. for rootless containers.
+    #[arg(long, switch = true)]
     pub allow_other: bool,
-    /// FUSE request threads.
+    /// FUSE request threads [default: 2].
+    #[arg(long, required = false)]
     pub threads: usize,
-    /// Kernel readahead of the mount in bytes (0: the kernel's default, 128 KiB).
-    pub kernel_readahead: u64,
+    /// Kernel readahead window of the mount: larger means fewer, larger read requests for
+    /// sequential reads (0: keep the kernel's 128 KiB; needs a writable /sys) [default: 1MiB].
+    #[arg(long, env = "SHOAL_LAZYFS_KERNEL_READAHEAD", required = false)]
+    pub kernel_readahead: ByteSize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            image: String::new(),
+            mountpoint: PathBuf::new(),
+            chunks: ChunkOptions::default(),
+            no_fallback: false,
+            memory_cache_size: ByteSize(256 << 20),
+            record_access: None,
+            metrics_listen: None,
+            timeout: Duration::from_secs(10),
+            retries: 2,
+            max_request: ByteSize(4 << 20),
+            readahead: ByteSize(1 << 20),
+            allow_other: false,
+            threads: 2,
+            kernel_readahead: ByteSize(1 << 20),
+        }
+    }
+}
+
+impl MountOptions {
+    /// Checks the settings before anything is fetched or mounted; the message names the flag.
+    pub fn validate(&self) -> Result<()> {
+        self.chunks.validate()?;
+        let bad = |m: &str| Err(Error::Invalid(m.into()));
+        if self.timeout.is_zero() {
+            return bad("--timeout must be above zero");
+        }
+        if self.max_request.0 == 0 {
+            return bad("--max-request must be above zero");
+        }
+        if self.threads == 0 {
+            return bad("--threads must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn peer(&self) -> Option<&str> {
+        Some(self.chunks.peer.as_str()).filter(|p| !p.is_empty())
+    }
 }
 
 /// Mount and serve until SIGTERM/SIGINT (then unmount) or an external unmount.
@@ -88,7 +224,8 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
             opts.image
         )));
     };
-    let insecure = opts.insecure.iter().any(|h| h == &host);
+    opts.validate()?;
+    let insecure = opts.chunks.insecure.iter().any(|h| h == &host);
     // Manifest and index through the peer (blocking client; before the runtime exists).
     let image = {
         let reg = Registry::new(
@@ -96,8 +233,8 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
             &repo,
             &reference,
             &RegistryOptions {
-                insecure: opts.insecure.clone(),
-                peer: opts.peer.clone(),
+                insecure: opts.chunks.insecure.clone(),
+                peer: opts.peer().map(str::to_owned),
                 no_fallback: opts.no_fallback,
             },
         )?;
@@ -119,20 +256,20 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
         .build()
         .map_err(|e| Error::io("starting the I/O runtime", e))?;
     let metrics = Metrics::new(&registry)?;
-    let disk = match &opts.cache_dir {
-        Some(dir) => Some(DiskCache::open(dir, opts.cache_size)?),
-        None => None,
+    let disk = match &opts.chunks.cache_dir {
+        dir if dir.as_os_str().is_empty() => None,
+        dir => Some(DiskCache::open(dir, opts.chunks.cache_size.0)?),
     };
     let cache = Arc::new(ChunkCache::new(
-        opts.memory_cache_size,
+        opts.memory_cache_size.0,
         disk,
         metrics.clone(),
     ));
     let mut sources = Vec::new();
-    if let Some(peer) = &opts.peer {
+    if let Some(peer) = opts.peer() {
         sources.push(HttpSource::peer(peer, &host, &repo, opts.timeout)?);
     }
-    if opts.peer.is_none() || !opts.no_fallback {
+    if opts.peer().is_none() || !opts.no_fallback {
         sources.push(HttpSource::registry(&host, &repo, insecure, opts.timeout)?);
     }
     let fetcher = Arc::new(Fetcher::new(
@@ -140,8 +277,8 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
         sources,
         FetchOptions {
             retries: opts.retries,
-            max_run: opts.max_request,
-            blob_readahead: opts.readahead,
+            max_run: opts.max_request.0,
+            blob_readahead: opts.readahead.0,
         },
         cache,
         metrics.clone(),
@@ -155,7 +292,7 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
         fetcher: fetcher.clone(),
         metrics: metrics.clone(),
         access: access.clone(),
-        readahead: opts.readahead,
+        readahead: opts.readahead.0,
     });
     if let Some(addr) = opts.metrics_listen {
         let bound = rt.block_on(metrics::serve(addr, registry.clone()))?;
@@ -182,20 +319,14 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
         source: e,
     };
     // Signal handlers before the mount exists, so an early SIGTERM still unmounts.
-    let signals = {
-        use tokio::signal::unix::{signal, SignalKind};
+    let stop = {
         let _rt = rt.enter();
-        (
-            signal(SignalKind::terminate())
-                .map_err(|e| Error::io("installing SIGTERM handler", e))?,
-            signal(SignalKind::interrupt())
-                .map_err(|e| Error::io("installing SIGINT handler", e))?,
-        )
+        shoal_runtime::shutdown::on_signal()
     };
     let session =
         fuser::spawn_mount(fs, &opts.mountpoint, &config).map_err(|e| mount_err("mounting", e))?;
-    if opts.kernel_readahead > 0 {
-        if let Err(e) = set_kernel_readahead(&opts.mountpoint, opts.kernel_readahead) {
+    if opts.kernel_readahead.0 > 0 {
+        if let Err(e) = set_kernel_readahead(&opts.mountpoint, opts.kernel_readahead.0) {
             tracing::warn!(error = %e, "could not raise the mount's kernel readahead");
         }
     }
@@ -207,12 +338,12 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
     rt.spawn(prefetch::run(
         fetcher,
         index,
-        opts.prefetch,
-        opts.max_request,
+        opts.chunks.prefetch,
+        opts.max_request.0,
         metrics,
     ));
 
-    let signalled = rt.block_on(wait_for_end(&session, signals));
+    let signalled = rt.block_on(wait_for_end(&session, &stop));
     if signalled {
         tracing::info!("signal received: unmounting");
         if let Err(e) = session.umount_and_join() {
@@ -231,14 +362,10 @@ pub fn mount(opts: MountOptions, registry: prometheus::Registry) -> Result<()> {
 }
 
 /// `true` on SIGTERM/SIGINT, `false` when the session ended by itself (external unmount).
-async fn wait_for_end(
-    session: &fuser::BackgroundSession,
-    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
-) -> bool {
+async fn wait_for_end(session: &fuser::BackgroundSession, stop: &CancellationToken) -> bool {
     loop {
         tokio::select! {
-            _ = term.recv() => return true,
-            _ = int.recv() => return true,
+            _ = stop.cancelled() => return true,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if session.guard.is_finished() {
                     return false;

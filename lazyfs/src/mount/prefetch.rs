@@ -10,7 +10,8 @@ use super::fetch::Fetcher;
 use super::metrics::Metrics;
 use crate::index::{FileChunk, Index, Kind};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PrefetchMode {
     /// Every chunk of the image, in blob order.
     All,
@@ -102,14 +103,14 @@ pub async fn run(
         let mut end = start;
         let mut bytes = 0u64;
         while let Some(fc) = chunks.get(end) {
-            let csize = index
+            let stored_len = index
                 .chunks
                 .get(fc.chunk as usize)
-                .map_or(0, |c| u64::from(c.csize));
-            if end > start && bytes + csize > batch {
+                .map_or(0, |c| u64::from(c.stored_len));
+            if end > start && bytes + stored_len > batch {
                 break;
             }
-            bytes += csize;
+            bytes += stored_len;
             end += 1;
         }
         while fetcher.demand_active() {

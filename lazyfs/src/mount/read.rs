@@ -94,7 +94,7 @@ impl Reader {
                     .index
                     .chunks
                     .get(last.chunk as usize)
-                    .map_or(0, |c| u64::from(c.usize));
+                    .map_or(0, |c| u64::from(c.raw_len));
                 self.index
                     .chunks_for_range(inode, last.file_offset + size, self.readahead)
             }

@@ -127,12 +127,12 @@ impl Detector {
 mod tests {
     use super::*;
 
-    fn chunk(blob: u32, offset: u64, csize: u32) -> Chunk {
+    fn chunk(blob: u32, offset: u64, stored_len: u32) -> Chunk {
         Chunk {
             blob,
             offset,
-            csize,
-            usize: csize,
+            stored_len,
+            raw_len: stored_len,
             digest: shoal_common::Digest::of(&offset.to_le_bytes()),
         }
     }

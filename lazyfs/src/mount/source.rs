@@ -1,18 +1,23 @@
-//! Where a mount fetches chunk bytes from: HTTP range requests to the local peer's registry
-//! mirror (`PEER/v2/<repo>/blobs/<digest>?ns=<host>`) or to the registry itself. Every
-//! request has a deadline; a source that just failed is skipped for a short while so a dead
-//! peer costs one timeout, not one per read.
+//! Where a mount fetches chunk bytes from: range reads over the one registry client, either
+//! through the local peer's registry mirror (`PEER/v2/<repo>/blobs/<digest>?ns=<host>`) or
+//! from the registry itself. Every request has a deadline; a source that just failed is
+//! skipped for a short while so a dead peer costs one timeout, not one per read.
+//!
+//! The client does not retry here: the fetcher retries across sources itself, within the
+//! mount's `--retries`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
+use shoal_common::registry::credentials_from_env;
 use shoal_common::Digest;
+use shoal_registry::{Auth, Client, ClientOptions, Repository, RetryPolicy};
 
-use crate::error::{Error, Result};
-use crate::registry::{basic, parse_challenge, token_of, Challenge};
+use crate::error::{with_causes, Error, Result};
+use crate::registry::client_error;
 
 /// How long a failed source is skipped before it is tried again.
 const BACKOFF: Duration = Duration::from_secs(3);
@@ -35,14 +40,8 @@ impl SourceKind {
 
 pub struct HttpSource {
     pub kind: SourceKind,
-    client: reqwest::Client,
-    /// `BASE/v2/REPO/blobs/`
-    blobs_url: String,
-    /// `?ns=` for the peer mirror.
-    ns: Option<String>,
+    repo: Repository,
     timeout: Duration,
-    auth: tokio::sync::Mutex<Option<String>>,
-    creds: Option<(String, String)>,
     started: Instant,
     /// Milliseconds since `started` until which the source is considered down.
     down_until: AtomicU64,
@@ -51,69 +50,39 @@ pub struct HttpSource {
 impl HttpSource {
     /// The peer's mirror endpoint for `repo` of registry `host`.
     pub fn peer(peer: &str, host: &str, repo: &str, timeout: Duration) -> Result<Self> {
-        let base = peer.trim_end_matches('/');
-        Self::new(
-            SourceKind::Peer,
-            format!("{base}/v2/{repo}/blobs/"),
-            Some(host.to_string()),
-            timeout,
-        )
+        let client = client(timeout, Vec::new())?;
+        let repo = Repository::through_mirror(client, peer, host, repo);
+        Ok(Self::new(SourceKind::Peer, repo, timeout))
     }
 
-    /// The registry itself (`http` when `insecure`; `docker.io` is `registry-1.docker.io`).
+    /// The registry itself (`http` when `insecure`), with the user's credentials from the
+    /// environment if set.
     pub fn registry(host: &str, repo: &str, insecure: bool, timeout: Duration) -> Result<Self> {
-        let api_host = if host == "docker.io" {
-            "registry-1.docker.io"
+        let insecure = if insecure {
+            vec![host.to_owned()]
         } else {
-            host
+            Vec::new()
         };
-        let scheme = if insecure { "http" } else { "https" };
-        Self::new(
-            SourceKind::Registry,
-            format!("{scheme}://{api_host}/v2/{repo}/blobs/"),
-            None,
-            timeout,
-        )
+        let auth = match credentials_from_env() {
+            Some((u, p)) => Auth::basic(&u, &p).map_err(client_error)?,
+            None => Auth::Anonymous,
+        };
+        let repo = Repository::new(client(timeout, insecure)?, host, repo, auth);
+        Ok(Self::new(SourceKind::Registry, repo, timeout))
     }
 
-    fn new(
-        kind: SourceKind,
-        blobs_url: String,
-        ns: Option<String>,
-        timeout: Duration,
-    ) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            // The whole request (headers and body) runs under `range`'s deadline.
-            .connect_timeout(timeout)
-            .user_agent(concat!("shoal-lazyfs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Http {
-                url: blobs_url.clone(),
-                source: e,
-            })?;
-        let creds = match (
-            std::env::var("SHOAL_REGISTRY_USERNAME"),
-            std::env::var("SHOAL_REGISTRY_PASSWORD"),
-        ) {
-            (Ok(u), Ok(p)) => Some((u, p)),
-            _ => None,
-        };
-        Ok(HttpSource {
+    fn new(kind: SourceKind, repo: Repository, timeout: Duration) -> Self {
+        HttpSource {
             kind,
-            client,
-            blobs_url,
-            ns,
+            repo,
             timeout,
-            auth: tokio::sync::Mutex::new(None),
-            creds,
             started: Instant::now(),
             down_until: AtomicU64::new(0),
-        })
+        }
     }
 
     pub fn describe(&self) -> String {
-        format!("{} ({})", self.kind.label(), self.blobs_url)
+        format!("{} ({}blobs/)", self.kind.label(), self.repo.describe())
     }
 
     fn now_ms(&self) -> u64 {
@@ -137,9 +106,8 @@ impl HttpSource {
     /// Exactly `len` bytes at `offset` of blob `digest`, within the timeout.
     pub async fn range(&self, digest: &Digest, offset: u64, len: u64) -> Result<Bytes> {
         let what = format!("{digest} bytes {offset}+{len}");
-        match tokio::time::timeout(self.timeout, self.range_inner(digest, offset, len, &what)).await
-        {
-            Ok(r) => r,
+        match tokio::time::timeout(self.timeout, self.repo.blob_range(digest, offset, len)).await {
+            Ok(r) => r.map_err(|e| self.fetch_error(e, &what)),
             Err(_) => Err(Error::Timeout {
                 what,
                 from: self.describe(),
@@ -148,101 +116,50 @@ impl HttpSource {
         }
     }
 
-    async fn range_inner(
-        &self,
-        digest: &Digest,
-        offset: u64,
-        len: u64,
-        what: &str,
-    ) -> Result<Bytes> {
+    /// Connection failures stay HTTP errors (the fetcher marks the source down); a refusal
+    /// or a body cut short is this fetch's failure.
+    fn fetch_error(&self, e: shoal_registry::Error, what: &str) -> Error {
         let fail = |reason: String, retryable: bool| Error::Fetch {
             what: what.to_string(),
             from: self.describe(),
             reason,
             retryable,
         };
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let url = format!("{}{digest}", self.blobs_url);
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let mut resp = self.send(&url, &range).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED && self.kind == SourceKind::Registry {
-            let challenge = resp
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            if let Some(a) = self.answer(&challenge).await? {
-                *self.auth.lock().await = Some(a);
-                resp = self.send(&url, &range).await?;
+        match e {
+            shoal_registry::Error::Transport { source, .. }
+                if source.is_body() || source.is_decode() =>
+            {
+                fail(with_causes(&source), true)
+            }
+            shoal_registry::Error::Status { status, .. } => {
+                let retryable = status >= 500 || status == 429;
+                let s = StatusCode::from_u16(status).map_or(status.to_string(), |s| s.to_string());
+                fail(format!("HTTP {s}"), retryable)
+            }
+            shoal_registry::Error::Short { got, want, .. } => {
+                fail(format!("short body: {got} of {want} bytes"), true)
+            }
+            e @ shoal_registry::Error::Transport { .. } => client_error(e),
+            e => {
+                let retryable = e.retryable();
+                fail(e.to_string(), retryable)
             }
         }
-        let status = resp.status();
-        let whole = match status {
-            StatusCode::PARTIAL_CONTENT => false,
-            StatusCode::OK => true,
-            s => {
-                let retryable = s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS;
-                return Err(fail(format!("HTTP {s}"), retryable));
-            }
-        };
-        let body = resp.bytes().await.map_err(|e| fail(e.to_string(), true))?;
-        let body = if whole {
-            // The server ignored the range (allowed by HTTP): cut it out ourselves.
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            body.slice(start.min(body.len())..)
-        } else {
-            body
-        };
-        if (body.len() as u64) < len {
-            return Err(fail(
-                format!("short body: {} of {len} bytes", body.len()),
-                true,
-            ));
-        }
-        Ok(body.slice(..len as usize))
     }
+}
 
-    async fn send(&self, url: &str, range: &str) -> Result<reqwest::Response> {
-        let mut req = self.client.get(url).header(RANGE, range);
-        if let Some(ns) = &self.ns {
-            req = req.query(&[("ns", ns)]);
-        }
-        if let Some(a) = self.auth.lock().await.clone() {
-            req = req.header(AUTHORIZATION, a);
-        }
-        req.send().await.map_err(|e| Error::Http {
-            url: url.to_string(),
-            source: e,
-        })
-    }
-
-    /// Answer a `WWW-Authenticate` challenge (bearer token or basic credentials).
-    async fn answer(&self, challenge: &str) -> Result<Option<String>> {
-        let (realm, query) = match parse_challenge(challenge) {
-            Challenge::Basic => return Ok(self.creds.as_ref().map(|(u, p)| basic(u, p))),
-            Challenge::Unsupported => return Ok(None),
-            Challenge::Bearer { realm, query } => (realm, query),
-        };
-        let mut req = self.client.get(&realm).query(&query);
-        if let Some((u, p)) = &self.creds {
-            req = req.basic_auth(u, Some(p));
-        }
-        let http = |e| Error::Http {
-            url: realm.clone(),
-            source: e,
-        };
-        let body: serde_json::Value = req
-            .send()
-            .await
-            .map_err(http)?
-            .error_for_status()
-            .map_err(http)?
-            .json()
-            .await
-            .map_err(http)?;
-        Ok(token_of(&body).map(|t| format!("Bearer {t}")))
-    }
+/// A client for one source: its own connection pool, the mount's timeout to connect, no
+/// proxy (the peer is local), no retries of its own.
+fn client(timeout: Duration, insecure: Vec<String>) -> Result<Arc<Client>> {
+    Client::new(ClientOptions {
+        connect_timeout: timeout,
+        read_timeout: None,
+        timeout: None,
+        user_agent: concat!("shoal-lazyfs/", env!("CARGO_PKG_VERSION")).to_owned(),
+        no_proxy: true,
+        insecure,
+        retry: RetryPolicy::none(),
+    })
+    .map(Arc::new)
+    .map_err(client_error)
 }

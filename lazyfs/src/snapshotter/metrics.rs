@@ -148,15 +148,9 @@ pub async fn serve(
             let (registry, snapshotter, client) =
                 (registry.clone(), snapshotter.clone(), client.clone());
             async move {
-                let mut text = crate::mount::metrics::render(&registry);
-                text.push_str(&mounts_text(&snapshotter, &client).await);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    text,
-                )
+                let own = shoal_runtime::metrics::encode(&registry);
+                let mounts = mounts_text(&snapshotter, &client).await;
+                shoal_runtime::metrics::response(own.map(|text| text + &mounts))
             }
         }),
     );

@@ -31,32 +31,45 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::service::Snapshotter;
 use crate::error::{Error, IoContext, Result};
-use crate::mount::PrefetchMode;
+use crate::mount::ChunkOptions;
 
-/// Settings of `shoal-lazyfs snapshotter`.
-#[derive(Clone, Debug)]
+/// Settings of `shoal-lazyfs snapshotter`: a config file, then `SHOAL_*` variables, then
+/// flags (see `shoal_runtime::config`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
 pub struct Options {
-    /// Unix socket containerd connects to (`[proxy_plugins.shoal] address`).
+    /// Unix socket for containerd (`[proxy_plugins.shoal] address`)
+    /// [default: /run/shoal/snapshotter.sock].
+    #[arg(
+        long,
+        env = "SHOAL_SNAPSHOTTER_ADDRESS",
+        required = false,
+        value_name = "SOCK"
+    )]
     pub address: PathBuf,
-    /// Snapshot directories and metadata.
+    /// Snapshot directories and metadata [default: /var/lib/shoal/snapshotter].
+    #[arg(
+        long,
+        env = "SHOAL_SNAPSHOTTER_ROOT",
+        required = false,
+        value_name = "DIR"
+    )]
     pub root: PathBuf,
-    /// Chunk caches of lazy mounts, one directory per mounted image.
-    pub cache_dir: PathBuf,
-    /// Disk cache quota of each lazy mount, in bytes.
-    pub cache_size: u64,
-    /// The local peer's mirror URL ("" to read from registries directly).
-    pub peer: String,
-    /// Registry hosts reached over plain HTTP.
-    pub insecure: Vec<String>,
-    pub prefetch: PrefetchMode,
-    /// How long a lazy mount may take to start before `Prepare` fails.
+    /// Lazy mounts: one per image, each with its own cache directory under `cache_dir`.
+    #[command(flatten)]
+    pub chunks: ChunkOptions,
+    /// How long a lazy mount may take to start before the pod start fails [default: 60s].
+    #[arg(long, required = false, value_parser = humantime::parse_duration)]
+    #[serde(with = "humantime_serde")]
     pub mount_timeout: Duration,
-    /// Serve `/metrics` here.
+    /// Serve Prometheus metrics (the snapshotter's and its mounts') on ADDR (/metrics).
+    #[arg(long, env = "SHOAL_SNAPSHOTTER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -65,11 +78,7 @@ impl Default for Options {
         Options {
             address: "/run/shoal/snapshotter.sock".into(),
             root: "/var/lib/shoal/snapshotter".into(),
-            cache_dir: "/var/cache/shoal-lazyfs".into(),
-            cache_size: 10 << 30,
-            peer: "http://127.0.0.1:65001".into(),
-            insecure: Vec::new(),
-            prefetch: PrefetchMode::List,
+            chunks: ChunkOptions::default(),
             mount_timeout: Duration::from_secs(60),
             metrics_listen: None,
         }
@@ -78,7 +87,8 @@ impl Default for Options {
 
 impl Options {
     pub fn validate(&self) -> Result<()> {
-        if !self.root.is_absolute() || !self.cache_dir.is_absolute() {
+        self.chunks.validate()?;
+        if !self.root.is_absolute() || !self.chunks.cache_dir.is_absolute() {
             return Err(Error::Invalid(
                 "--root and --cache-dir must be absolute paths (they end up in mount options)"
                     .into(),

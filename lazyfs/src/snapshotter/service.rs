@@ -32,7 +32,7 @@ impl Snapshotter {
     pub fn open(opts: &Options, exe: PathBuf, registry: &prometheus::Registry) -> Result<Self> {
         let layout = Layout {
             root: opts.root.clone(),
-            cache: opts.cache_dir.clone(),
+            cache: opts.chunks.cache_dir.clone(),
         };
         for dir in [layout.snapshots(), layout.cache.clone()] {
             std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
@@ -41,10 +41,10 @@ impl Snapshotter {
         let s = Snapshotter {
             mounter: Mounter {
                 exe,
-                peer: opts.peer.clone(),
-                insecure: opts.insecure.clone(),
-                cache_size: opts.cache_size,
-                prefetch: opts.prefetch,
+                peer: opts.chunks.peer.clone(),
+                insecure: opts.chunks.insecure.clone(),
+                cache_size: opts.chunks.cache_size.0,
+                prefetch: opts.chunks.prefetch,
                 start_timeout: opts.mount_timeout,
             },
             layout,

@@ -61,7 +61,7 @@ impl Fixture {
         self.index
             .file_chunks(ino)
             .iter()
-            .map(|fc| u64::from(self.index.chunks[fc.chunk as usize].csize))
+            .map(|fc| u64::from(self.index.chunks[fc.chunk as usize].stored_len))
             .sum()
     }
 }

@@ -13,7 +13,7 @@ use shoal_common::Digest;
 use super::demand::Demand;
 use super::reporter::{ReportItem, Reporter};
 use crate::error::{Error, Result};
-use crate::metrics::{PeerMetrics, Source};
+use crate::metrics::{FetchedFrom, PeerMetrics};
 use crate::source::{HttpFetcher, Origin, ParentPeer, PieceSource};
 
 use crate::storage::TaskFile;
@@ -33,9 +33,9 @@ pub struct PieceContext {
 impl PieceContext {
     fn fail(&self, piece: u32, parent: Option<PeerId>, reason: FailReason) {
         let source = if parent.is_some() {
-            Source::Peer
+            FetchedFrom::Peer
         } else {
-            Source::Origin
+            FetchedFrom::Origin
         };
         let reason_label = serde_json::to_value(reason)
             .ok()
@@ -65,9 +65,9 @@ impl PieceContext {
         started: Instant,
     ) -> Result<bool> {
         let source = if from.is_some() {
-            Source::Peer
+            FetchedFrom::Peer
         } else {
-            Source::Origin
+            FetchedFrom::Origin
         };
         let file = self.file.clone();
         let len = bytes.len();

@@ -1,5 +1,7 @@
-//! The one error type at the peer's HTTP edges: maps domain errors to a status and a stable
-//! code, logs once, and never leaks internals (paths, OS errors) to the client.
+//! The peer's two error replies at its HTTP edges, one per protocol: [`ApiError`] (Shoal's
+//! JSON `{code, message}`, the local and P2P APIs) and [`MirrorError`] (the OCI distribution
+//! format, the registry mirror). Both map domain errors to a status and a stable code, log
+//! once, and never leak internals (paths, OS errors) to the client.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -30,9 +32,7 @@ impl ApiError {
 
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match &self.0 {
-            Error::Parse(_) | Error::BadRequest(_) | Error::Config(_) => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
+            Error::Parse(_) | Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::TaskNotFound { .. } => (StatusCode::NOT_FOUND, "task_unknown"),
             Error::RangeNotHeld { .. } => (StatusCode::NOT_FOUND, "range_not_held"),
             Error::RangeNotSatisfiable { .. } => {
@@ -53,7 +53,10 @@ impl ApiError {
             }
             Error::CacheFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "cache_full"),
             Error::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            Error::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            // The peer's own setup or state, not the request: the client can do nothing.
+            Error::Io { .. } | Error::Config(_) | Error::Runtime { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }
@@ -127,7 +130,9 @@ impl MirrorError {
             }
             Error::CacheFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
             Error::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-            Error::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Error::Io { .. } | Error::Config(_) | Error::Runtime { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
+            }
             _ => (StatusCode::BAD_GATEWAY, "UNAVAILABLE"),
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -167,5 +172,33 @@ impl IntoResponse for MirrorError {
                 .insert(axum::http::header::WWW_AUTHENTICATE, c);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer's own failures are 5xx on both edges; only the client's input is a 4xx.
+    #[test]
+    fn runtime_and_config_failures_are_not_the_clients_fault() {
+        let cases: [fn() -> Error; 2] = [
+            || Error::runtime("p2p listener", "gone"),
+            || Error::Config("x".into()),
+        ];
+        for e in cases {
+            assert_eq!(
+                ApiError(e()).status_and_code().0,
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+            assert_eq!(
+                MirrorError::from_error(e(), "BLOB_UNKNOWN").status,
+                StatusCode::INTERNAL_SERVER_ERROR
+            );
+        }
+        assert_eq!(
+            ApiError::bad_request("no").status_and_code().0,
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 
 #[derive(Clone)]
 pub struct HealthState {
@@ -34,22 +34,6 @@ async fn readyz(State(st): State<HealthState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(st): State<HealthState>) -> impl IntoResponse {
-    let mut buf = Vec::new();
-    let encoder = TextEncoder::new();
-    match encoder.encode(&st.registry.gather(), &mut buf) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
-            buf,
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, "text/plain".to_owned())],
-                b"metrics unavailable".to_vec(),
-            )
-        }
-    }
+async fn metrics(State(st): State<HealthState>) -> Response {
+    shoal_runtime::metrics::response(shoal_runtime::metrics::encode(&st.registry))
 }

@@ -5,7 +5,7 @@
 //! - [`local`]: the local download API (`--mirror-listen`).
 //! - [`mirror`]: the OCI registry mirror (`--mirror-listen`, same listener as `local`).
 //! - [`health`]: metrics and probes (`--metrics-listen`).
-//! - [`error`]: the one error type at these edges.
+//! - [`error`]: the error replies at these edges (Shoal's JSON and the OCI format).
 //! - [`range`]: Range header parsing.
 
 pub mod error;

@@ -62,11 +62,10 @@ impl Storage {
                 .and_then(|id| {
                     let file = TaskFile::open(&path)?;
                     if file.id() != id {
-                        return Err(Error::Config(format!(
-                            "{} holds task {}",
-                            path.display(),
-                            file.id()
-                        )));
+                        return Err(Error::runtime(
+                            path.display().to_string(),
+                            format_args!("holds task {}", file.id()),
+                        ));
                     }
                     Ok(file)
                 });

@@ -2,6 +2,8 @@
 //!
 //! - [`peers`]: the live peers and the tasks each is registered on;
 //! - [`task`]: one task's pieces, holders, assignments, leases and waiters;
+//! - [`member`]: one peer's record within a task;
+//! - `listing`: the peer and task listings (`GET /api/v1/peers`, `GET /api/v1/tasks`);
 //! - [`report`]: applying piece reports to a task;
 //! - [`waiters`]: long-polling schedule requests and whom to wake.
 //!
@@ -9,6 +11,8 @@
 //! tasks never contend with each other, and no lock is held across an `.await`.
 
 pub(crate) mod bytes;
+mod listing;
+pub(crate) mod member;
 pub(crate) mod peers;
 pub(crate) mod report;
 pub(crate) mod task;
@@ -35,7 +39,6 @@ use crate::config::SupernodeConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::schedule::{self, Outcome, ParentSelector, Policy};
-use crate::status::{PeerStatus, TaskPeerStatus, TaskStatus};
 
 type TaskRef = Arc<Mutex<Task>>;
 
@@ -375,37 +378,6 @@ impl State {
         Ok(outcome.reply)
     }
 
-    pub fn list_peers(&self) -> Vec<PeerStatus> {
-        let now = Instant::now();
-        let mut out: Vec<PeerStatus> = self
-            .peers
-            .snapshot()
-            .into_iter()
-            .map(|rec| {
-                let inner = rec.inner.lock();
-                PeerStatus {
-                    peer_id: rec.id.to_string(),
-                    addr: inner.addr,
-                    labels: inner.labels.clone(),
-                    last_seen_ms: millis(now.saturating_duration_since(inner.last_seen)),
-                    active_uploads: inner.active_uploads,
-                    upload_rate: inner.upload_rate,
-                    upload_capacity: inner.upload_capacity,
-                    tasks: inner.tasks.len() as u32,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        out
-    }
-
-    pub fn list_tasks(&self) -> Vec<TaskStatus> {
-        let tasks: Vec<TaskRef> = self.tasks.read().values().cloned().collect();
-        let mut out: Vec<TaskStatus> = tasks.iter().map(|t| status(&t.lock())).collect();
-        out.sort_by_key(|t| t.task_id);
-        out
-    }
-
     /// Periodic housekeeping: expires silent peers, in-flight assignments and leases past
     /// their time, and tasks without peers for `task_gc_after`.
     pub fn sweep(&self, now: Instant) {
@@ -474,33 +446,5 @@ impl State {
             }
             self.metrics.tasks.set(map.len() as i64);
         }
-    }
-}
-
-fn status(t: &Task) -> TaskStatus {
-    let name = |slot: &Slot| t.member(*slot).map(|m| m.id.to_string());
-    let mut peers: Vec<TaskPeerStatus> = t
-        .members()
-        .map(|(_, m)| TaskPeerStatus {
-            peer_id: m.id.to_string(),
-            pieces: m.held.count(),
-            completed: m.held.is_complete(),
-            downloading: m.inflight.len() as u32,
-            uploading: m.uploads,
-        })
-        .collect();
-    peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-    let mut blacklisted: Vec<String> = t.blacklist.iter().map(|id| id.to_string()).collect();
-    blacklisted.sort();
-    TaskStatus {
-        task_id: t.id,
-        layout: t.layout,
-        url: t.url.clone(),
-        piece_count: t.piece_count(),
-        pieces_available: t.available,
-        origin_peers: t.origin_peers.iter().filter_map(name).collect(),
-        blacklisted,
-        waiting: t.waiter_count() as u32,
-        peers,
     }
 }

@@ -40,17 +40,28 @@
 //!
 //! The work per request is O(missing pieces) plus a bounded sample of holders per assigned
 //! piece, never O(peers × pieces).
+//!
+//! Before all this, the pieces a request names as wanted (a lazy reader's) are served first
+//! (`wanted`). Origin leases and their shares are in `origin`, the choice of parents for one
+//! piece in `parents`; `schedule` puts the passes together.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use shoal_common::api::{Assignment, Parent};
+use shoal_common::api::Assignment;
+
+mod origin;
+mod parents;
+mod wanted;
 
 use crate::config::SupernodeConfig;
-use crate::state::task::{Inflight, Lease, ParentRef, Slot, Task};
-use crate::state::waiters::Wake;
+use crate::state::task::{Slot, Task};
+use origin::{lease_origin, may_use_origin, origin_room};
+use parents::assign_from_peers;
+use wanted::assign_wanted;
+pub(crate) use wanted::Wanted;
 
 /// Equally rare pieces are taken in index order give or take this many pieces.
 const TIE_JITTER: u32 = 16;
@@ -280,269 +291,4 @@ pub(crate) fn schedule(
         assignments: out,
         from_origin: origin_count,
     }
-}
-
-/// The pieces a request names as wanted, most urgent first: what readers wait for.
-pub(crate) struct Wanted<'a> {
-    pub pieces: &'a [u32],
-    /// The peer wants only these (a lazy reader), not the whole blob.
-    pub sparse: bool,
-    /// The request's first computation: it replaces the member's wants. A long poll's later
-    /// computations use the member's wants as the latest request left them.
-    pub fresh: bool,
-}
-
-/// Assigns the wanted pieces first, into `out` (up to `cap` in all); returns how many go to
-/// the origin. A wanted piece comes from a holder whose copy is verified (a digest the origin
-/// fetch reported, never a relayed one still unconfirmed, never a relay of bytes still
-/// arriving: a sparse reader has no whole-blob digest to catch a bad copy later); failing
-/// that, from the origin under an exclusive lease, which any peer may take for a piece its
-/// readers wait for (the origin still sends each piece once). A piece leased to someone else
-/// is left alone: its report wakes this peer.
-#[allow(clippy::too_many_arguments)]
-fn assign_wanted(
-    task: &mut Task,
-    slot: Slot,
-    cap: usize,
-    avoid: &HashSet<Slot>,
-    wanted: &[u32],
-    sparse: bool,
-    policy: &Policy,
-    now: Instant,
-    out: &mut Vec<Assignment>,
-) -> usize {
-    let mut rng = rand::rng();
-    let mut origin = 0;
-    let mut seen = HashSet::new();
-    for &piece in wanted {
-        if out.len() >= cap {
-            break;
-        }
-        if piece >= task.piece_count() || !seen.insert(piece) {
-            continue;
-        }
-        let Some(me) = task.member(slot) else {
-            break;
-        };
-        if me.held.contains(piece) || me.inflight.contains_key(&piece) {
-            continue;
-        }
-        let ps = &task.pieces[piece as usize];
-        let leased = ps.lease.is_some_and(|l| l.expires > now);
-        if !ps.holders.is_empty() {
-            // A relayed copy defined the digest and its origin fetch is still running: wait
-            // for the fetch to confirm (or correct) it.
-            if ps.digest.is_some() && !(ps.digest_by_relay && leased) {
-                if let Some(a) =
-                    assign_from_peers(task, slot, piece, avoid, false, policy, now, &mut rng)
-                {
-                    out.push(a);
-                }
-            }
-        } else if !leased {
-            out.push(lease_origin(task, slot, piece, !sparse, policy, now));
-            origin += 1;
-        }
-    }
-    origin
-}
-
-/// Leases `piece` from the origin to `slot` and records it in flight. With `relay`, other
-/// peers may be sent to `slot` for the bytes while they arrive.
-fn lease_origin(
-    task: &mut Task,
-    slot: Slot,
-    piece: u32,
-    relay: bool,
-    policy: &Policy,
-    now: Instant,
-) -> Assignment {
-    let expires = now + policy.lease_timeout;
-    let ps = &mut task.pieces[piece as usize];
-    ps.lease = Some(Lease { slot, expires });
-    if relay {
-        ps.relays.insert(slot);
-        task.wake(Wake::Piece {
-            piece,
-            budget: policy.max_uploads as usize,
-            except: slot,
-        });
-    }
-    if let Some(me) = task.member_mut(slot) {
-        me.inflight.insert(
-            piece,
-            Inflight {
-                parent: None,
-                expires,
-            },
-        );
-    }
-    Assignment {
-        piece,
-        sha256: task.pieces[piece as usize].digest,
-        parents: Vec::new(),
-        origin: true,
-    }
-}
-
-/// Whether `slot` is, or may become, one of the task's origin peers.
-fn may_use_origin(task: &mut Task, slot: Slot, policy: &Policy) -> bool {
-    if task.origin_peers.contains(&slot) {
-        return true;
-    }
-    if task.origin_peers.len() < policy.max_origin_peers {
-        task.origin_peers.push(slot);
-        return true;
-    }
-    false
-}
-
-/// How many more origin leases `slot` may take now: what is left of the task's
-/// `max_origin_inflight`, and at most an even share of it per origin peer (so that the pieces being fetched from the origin
-/// are at different peers, whose uplinks then pass them on). O(pieces + members), like the
-/// rest of a schedule.
-fn origin_room(task: &Task, slot: Slot, policy: &Policy, now: Instant) -> usize {
-    let (mut busy, mut mine) = (0usize, 0usize);
-    for lease in task.pieces.iter().filter_map(|ps| ps.lease.as_ref()) {
-        if lease.expires > now {
-            busy += 1;
-            mine += usize::from(lease.slot == slot);
-        }
-    }
-    // Sparse members take leases for what their readers wait for, outside this share.
-    let wanting = task
-        .members()
-        .filter(|(_, m)| !m.held.is_complete() && m.wants.is_none())
-        .count()
-        .clamp(1, policy.max_origin_peers.max(1));
-    let share = policy.max_origin_inflight.div_ceil(wanting).max(1);
-    policy
-        .max_origin_inflight
-        .saturating_sub(busy)
-        .min(share.saturating_sub(mine))
-}
-
-/// Picks parents for one piece and records the assignment; `None` when no usable parent has
-/// a free upload slot. Without `relays`, only whole holders are offered, and the requester is
-/// not offered to others while its copy arrives (a sparse reader's pieces).
-#[allow(clippy::too_many_arguments)]
-fn assign_from_peers(
-    task: &mut Task,
-    slot: Slot,
-    piece: u32,
-    avoid: &HashSet<Slot>,
-    relays: bool,
-    policy: &Policy,
-    now: Instant,
-    rng: &mut impl Rng,
-) -> Option<Assignment> {
-    let me = task.member(slot)?;
-    let requester = Requester {
-        peer_id: &me.id,
-        zone: me.zone.as_deref(),
-    };
-    let ps = &task.pieces[piece as usize];
-    let holders = &ps.holders;
-    let h = holders.len();
-    if h == 0 && (!relays || ps.relays.is_empty()) {
-        return None;
-    }
-    let start = if h == 0 { 0 } else { rng.random_range(0..h) };
-    let mut candidates = Vec::new();
-    let (mut fresh, mut saturated) = (0, 0);
-    // Whole holders from a random start, then the relays, but only while the piece is
-    // rare: relays speed up a new piece's spread, and relay chains over common pieces
-    // only add links that can stall (with relays for every piece, 3 of 17 runs of the
-    // 8-node benchmark stalled for seconds).
-    let rare = relays && h < COMMON_HOLDERS;
-    let relay_parents = ps.relays.iter().filter(|_| rare).map(|&s| (s, true));
-    let order = (0..h)
-        .filter_map(|k| holders.get_index((start + k) % h).map(|&s| (s, false)))
-        .chain(relay_parents);
-    for (s, relay) in order {
-        if s == slot || avoid.contains(&s) {
-            continue;
-        }
-        let Some(m) = task.member(s) else {
-            continue;
-        };
-        // Holders exclude blacklisted members already; relays are listed before anyone
-        // knows, so check.
-        if relay && task.blacklist.contains(&m.id) {
-            continue;
-        }
-        let is_saturated = m.uploads >= policy.max_uploads;
-        if is_saturated {
-            if saturated >= policy.max_parents {
-                continue;
-            }
-            saturated += 1;
-        } else {
-            fresh += 1;
-        }
-        candidates.push(Candidate {
-            peer_id: &m.id,
-            uploads: m.uploads,
-            saturated: is_saturated,
-            failures: m.failures.get(now),
-            throughput: m.throughput,
-            same_zone: requester.zone.is_some() && m.zone.as_deref() == requester.zone,
-            relay,
-            slot: s,
-        });
-        if fresh >= PARENT_SAMPLE {
-            break;
-        }
-    }
-    if fresh == 0 {
-        return None;
-    }
-    policy.selector.rank(&requester, &mut candidates);
-    candidates.truncate(policy.max_parents);
-    let first = candidates.first()?;
-    if first.saturated {
-        // A custom selector preferred a saturated parent: respect the limit anyway.
-        return None;
-    }
-    let first = first.slot;
-    let parents: Vec<Parent> = candidates
-        .iter()
-        .filter_map(|c| {
-            task.member(c.slot).map(|m| Parent {
-                peer_id: m.id.to_string(),
-                addr: m.addr,
-            })
-        })
-        .collect();
-    let sha256 = ps.digest;
-    drop(candidates);
-
-    let parent = task.member_mut(first)?;
-    parent.uploads += 1;
-    let parent = ParentRef {
-        slot: first,
-        serial: parent.serial,
-    };
-    task.member_mut(slot)?.inflight.insert(
-        piece,
-        Inflight {
-            parent: Some(parent),
-            expires: now + policy.assignment_timeout,
-        },
-    );
-    // The requester relays the piece while it arrives: one more source for those who lack it.
-    if relays {
-        task.pieces[piece as usize].relays.insert(slot);
-        task.wake(Wake::Piece {
-            piece,
-            budget: policy.max_uploads as usize,
-            except: slot,
-        });
-    }
-    Some(Assignment {
-        piece,
-        sha256,
-        parents,
-        origin: false,
-    })
 }

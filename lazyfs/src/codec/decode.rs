@@ -1,117 +1,17 @@
-//! Byte encoding of the index blob (see `FORMAT.md`): a fixed header, then one zstd frame
-//! holding a body of LEB128 varints and length-prefixed byte strings.
-//!
-//! The decoder treats its input as hostile. Every count is bounded by the bytes left, every
-//! reference is checked against the table it points into, and the tree rules (parents
-//! before children, sorted unique names, no `/`, NUL, `.` or `..`) are enforced, so that
-//! code walking a decoded [`Index`] needs no further checks and cannot loop.
+//! Bytes → [`Index`], treating the input as hostile (see the module above).
 
 use std::collections::HashSet;
 
-use shoal_common::{Digest, Sha256Hasher};
+use shoal_common::Digest;
 
+use super::names::{validate_name, validate_params};
+use super::varint::{unzigzag, Reader};
+use super::{
+    FLAG_MTIME, HEADER_LEN, MAGIC, MAX_BODY, MAX_CHUNK, MAX_NAME, MAX_TARGET, MAX_XATTR_NAME,
+    MAX_XATTR_VALUE, VERSION,
+};
 use crate::error::{Error, Result};
 use crate::index::{BlobRef, Chunk, ChunkParams, Entry, Index, Inode, Kind, Mtime};
-
-pub const MAGIC: &[u8; 8] = b"SHOALIDX";
-pub const VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 56;
-/// Decompressed body limit: far above a million-file image, far below an allocation bomb.
-pub const MAX_BODY: u64 = 1 << 30;
-pub const MAX_NAME: usize = 255;
-pub const MAX_TARGET: usize = 4095;
-pub const MAX_XATTR_NAME: usize = 255;
-pub const MAX_XATTR_VALUE: usize = 65536;
-/// fastcdc's own upper bound for a maximum chunk size.
-pub const MAX_CHUNK: u32 = 16 * 1024 * 1024;
-
-const FLAG_MTIME: u64 = 1;
-
-/// Serialize an index. The output depends only on the index contents.
-pub fn encode(index: &Index, level: i32) -> Result<Vec<u8>> {
-    let mut b = Vec::with_capacity(64 + index.entries.len() * 48 + index.chunks.len() * 48);
-    let p = &index.params;
-    put(&mut b, u64::from(p.min));
-    put(&mut b, u64::from(p.avg));
-    put(&mut b, u64::from(p.max));
-    put(&mut b, zigzag(i64::from(p.level)));
-    let has_mtime = index.inodes.iter().any(|i| i.mtime.is_some());
-    put(&mut b, if has_mtime { FLAG_MTIME } else { 0 });
-
-    put(&mut b, index.blobs.len() as u64);
-    for blob in &index.blobs {
-        b.extend_from_slice(blob.digest.as_bytes());
-        put(&mut b, blob.size);
-    }
-    put(&mut b, index.chunks.len() as u64);
-    for c in &index.chunks {
-        put(&mut b, u64::from(c.blob));
-        put(&mut b, c.offset);
-        put(&mut b, u64::from(c.csize));
-        put(&mut b, u64::from(c.usize));
-        b.extend_from_slice(c.digest.as_bytes());
-    }
-    put(&mut b, index.inodes.len() as u64);
-    for ino in &index.inodes {
-        b.push(ino.kind.code());
-        put(&mut b, u64::from(ino.mode));
-        put(&mut b, u64::from(ino.uid));
-        put(&mut b, u64::from(ino.gid));
-        if has_mtime {
-            let m = ino.mtime.unwrap_or_default();
-            put(&mut b, zigzag(m.sec));
-            put(&mut b, u64::from(m.nsec));
-        }
-        match ino.kind {
-            Kind::File => {
-                let ids = index
-                    .file_chunks
-                    .get(ino.chunks.start as usize..ino.chunks.end as usize)
-                    .ok_or_else(|| Error::index("encode", "file chunk range out of bounds"))?;
-                put(&mut b, ids.len() as u64);
-                for &id in ids {
-                    put(&mut b, u64::from(id));
-                }
-            }
-            Kind::Symlink => put_bytes(&mut b, &ino.target),
-            Kind::CharDev | Kind::BlockDev => {
-                put(&mut b, u64::from(ino.rdev.0));
-                put(&mut b, u64::from(ino.rdev.1));
-            }
-            Kind::Dir | Kind::Fifo => {}
-        }
-        put(&mut b, ino.xattrs.len() as u64);
-        for (k, v) in &ino.xattrs {
-            put_bytes(&mut b, k);
-            put_bytes(&mut b, v);
-        }
-    }
-    put(&mut b, index.entries.len() as u64);
-    for e in &index.entries {
-        put(&mut b, u64::from(e.parent));
-        put_bytes(&mut b, index.name(e));
-        put(&mut b, u64::from(e.inode));
-    }
-    put(&mut b, index.prefetch.len() as u64);
-    for &p in &index.prefetch {
-        put(&mut b, u64::from(p));
-    }
-
-    let mut hasher = Sha256Hasher::new();
-    hasher.update(&b);
-    let body_digest = hasher.finish();
-    let compressed =
-        zstd::bulk::compress(&b, level).map_err(|e| Error::io("compressing index", e))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-    out.extend_from_slice(body_digest.as_bytes());
-    out.extend_from_slice(&compressed);
-    Ok(out)
-}
 
 /// Parse and fully validate an index blob.
 pub fn decode(blob: &[u8]) -> Result<Index> {
@@ -215,33 +115,33 @@ pub fn decode_body(body: &[u8]) -> Result<Index> {
         let at = format!("chunk #{i}");
         let blob = r.u32(&at)?;
         let offset = r.var(&at)?;
-        let csize = r.u32(&at)?;
-        let usize = r.u32(&at)?;
+        let stored_len = r.u32(&at)?;
+        let raw_len = r.u32(&at)?;
         let digest = r.digest(&at)?;
         let b = index
             .blobs
             .get(blob as usize)
             .ok_or_else(|| Error::index(&at, format!("data blob #{blob} does not exist")))?;
-        if usize == 0 || usize > MAX_CHUNK {
+        if raw_len == 0 || raw_len > MAX_CHUNK {
             return Err(Error::index(
                 &at,
-                format!("uncompressed size {usize} out of range"),
+                format!("uncompressed size {raw_len} out of range"),
             ));
         }
-        if csize == 0 || u64::from(csize) > zstd_bound(usize) {
+        if stored_len == 0 || u64::from(stored_len) > zstd_bound(raw_len) {
             return Err(Error::index(
                 &at,
-                format!("compressed size {csize} out of range"),
+                format!("compressed size {stored_len} out of range"),
             ));
         }
         if offset
-            .checked_add(u64::from(csize))
+            .checked_add(u64::from(stored_len))
             .is_none_or(|end| end > b.size)
         {
             return Err(Error::index(
                 &at,
                 format!(
-                    "bytes {offset}+{csize} lie outside blob {} ({} bytes)",
+                    "bytes {offset}+{stored_len} lie outside blob {} ({} bytes)",
                     b.digest, b.size
                 ),
             ));
@@ -249,8 +149,8 @@ pub fn decode_body(body: &[u8]) -> Result<Index> {
         index.chunks.push(Chunk {
             blob,
             offset,
-            csize,
-            usize,
+            stored_len,
+            raw_len,
             digest,
         });
     }
@@ -347,7 +247,7 @@ fn decode_inode(r: &mut Reader<'_>, index: &mut Index, has_mtime: bool, at: &str
                     .get(id as usize)
                     .ok_or_else(|| Error::index(at, format!("chunk #{id} does not exist")))?;
                 size = size
-                    .checked_add(u64::from(c.usize))
+                    .checked_add(u64::from(c.raw_len))
                     .ok_or_else(|| Error::index(at, "file size overflows"))?;
                 index.file_chunks.push(id);
             }
@@ -494,184 +394,8 @@ fn path_of(index: &Index, entry: u32) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Names that could escape or confuse a path walk are never valid.
-pub fn validate_name(name: &[u8]) -> std::result::Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("empty name");
-    }
-    if name == b"." || name == b".." {
-        return Err("name is . or ..");
-    }
-    if name.contains(&b'/') {
-        return Err("name contains /");
-    }
-    if name.contains(&0) {
-        return Err("name contains NUL");
-    }
-    if name.len() > MAX_NAME {
-        return Err("name longer than 255 bytes");
-    }
-    Ok(())
-}
-
-pub fn validate_params(p: &ChunkParams) -> std::result::Result<(), String> {
-    use fastcdc::v2020::{
-        AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
-    };
-    if !(MINIMUM_MIN..=MINIMUM_MAX).contains(&p.min)
-        || !(AVERAGE_MIN..=AVERAGE_MAX).contains(&p.avg)
-        || !(MAXIMUM_MIN..=MAXIMUM_MAX).contains(&p.max)
-        || p.min > p.avg
-        || p.avg > p.max
-    {
-        return Err(format!(
-            "chunk sizes min {} avg {} max {} must satisfy {MINIMUM_MIN}..={MINIMUM_MAX}, {AVERAGE_MIN}..={AVERAGE_MAX}, {MAXIMUM_MIN}..={MAXIMUM_MAX} and min <= avg <= max",
-            p.min, p.avg, p.max
-        ));
-    }
-    if !(-7..=22).contains(&p.level) {
-        return Err(format!("compression level {} outside -7..=22", p.level));
-    }
-    Ok(())
-}
-
 /// Upper bound of a zstd frame for `n` input bytes (ZSTD_compressBound plus frame header slack).
 fn zstd_bound(n: u32) -> u64 {
     let n = u64::from(n);
     n + (n >> 8) + (128 << 10 >> 11) + 64
-}
-
-fn put(b: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        b.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    b.push(v as u8);
-}
-
-fn put_bytes(b: &mut Vec<u8>, bytes: &[u8]) {
-    put(b, bytes.len() as u64);
-    b.extend_from_slice(bytes);
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn truncated(&self, at: &str) -> Error {
-        Error::index(at, format!("truncated at body byte {}", self.pos))
-    }
-
-    fn byte(&mut self, at: &str) -> Result<u8> {
-        let b = *self.buf.get(self.pos).ok_or_else(|| self.truncated(at))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn var(&mut self, at: &str) -> Result<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte(at)?;
-            let bits = u64::from(b & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(Error::index(at, "varint overflows 64 bits"));
-            }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(Error::index(at, "varint longer than 10 bytes"))
-    }
-
-    fn u32(&mut self, at: &str) -> Result<u32> {
-        let v = self.var(at)?;
-        u32::try_from(v).map_err(|_| Error::index(at, format!("value {v} exceeds 32 bits")))
-    }
-
-    /// A count of items that each take at least `min_item` bytes: bounded by what is left,
-    /// so a forged count cannot make us allocate.
-    fn count(&mut self, at: &str, min_item: usize) -> Result<usize> {
-        let n = self.var(at)?;
-        let left = (self.buf.len() - self.pos) as u64;
-        if n.saturating_mul(min_item as u64) > left {
-            return Err(Error::index(
-                at,
-                format!("count {n} exceeds the remaining {left} bytes"),
-            ));
-        }
-        Ok(n as usize)
-    }
-
-    fn bytes(&mut self, at: &str, max: usize) -> Result<&'a [u8]> {
-        let n = self.var(at)?;
-        if n > max as u64 {
-            return Err(Error::index(
-                at,
-                format!("string of {n} bytes exceeds {max}"),
-            ));
-        }
-        let end = self.pos + n as usize;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| self.truncated(at))?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn digest(&mut self, at: &str) -> Result<Digest> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos + 32)
-            .ok_or_else(|| self.truncated(at))?;
-        let mut d = [0u8; 32];
-        d.copy_from_slice(s);
-        self.pos += 32;
-        Ok(Digest::from_bytes(d))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn varints_roundtrip() {
-        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
-            let mut b = Vec::new();
-            put(&mut b, v);
-            let mut r = Reader { buf: &b, pos: 0 };
-            assert_eq!(r.var("t").unwrap(), v);
-            assert_eq!(r.pos, b.len());
-        }
-        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
-            assert_eq!(unzigzag(zigzag(v)), v);
-        }
-        let mut r = Reader {
-            buf: &[0xff; 11],
-            pos: 0,
-        };
-        assert!(r.var("t").is_err());
-    }
-
-    #[test]
-    fn names() {
-        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
-            assert!(validate_name(bad).is_err());
-        }
-        assert!(validate_name(&[b'x'; 256]).is_err());
-        assert!(validate_name("ünï".as_bytes()).is_ok());
-        assert!(validate_name(b"...").is_ok());
-    }
 }
