@@ -111,18 +111,7 @@ pub(crate) async fn start_registry(
     ns: &str,
     daemons: &mut Daemons,
 ) -> Result<()> {
-    let storage = work.join("registry");
-    std::fs::create_dir_all(&storage)?;
-    let config = work.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 0.0.0.0:{REGISTRY_PORT}\n",
-            storage.display()
-        ),
-    )?;
+    let config = crate::registry::prepare(work, &format!("0.0.0.0:{REGISTRY_PORT}"))?;
     let mut c = nsenter(ns, "docker-registry");
     c.arg("serve").arg(&config);
     daemons.push(Daemon::spawn(

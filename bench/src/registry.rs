@@ -61,7 +61,7 @@ fn config(storage: &Path, listen: &str) -> String {
 
 /// Writes the registry's storage directory and configuration under `work`; returns the
 /// configuration file.
-fn prepare(work: &Path, listen: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn prepare(work: &Path, listen: &str) -> Result<std::path::PathBuf> {
     let storage = work.join("registry");
     std::fs::create_dir_all(&storage)?;
     let config_path = work.join("registry.yml");
