@@ -47,119 +47,172 @@ impl Listeners {
     }
 }
 
+/// The peer's components wired together but not yet serving: `run` serves these routers on
+/// its listeners; tests drive them in process (`tower::ServiceExt::oneshot`).
+pub struct Peer {
+    /// Registry mirror and local download API (`--mirror-listen`).
+    pub local: axum::Router,
+    /// Piece server for other peers (`--p2p-listen`).
+    pub p2p: axum::Router,
+    /// `/metrics`, `/healthz`, `/readyz` (`--metrics-listen`).
+    pub health: axum::Router,
+    client: Arc<SupernodeClient>,
+    engine: Engine,
+    metrics: PeerMetrics,
+    ready: Arc<AtomicBool>,
+}
+
+impl Peer {
+    /// Opens the cache and wires storage, supernode client (starting an embedded supernode
+    /// when none is configured), engine and routers. `p2p_addr` is where the piece server
+    /// will listen (the advertised address derives from it). Background tasks go on
+    /// `tracker` and stop with `cancel`.
+    pub async fn build(
+        config: &PeerConfig,
+        p2p_addr: SocketAddr,
+        cancel: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Peer> {
+        config.validate()?;
+        let registry = Registry::new();
+        let metrics =
+            PeerMetrics::new(&registry).map_err(|e| Error::runtime("metrics registration", e))?;
+        let supernodes = supernodes(config, &registry, cancel, tracker).await?;
+        let storage = Arc::new(Storage::open(
+            &config.data_dir,
+            config.cache_size.0,
+            StorageMetrics {
+                used_bytes: metrics.cache_bytes.clone(),
+                evictions: metrics.cache_evictions.clone(),
+            },
+        )?);
+        metrics.cache_quota_bytes.set(config.cache_size.0 as i64);
+
+        let advertise = advertise_addr(config, &supernodes[0], p2p_addr).await?;
+        let peer_id = peer_id(config)?;
+        tracing::info!(%peer_id, %advertise, "peer identity");
+        let client = Arc::new(SupernodeClient::new(
+            supernodes,
+            PeerAnnounce {
+                peer_id,
+                addr: advertise,
+                upload_capacity: config.upload_rate.0,
+                labels: config.labels.clone(),
+            },
+        ));
+        let http = HttpFetcher::new(
+            config.connect_timeout,
+            config.piece_timeout,
+            Arc::new(RateLimit::new(config.download_rate)),
+        );
+        let reporter = Reporter::spawn(client.clone(), metrics.clone(), tracker, cancel.clone());
+        let engine = Engine::new(EngineShared {
+            storage: storage.clone(),
+            client: client.clone(),
+            http,
+            metrics: metrics.clone(),
+            reporter,
+            concurrent_pieces: config.concurrent_pieces,
+            piece_memory: PieceMemory::new(config.piece_memory.0),
+            piece_size: config.piece_size.0,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let p2p = p2p::router(p2p::P2pState {
+            storage,
+            metrics: metrics.clone(),
+            upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
+        });
+        let local = local::router(local::LocalState {
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+        })
+        .merge(mirror::router(mirror::MirrorState {
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+            upstream: Arc::new(crate::upstream::Upstream::from_config(config)?),
+            default_upstream: config.default_upstream.clone(),
+            media_types: Default::default(),
+        }));
+        let health = health::router(health::HealthState {
+            registry,
+            ready: ready.clone(),
+        });
+        Ok(Peer {
+            local,
+            p2p,
+            health,
+            client,
+            engine,
+            metrics,
+            ready,
+        })
+    }
+
+    /// Keeps the peer announced to its supernodes and its memory trimmed until `cancel`.
+    pub fn spawn_upkeep(&self, cancel: &CancellationToken, tracker: &TaskTracker) {
+        tracker.spawn(crate::trim::trim_when_idle(
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(keep_announced(
+            self.client.clone(),
+            self.engine.clone(),
+            self.metrics.clone(),
+            self.ready.clone(),
+            cancel.clone(),
+        ));
+    }
+}
+
+/// The supernodes to use: the configured ones, or an embedded one on a loopback port.
+async fn supernodes(
+    config: &PeerConfig,
+    registry: &Registry,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Vec<Url>> {
+    if !config.supernodes.is_empty() {
+        return Ok(config.supernodes.clone());
+    }
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| Error::runtime("embedded supernode", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::runtime("embedded supernode", e))?;
+    let sn = shoal_supernode::Supernode::new(config.embedded_supernode.clone(), registry)
+        .map_err(|e| Error::runtime("embedded supernode", e))?;
+    let c = cancel.clone();
+    tracker.spawn(async move {
+        if let Err(e) = sn.serve(listener, c).await {
+            tracing::error!(error = %e, "embedded supernode stopped");
+        }
+    });
+    tracing::info!(%addr, "running an embedded supernode (single-node mode)");
+    Ok(vec![Url::parse(&format!("http://{addr}")).map_err(
+        |e| Error::runtime("embedded supernode url", e),
+    )?])
+}
+
 /// Runs the peer until `cancel` fires.
 pub async fn run(
     config: PeerConfig,
     listeners: Listeners,
     cancel: CancellationToken,
 ) -> Result<()> {
-    config.validate()?;
-    let registry = Registry::new();
-    let metrics =
-        PeerMetrics::new(&registry).map_err(|e| Error::runtime("metrics registration", e))?;
     let tracker = TaskTracker::new();
-
-    let supernodes = if config.supernodes.is_empty() {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| Error::runtime("embedded supernode", e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::runtime("embedded supernode", e))?;
-        let sn = shoal_supernode::Supernode::new(config.embedded_supernode.clone(), &registry)
-            .map_err(|e| Error::runtime("embedded supernode", e))?;
-        let c = cancel.clone();
-        tracker.spawn(async move {
-            if let Err(e) = sn.serve(listener, c).await {
-                tracing::error!(error = %e, "embedded supernode stopped");
-            }
-        });
-        tracing::info!(%addr, "running an embedded supernode (single-node mode)");
-        vec![Url::parse(&format!("http://{addr}"))
-            .map_err(|e| Error::runtime("embedded supernode url", e))?]
-    } else {
-        config.supernodes.clone()
-    };
-
-    let storage = Arc::new(Storage::open(
-        &config.data_dir,
-        config.cache_size.0,
-        StorageMetrics {
-            used_bytes: metrics.cache_bytes.clone(),
-            evictions: metrics.cache_evictions.clone(),
-        },
-    )?);
-    metrics.cache_quota_bytes.set(config.cache_size.0 as i64);
-
     let p2p_addr = listeners
         .p2p
         .local_addr()
         .map_err(|e| Error::runtime("p2p listener", e))?;
-    let advertise = advertise_addr(&config, &supernodes[0], p2p_addr).await?;
-    let peer_id = peer_id(&config)?;
-    tracing::info!(%peer_id, %advertise, "peer identity");
-    let client = Arc::new(SupernodeClient::new(
-        supernodes,
-        PeerAnnounce {
-            peer_id,
-            addr: advertise,
-            upload_capacity: config.upload_rate.0,
-            labels: config.labels.clone(),
-        },
-    ));
-    let http = HttpFetcher::new(
-        config.connect_timeout,
-        config.piece_timeout,
-        Arc::new(RateLimit::new(config.download_rate)),
-    );
-    let reporter = Reporter::spawn(client.clone(), metrics.clone(), &tracker, cancel.clone());
-    let engine = Engine::new(EngineShared {
-        storage: storage.clone(),
-        client: client.clone(),
-        http,
-        metrics: metrics.clone(),
-        reporter,
-        concurrent_pieces: config.concurrent_pieces,
-        piece_memory: PieceMemory::new(config.piece_memory.0),
-        piece_size: config.piece_size.0,
-        cancel: cancel.clone(),
-        tracker: tracker.clone(),
-    });
-
-    let ready = Arc::new(AtomicBool::new(false));
+    let peer = Peer::build(&config, p2p_addr, &cancel, &tracker).await?;
     let servers = [
-        (
-            "p2p",
-            listeners.p2p,
-            p2p::router(p2p::P2pState {
-                storage: storage.clone(),
-                metrics: metrics.clone(),
-                upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
-            }),
-        ),
-        (
-            "local",
-            listeners.mirror,
-            local::router(local::LocalState {
-                engine: engine.clone(),
-                metrics: metrics.clone(),
-            })
-            .merge(mirror::router(mirror::MirrorState {
-                engine: engine.clone(),
-                metrics: metrics.clone(),
-                upstream: Arc::new(crate::upstream::Upstream::from_config(&config)?),
-                default_upstream: config.default_upstream.clone(),
-                media_types: Default::default(),
-            })),
-        ),
-        (
-            "metrics",
-            listeners.metrics,
-            health::router(health::HealthState {
-                registry: registry.clone(),
-                ready: ready.clone(),
-            }),
-        ),
+        ("p2p", listeners.p2p, peer.p2p.clone()),
+        ("local", listeners.mirror, peer.local.clone()),
+        ("metrics", listeners.metrics, peer.health.clone()),
     ];
     for (name, listener, router) in servers {
         let c = cancel.clone();
@@ -169,19 +222,11 @@ pub async fn run(
             }
         });
     }
-
-    tracker.spawn(crate::trim::trim_when_idle(metrics.clone(), cancel.clone()));
-    tracker.spawn(keep_announced(
-        client.clone(),
-        engine.clone(),
-        metrics.clone(),
-        ready,
-        cancel.clone(),
-    ));
+    peer.spawn_upkeep(&cancel, &tracker);
 
     cancel.cancelled().await;
     tracing::info!("shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), peer.client.leave()).await;
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
         .await
