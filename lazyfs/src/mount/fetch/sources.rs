@@ -67,6 +67,15 @@ impl Fetcher {
         ) else {
             return pending;
         };
+        // The registry client's backoff (exponential, jittered), with this mount's own count:
+        // the loop stays here because a failing source is marked down and the next one tried.
+        let policy = shoal_registry::RetryPolicy {
+            attempts: self.opts.retries + 1,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(3200),
+            budget: Duration::from_secs(24 * 3600),
+        };
+        let started = std::time::Instant::now();
         for attempt in 0..=self.opts.retries {
             self.metrics
                 .fetch_requests
@@ -86,16 +95,19 @@ impl Fetcher {
                 Err(e) => {
                     self.metrics.fetch_error(label, reason(&e));
                     tracing::warn!(source = label, attempt, error = %e, "fetch failed");
-                    let retry = e.is_retryable() && attempt < self.opts.retries;
+                    let delay = e
+                        .is_retryable()
+                        .then(|| policy.delay(attempt + 1, started, None))
+                        .flatten();
                     let transport = matches!(e, Error::Timeout { .. } | Error::Http { .. });
                     *last_err = Some(e);
-                    if !retry {
+                    let Some(delay) = delay else {
                         if transport {
                             src.mark_down();
                         }
                         break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+                    };
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
