@@ -8,8 +8,10 @@
 //! statuses and headers on to containerd as they came.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
 use shoal_registry::{Auth, Client, ClientOptions, Payload, Request};
@@ -18,6 +20,7 @@ use crate::access::AccessCache;
 use crate::config::PeerConfig;
 use crate::credentials::Credential;
 use crate::error::{Error, Result};
+use crate::source::OriginAuth;
 
 pub use shoal_common::registry::valid_host;
 pub use shoal_registry::AuthorizedResponse;
@@ -137,6 +140,78 @@ impl Upstream {
                 None => Auth::Anonymous,
             },
         }
+    }
+}
+
+/// Renews a blob download's `Authorization` the way the mirror's own requests get theirs:
+/// a `HEAD` of the blob with the same credentials (a refused cached token forgotten first),
+/// answering the registry's challenge. A client's own bearer token is not renewed: the
+/// registry's refusal is its answer, and only that client's download fails.
+pub struct BlobAuth {
+    upstream: Arc<Upstream>,
+    host: String,
+    repo: String,
+    url: String,
+    client_auth: Option<HeaderValue>,
+}
+
+impl BlobAuth {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        host: &str,
+        repo: &str,
+        url: &str,
+        client_auth: Option<HeaderValue>,
+    ) -> Self {
+        BlobAuth {
+            upstream,
+            host: host.to_owned(),
+            repo: repo.to_owned(),
+            url: url.to_owned(),
+            client_auth,
+        }
+    }
+
+    async fn head(&self, refused: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let up = &self.upstream;
+        if let Some(refused) = refused {
+            let auth = up.auth(&self.host, self.client_auth.clone());
+            up.client
+                .forget_token(&self.host, &self.repo, &auth, refused);
+        }
+        let answer = up
+            .send(
+                Method::HEAD,
+                &self.host,
+                &self.repo,
+                &self.url,
+                HeaderMap::new(),
+                self.client_auth.clone(),
+            )
+            .await
+            .map_err(|e| tracing::debug!(url = %self.url, error = %e, "renewing blob credentials"))
+            .ok()?;
+        if !answer.response.status().is_success() {
+            return None;
+        }
+        // The same value again (the node's own bearer token) would only be refused again.
+        answer.auth.filter(|a| Some(a) != refused)
+    }
+}
+
+// The credentials themselves never reach a log.
+impl std::fmt::Debug for BlobAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobAuth")
+            .field("url", &self.url)
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
+}
+
+impl OriginAuth for BlobAuth {
+    fn renew<'a>(&'a self, refused: Option<&'a HeaderValue>) -> BoxFuture<'a, Option<HeaderValue>> {
+        Box::pin(self.head(refused))
     }
 }
 

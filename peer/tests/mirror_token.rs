@@ -74,15 +74,7 @@ async fn real_registry_with_token_auth() {
         let good = basic_auth(USER, PASSWORD);
 
         let dirs = tempfile::tempdir().unwrap();
-        let config = dirs.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[registries.\"{host}\"]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-                 insecure = true\n"
-            ),
-        )
-        .unwrap();
+        let config = credentials_config(dirs.path(), &host, USER, PASSWORD);
         let anon = Peer::start(
             "peer-anon",
             PeerOpts::embedded().arg("--insecure-registry").arg(&host),

@@ -226,6 +226,20 @@ impl Client {
         })
     }
 
+    /// Drops the cached token for (`host`, `repo`, `auth`) if it is `refused`: the registry
+    /// turned it down before the time it was said to last (a clock ahead of ours, a revoked
+    /// token), so the next request asks for a new one.
+    pub fn forget_token(&self, host: &str, repo: &str, auth: &Auth, refused: &HeaderValue) {
+        let Some(id) = auth.cache_identity() else {
+            return;
+        };
+        let key = (host.to_owned(), repo.to_owned(), id);
+        let mut tokens = self.tokens.lock();
+        if tokens.get(&key).is_some_and(|(t, _)| t == refused) {
+            tokens.remove(&key);
+        }
+    }
+
     fn cached_token(&self, host: &str, repo: &str, auth: &Auth) -> Option<HeaderValue> {
         let key = (host.to_owned(), repo.to_owned(), auth.cache_identity()?);
         let mut tokens = self.tokens.lock();

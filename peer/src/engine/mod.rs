@@ -35,7 +35,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
-use crate::source::{HttpFetcher, Origin};
+use crate::source::{HttpFetcher, Origin, OriginAuth};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
 use demand::Demand;
@@ -51,6 +51,9 @@ pub struct DownloadRequest {
     pub digest: Option<Digest>,
     /// Extra headers for the origin (credentials).
     pub headers: HeaderMap,
+    /// Renews the origin's `Authorization` when it is refused (a token expiring during a
+    /// long download); `None`: a refusal ends the download.
+    pub auth: Option<Arc<dyn OriginAuth>>,
     /// The blob's length, when the caller already asked the origin (the mirror's `HEAD`):
     /// the first peers of a task then skip asking again before their first piece. Like the
     /// origin's own answer it is checked by the blob's digest at the end.
@@ -306,7 +309,8 @@ impl Engine {
         req: &DownloadRequest,
     ) -> Result<(Arc<TaskFile>, Origin, bool)> {
         let shared = &self.shared;
-        let origin = Origin::new(req.url.clone(), req.headers.clone(), shared.http.clone());
+        let origin = Origin::new(req.url.clone(), req.headers.clone(), shared.http.clone())
+            .with_auth(req.auth.clone());
         let mut degraded = false;
         let known = match shared.client.task_info(&task).await {
             Ok(info) => info.map(|i| i.layout),

@@ -67,6 +67,7 @@ async fn download(
         url,
         digest,
         headers: HeaderMap::new(),
+        auth: None,
         length: None,
         media_type: None,
     };

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use crate::error::Result;
 pub use http::HttpFetcher;
-pub use origin::Origin;
+pub use origin::{Origin, OriginAuth};
 pub use parent::ParentPeer;
 
 pub trait PieceSource: Send + Sync {

@@ -1,11 +1,20 @@
 //! The origin: the registry (or any HTTP server) the blob really comes from. Only peers the
 //! supernode lets back to source use it, one piece at a time, with HTTP Range requests.
+//!
+//! A download can outlive the registry token it started with: a piece refused with `401`
+//! asks the download's [`OriginAuth`] (handed in by whoever started the download; the engine
+//! knows nothing of registries) for a new `Authorization` once, and is asked again with it.
 
+use std::fmt::Debug;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use parking_lot::RwLock;
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, RANGE,
+};
 use reqwest::StatusCode;
 use url::Url;
 
@@ -14,11 +23,22 @@ use super::PieceSource;
 use crate::error::{Error, Result};
 use crate::storage::RelayWriter;
 
+/// Renews the origin's credentials when the origin refuses them (an expired bearer token).
+pub trait OriginAuth: Send + Sync + Debug {
+    /// A new `Authorization` for the origin, or `None` when there is none to be had (then the
+    /// refusal stands). `refused` is the one the origin just turned down.
+    fn renew<'a>(&'a self, refused: Option<&'a HeaderValue>) -> BoxFuture<'a, Option<HeaderValue>>;
+}
+
 #[derive(Clone)]
 pub struct Origin {
     url: Url,
-    /// Sent with every request (e.g. registry credentials).
-    headers: HeaderMap,
+    /// Sent with every request (e.g. registry credentials); shared by the download's pieces,
+    /// so one renewal serves them all.
+    headers: Arc<RwLock<HeaderMap>>,
+    /// One renewal at a time: pieces refused together wait for it instead of each asking.
+    renewing: Arc<tokio::sync::Mutex<()>>,
+    auth: Option<Arc<dyn OriginAuth>>,
     http: HttpFetcher,
     length: Option<u64>,
 }
@@ -27,10 +47,18 @@ impl Origin {
     pub fn new(url: Url, headers: HeaderMap, http: HttpFetcher) -> Self {
         Origin {
             url,
-            headers,
+            headers: Arc::new(RwLock::new(headers)),
+            renewing: Arc::new(tokio::sync::Mutex::new(())),
+            auth: None,
             http,
             length: None,
         }
+    }
+
+    /// Credentials the origin refuses are renewed through `auth`.
+    pub fn with_auth(mut self, auth: Option<Arc<dyn OriginAuth>>) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn url(&self) -> &Url {
@@ -53,9 +81,10 @@ impl Origin {
     /// The blob's length: `HEAD`, or when the server does not say, a one-byte range request.
     pub async fn probe_length(&self) -> Result<u64> {
         let client = self.http.client();
+        let headers = self.headers.read().clone();
         let resp = client
             .head(self.url.clone())
-            .headers(self.headers.clone())
+            .headers(headers.clone())
             .send()
             .await
             .map_err(|e| self.err(error_chain(&e), None))?;
@@ -73,7 +102,7 @@ impl Origin {
         }
         let resp = client
             .get(self.url.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
             .header(RANGE, "bytes=0-0")
             .send()
             .await
@@ -100,13 +129,43 @@ impl Origin {
     }
 
     async fn get(&self, range: Range<u64>, relay: Option<&RelayWriter>) -> Result<Bytes> {
-        self.http
-            .get_range(self.url.as_str(), &self.headers, range, self.length, relay)
-            .await
-            .map_err(|f| match f {
-                FetchFailure::Status(s, m) => self.err(format!("HTTP {s}: {m}"), Some(s)),
-                other => self.err(other.to_string(), None),
-            })
+        let sent = self.headers.read().clone();
+        let first = self
+            .http
+            .get_range(self.url.as_str(), &sent, range.clone(), self.length, relay)
+            .await;
+        let failure = match first {
+            Err(FetchFailure::Status(401, m)) => match self.renewed(&sent).await {
+                // Nothing was relayed: a refusal has no body to pass on.
+                Some(headers) => {
+                    self.http
+                        .get_range(self.url.as_str(), &headers, range, self.length, relay)
+                        .await
+                }
+                None => Err(FetchFailure::Status(401, m)),
+            },
+            other => other,
+        };
+        failure.map_err(|f| match f {
+            FetchFailure::Status(s, m) => self.err(format!("HTTP {s}: {m}"), Some(s)),
+            other => self.err(other.to_string(), None),
+        })
+    }
+
+    /// The headers to ask again with after `sent` was refused: another piece's renewal if
+    /// one happened meanwhile, else a new `Authorization` from the download's [`OriginAuth`].
+    async fn renewed(&self, sent: &HeaderMap) -> Option<HeaderMap> {
+        let auth = self.auth.as_ref()?;
+        let _one = self.renewing.lock().await;
+        let current = self.headers.read().clone();
+        if current.get(AUTHORIZATION) != sent.get(AUTHORIZATION) {
+            return Some(current);
+        }
+        let value = auth.renew(sent.get(AUTHORIZATION)).await?;
+        tracing::debug!(url = %self.url, "origin refused the credentials; renewed them");
+        let mut headers = self.headers.write();
+        headers.insert(AUTHORIZATION, value);
+        Some(headers.clone())
     }
 }
 

@@ -2,13 +2,17 @@
 //! with `openssl`, carrying the signing certificate (`x5c`) that the registry trusts. One user
 //! (Basic credentials at the token endpoint) gets every action asked for; anonymous clients get
 //! `pull` on `public/*` only; other credentials get 401.
+//!
+//! Tokens last `expires_in` (300 s, or what [`TokenIssuer::start_expiring`] is given) at the
+//! registry too: `docker-registry` accepts a token up to [`REGISTRY_LEEWAY`] past its `exp`,
+//! so `exp` is set that much earlier.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -23,6 +27,9 @@ use super::{base64, basic_auth, http, run, Registry, RegistryAuth};
 pub const TOKEN_SERVICE: &str = "shoal-registry";
 /// The `iss` of the issued tokens.
 pub const TOKEN_ISSUER: &str = "shoal-test-issuer";
+/// How long past `exp` `docker-registry` (distribution 2.8) still accepts a token: its
+/// allowance for clock skew.
+pub const REGISTRY_LEEWAY: u64 = 60;
 
 #[derive(Clone)]
 struct IssuerState {
@@ -33,6 +40,8 @@ struct IssuerState {
     user_auth: String,
     user: String,
     tokens: Arc<AtomicU64>,
+    /// Seconds a token lasts (told to clients, and enforced by the registry).
+    expires_in: u64,
 }
 
 /// The token endpoint (`GET /token?service=…&scope=repository:NAME:ACTIONS`), on loopback.
@@ -48,6 +57,11 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     /// An issuer giving `user`/`password` every action, anonymous clients `pull` on `public/*`.
     pub async fn start(user: &str, password: &str) -> TokenIssuer {
+        Self::start_expiring(user, password, Duration::from_secs(300)).await
+    }
+
+    /// Like [`TokenIssuer::start`], with tokens that last `expires_in` (whole seconds).
+    pub async fn start_expiring(user: &str, password: &str, expires_in: Duration) -> TokenIssuer {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
@@ -72,6 +86,7 @@ impl TokenIssuer {
             user_auth: basic_auth(user, password),
             user: user.to_owned(),
             tokens: tokens.clone(),
+            expires_in: expires_in.as_secs(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -124,6 +139,21 @@ impl TokenIssuer {
         let t: serde_json::Value = resp.json().await.expect("token JSON");
         format!("Bearer {}", t["token"].as_str().expect("token field"))
     }
+}
+
+/// A peer config (`DIR/node.toml`) giving the node `user`'s credentials for registry `host`
+/// (plain http).
+pub fn credentials_config(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registries.\"{host}\"]\nusername = \"{user}\"\npassword = \"{password}\"\n\
+             insecure = true\n"
+        ),
+    )
+    .expect("write node config");
+    config
 }
 
 impl Drop for TokenIssuer {
@@ -189,7 +219,8 @@ async fn issue(
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [iss.cert_b64]});
     let claims = serde_json::json!({
         "iss": TOKEN_ISSUER, "sub": if user { iss.user.as_str() } else { "" },
-        "aud": TOKEN_SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+        "aud": TOKEN_SERVICE, "exp": (now + iss.expires_in).saturating_sub(REGISTRY_LEEWAY),
+        "nbf": now - 10, "iat": now,
         "jti": format!("t{n}"), "access": access,
     });
     let signing_input = format!(
@@ -203,5 +234,5 @@ async fn issue(
         .await
         .unwrap();
     let jwt = format!("{signing_input}.{}", b64url(&sig));
-    axum::Json(serde_json::json!({"token": jwt, "expires_in": 300})).into_response()
+    axum::Json(serde_json::json!({"token": jwt, "expires_in": iss.expires_in})).into_response()
 }

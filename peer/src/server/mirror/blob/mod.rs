@@ -33,6 +33,7 @@ use super::{
 use crate::engine::{byte_ready, DownloadRequest};
 use crate::server::range::{parse_range, RangeError};
 use crate::storage::TaskFile;
+use crate::upstream::BlobAuth;
 use access::{blob_url, check_access, head_upstream};
 use response::{bad_range, head_only, respond};
 
@@ -141,7 +142,8 @@ async fn open(
     if method == Method::HEAD && req.range.is_none() {
         return Ok(Opened::Head { length });
     }
-    let url = url::Url::parse(&blob_url(st, host, name, &digest)).map_err(|e| {
+    let blob = blob_url(st, host, name, &digest);
+    let url = url::Url::parse(&blob).map_err(|e| {
         MirrorError::new(
             StatusCode::BAD_REQUEST,
             "UNSUPPORTED",
@@ -156,6 +158,13 @@ async fn open(
         url,
         digest: Some(digest),
         headers: hdrs,
+        auth: Some(Arc::new(BlobAuth::new(
+            st.upstream.clone(),
+            host,
+            name,
+            &blob,
+            req.auth.clone(),
+        ))),
         length,
         media_type: st.media_types.get(&digest),
     };
