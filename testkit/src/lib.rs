@@ -23,5 +23,5 @@ pub use blobs::{assert_file_digest, compressible_blob, random_blob, sha256_file}
 pub use metrics::{metric_sum, metric_value, parse_metrics, sum_of, Sample};
 pub use ports::free_port;
 pub use processes::{hermetic_env, http_get, http_status, workspace_bin, Daemon};
-pub use proxies::{CountingProxy, Exchange, Fault, FaultPlan, FaultProxy, HttpLog};
+pub use proxies::{CountingProxy, Exchange, Fault, FaultPlan, FaultProxy, HttpLog, Trigger};
 pub use registry::{Registry, RegistryAuth};
