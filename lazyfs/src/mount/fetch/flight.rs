@@ -8,6 +8,8 @@ use std::sync::Arc;
 use futures::future::FutureExt;
 
 use super::{Fetcher, RunResult, SharedError, SharedRun};
+use shoal_common::Digest;
+
 use crate::error::Error;
 use crate::index::{BlobRun, FileChunk};
 use crate::mount::cache::ChunkBytes;
@@ -23,6 +25,8 @@ impl Fetcher {
     ) -> std::result::Result<Vec<(usize, ChunkBytes)>, SharedError> {
         let mut waits: Vec<(usize, u32, SharedRun)> = Vec::new();
         let mut got = Vec::with_capacity(missing.len());
+        // Wanted chunks a run put on disk (and unregistered) after the caller's cache lookup.
+        let mut on_disk: Vec<(usize, Digest, u32)> = Vec::new();
         {
             let mut inflight = self.inflight.lock();
             let mut to_fetch: Vec<FileChunk> = Vec::new();
@@ -36,14 +40,20 @@ impl Fetcher {
                 {
                     continue;
                 }
-                // A run may have finished since the cache lookup.
-                let cached = self
-                    .chunk(fc.chunk)
-                    .ok()
-                    .and_then(|c| self.cache.peek_memory(&c.digest));
-                match (cached, i) {
+                // A run may have finished since the cache lookup: its chunks are in memory,
+                // or (the memory tier being small or choosy) only listed on disk.
+                let Ok(chunk) = self.chunk(fc.chunk) else {
+                    to_fetch.push(*fc);
+                    continue;
+                };
+                match (self.cache.peek_memory(&chunk.digest), i) {
                     (Some(b), Some(i)) => ready.push((i, b)),
                     (Some(_), None) => {}
+                    (None, i) if self.cache.holds(&chunk.digest) => {
+                        if let Some(i) = i {
+                            on_disk.push((i, chunk.digest, chunk.raw_len));
+                        }
+                    }
                     (None, _) => to_fetch.push(*fc),
                 }
             }
@@ -75,6 +85,30 @@ impl Fetcher {
                 {
                     got.push((i, b));
                 }
+            }
+        }
+        if !on_disk.is_empty() {
+            let positions: Vec<usize> = on_disk.iter().map(|(i, _, _)| *i).collect();
+            let cache = self.cache.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                on_disk
+                    .into_iter()
+                    .map(|(_, d, raw_len)| cache.get_disk(&d, raw_len))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            // A failed read task reads as "nothing on disk": those chunks are fetched below.
+            .unwrap_or_else(|_| vec![None; positions.len()]);
+            let mut gone = Vec::new();
+            for (i, bytes) in positions.into_iter().zip(read) {
+                match bytes {
+                    Some(b) => got.push((i, b)),
+                    None => gone.push(i),
+                }
+            }
+            // Evicted (or unreadable) between the listing and the read: fetch after all.
+            if !gone.is_empty() {
+                got.extend(Box::pin(self.fetch_missing(wanted, &gone, &[])).await?);
             }
         }
         for (i, chunk, run) in waits {
