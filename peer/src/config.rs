@@ -100,10 +100,30 @@ pub struct PeerConfig {
     #[serde(with = "humantime_serde")]
     #[arg(skip)]
     pub piece_timeout: Duration,
-    /// Connecting to a parent or origin times out after this long.
+    /// Connecting to the origin (a registry) times out after this long.
     #[serde(with = "humantime_serde")]
     #[arg(skip)]
     pub connect_timeout: Duration,
+    /// Connecting to a parent peer times out after this long (a duration, e.g. "2s"). Peers
+    /// are near each other: a parent that takes longer is treated as gone, its piece fetched
+    /// elsewhere.
+    #[serde(with = "humantime_serde")]
+    #[arg(skip)]
+    pub parent_connect_timeout: Duration,
+    /// A parent that sends nothing for this long (no response head, or no body bytes in the
+    /// middle of a piece) is abandoned: the piece is fetched elsewhere at once, the supernode
+    /// is told, and this download avoids the parent for 30 s (a duration, e.g. "1s"; twice
+    /// that for a parent relaying a piece still arriving). Piece servers send in 64 KiB
+    /// slices, so a parent sending at `parent_min_rate` or more pauses at most 0.64 s.
+    #[serde(with = "humantime_serde")]
+    #[arg(skip)]
+    pub parent_stall_timeout: Duration,
+    /// A piece transfer from a parent averaging less than this (bytes per second, over the
+    /// time spent waiting for it, judged once that reaches `parent_stall_timeout`) is
+    /// abandoned like a stalled one; 0 = no floor. Low on purpose: a busy parent shares its
+    /// uplink among many children, and slow parents are overtaken by the endgame instead.
+    #[arg(skip)]
+    pub parent_min_rate: ByteRate,
     /// Settings of the embedded supernode (used only when `supernodes` is empty).
     #[arg(skip)]
     pub embedded_supernode: shoal_supernode::SupernodeConfig,
@@ -148,6 +168,9 @@ impl Default for PeerConfig {
             piece_size: ByteSize(0),
             piece_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
+            parent_connect_timeout: Duration::from_secs(2),
+            parent_stall_timeout: Duration::from_secs(1),
+            parent_min_rate: ByteRate(100 << 10),
             embedded_supernode: shoal_supernode::SupernodeConfig::default(),
             log_level: "info".into(),
             log_format: shoal_runtime::LogFormat::Text,
@@ -195,6 +218,18 @@ impl PeerConfig {
         }
         if self.piece_timeout < Duration::from_secs(1) || self.connect_timeout.is_zero() {
             return bad("piece_timeout must be at least 1s and connect_timeout above 0".into());
+        }
+        if self.parent_connect_timeout.is_zero() {
+            return bad("parent_connect_timeout must be above 0".into());
+        }
+        if self.parent_stall_timeout < Duration::from_millis(100)
+            || self.parent_stall_timeout > self.piece_timeout
+        {
+            return bad(format!(
+                "parent_stall_timeout {} must be between 100ms and piece_timeout ({})",
+                humantime_serde::re::humantime::format_duration(self.parent_stall_timeout),
+                humantime_serde::re::humantime::format_duration(self.piece_timeout)
+            ));
         }
         for url in &self.supernodes {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -273,6 +308,24 @@ mod tests {
             .to_string();
         assert!(err.contains("cache_sise"), "{err}");
         assert!(PeerConfig::from_toml("cache_size = \"lots\"").is_err());
+    }
+
+    #[test]
+    fn parent_timeouts_read_and_checked() {
+        let c = PeerConfig::from_toml(
+            "parent_connect_timeout = \"500ms\"\nparent_stall_timeout = \"1s\"\nparent_min_rate = \"1MiB\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.parent_connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.parent_stall_timeout, Duration::from_secs(1));
+        assert_eq!(c.parent_min_rate.0, 1 << 20);
+        let c = PeerConfig {
+            parent_stall_timeout: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("parent_stall_timeout"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
 use crate::server::{self, health, local, mirror, p2p};
-use crate::source::HttpFetcher;
+use crate::source::{HttpFetcher, Liveness};
 use crate::storage::{Storage, StorageMetrics};
 use crate::supernode_client::SupernodeClient;
 
@@ -100,18 +100,31 @@ impl Peer {
                 labels: config.labels.clone(),
             },
         ));
+        let download_limit = Arc::new(RateLimit::new(config.download_rate));
         let http = HttpFetcher::new(
             config.connect_timeout,
             config.piece_timeout,
-            Arc::new(RateLimit::new(config.download_rate)),
+            download_limit.clone(),
         );
+        // Parents get their own pool: a shorter connect timeout, and stall detection.
+        let parent_http = HttpFetcher::new(
+            config.parent_connect_timeout,
+            config.piece_timeout,
+            download_limit,
+        )
+        .with_liveness(Liveness {
+            stall: config.parent_stall_timeout,
+            min_rate: config.parent_min_rate.0,
+        })
+        .with_header(shoal_common::PEER_ID_HEADER, client.peer_id());
         let reporter = Reporter::spawn(client.clone(), metrics.clone(), tracker, cancel.clone());
         let engine = Engine::new(EngineShared {
             storage: storage.clone(),
             client: client.clone(),
             http,
+            parent_http,
             metrics: metrics.clone(),
-            reporter,
+            reporter: reporter.clone(),
             concurrent_pieces: config.concurrent_pieces,
             piece_memory: PieceMemory::new(config.piece_memory.0),
             piece_size: config.piece_size.0,
@@ -124,6 +137,7 @@ impl Peer {
             storage,
             metrics: metrics.clone(),
             upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
+            reporter: reporter.clone(),
         });
         let local = local::router(local::LocalState {
             engine: engine.clone(),

@@ -2,6 +2,7 @@
 //! download among all concurrent requesters of the same task, and lets readers stream it while
 //! pieces are still arriving.
 //!
+//! - [`avoid`]: the parents a download gives up on, for good or for a while.
 //! - [`demand`]: what readers want of a download: the whole blob, or the pieces under their
 //!   ranges (a sparse task), most urgent first.
 //! - [`download`]: the per-task loop (schedule, fetch, report).
@@ -11,6 +12,7 @@
 //! - [`stream`]: reading a task in order as its pieces arrive.
 //! - [`verify`]: the whole-blob digest, hashed in order while the pieces arrive.
 
+mod avoid;
 mod demand;
 mod download;
 mod fetches;
@@ -66,7 +68,10 @@ pub struct DownloadRequest {
 pub struct EngineShared {
     pub storage: Arc<Storage>,
     pub client: Arc<SupernodeClient>,
+    /// For the origin.
     pub http: HttpFetcher,
+    /// For parents: a short connect timeout and stall detection (see [`crate::source::Liveness`]).
+    pub parent_http: HttpFetcher,
     pub metrics: PeerMetrics,
     pub reporter: Reporter,
     pub concurrent_pieces: u32,
@@ -239,10 +244,10 @@ impl Engine {
             let ctx = Arc::new(piece::PieceContext {
                 file: file.clone(),
                 origin,
-                http: shared.http.clone(),
+                http: shared.parent_http.clone(),
                 metrics: shared.metrics.clone(),
                 reporter: shared.reporter.clone(),
-                avoid: download::new_avoid_set(),
+                avoid: Default::default(),
                 demand: demand.clone(),
             });
             let finished = download::run(shared.clone(), ctx, degraded).await?;

@@ -3,6 +3,7 @@
 //! anything is stored), so a source can be as untrusted as a random peer.
 
 pub(crate) mod http;
+mod liveness;
 mod origin;
 mod parent;
 
@@ -13,6 +14,7 @@ use futures::future::BoxFuture;
 
 use crate::error::Result;
 pub use http::HttpFetcher;
+pub use liveness::Liveness;
 pub use origin::{Origin, OriginAuth};
 pub use parent::ParentPeer;
 
