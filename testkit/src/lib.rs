@@ -8,6 +8,7 @@
 //!   stalled or gated), one that logs each HTTP exchange, and one that injects faults.
 //! - [`metrics`]: reading the Prometheus text format.
 //! - [`blobs`]: deterministic pseudo-random bytes and sha256 digests of data and files.
+//! - [`tmpfs`]: a small tmpfs that fills up, for disk-full tests (root only).
 //!
 //! Everything here panics on setup failures: a test that cannot build its world should fail
 //! loudly with the reason, not return an error nobody reads.
@@ -18,6 +19,7 @@ pub mod ports;
 pub mod processes;
 pub mod proxies;
 pub mod registry;
+pub mod tmpfs;
 
 pub use blobs::{assert_file_digest, compressible_blob, random_blob, sha256_file};
 pub use metrics::{metric_sum, metric_value, parse_metrics, sum_of, Sample};
@@ -25,3 +27,4 @@ pub use ports::free_port;
 pub use processes::{hermetic_env, http_get, http_status, workspace_bin, Daemon};
 pub use proxies::{CountingProxy, Exchange, Fault, FaultPlan, FaultProxy, HttpLog, Trigger};
 pub use registry::{Registry, RegistryAuth};
+pub use tmpfs::Tmpfs;
