@@ -5,6 +5,7 @@
 //! overrun the quota; "in use" means someone (a download, a reader, an upload) holds an `Arc`.
 //! Pieces still arriving from a parent can be relayed to other peers ([`Relays`]).
 
+mod recovery;
 mod relay;
 mod task_file;
 
