@@ -98,6 +98,8 @@ impl Peer {
                 addr: advertise,
                 upload_capacity: config.upload_rate.0,
                 labels: config.labels.clone(),
+                // Never 0 (which means "not sent"): the supernode tells a restart by it.
+                instance: rand::random::<u64>().max(1),
             },
         ));
         let http = HttpFetcher::new(

@@ -299,6 +299,13 @@ impl Engine {
             if let Err(e) = shared.client.leave_task(&task).await {
                 tracing::debug!(%task, error = %e, "could not leave the dropped task");
             }
+        } else if let Some(file) = file_for_failure.clone() {
+            // What this download stored is believed after a restart without being read again
+            // (a complete task was flushed already: then this costs nothing).
+            let flushed = tokio::task::spawn_blocking(move || file.checkpoint()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(%task, error = %e, "could not flush the task's pieces");
+            }
         }
         shared.metrics.tasks_active.dec();
         demand.retire();

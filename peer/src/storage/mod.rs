@@ -7,6 +7,7 @@
 //! does not promise room on the disk itself: [`space`] reserves it and evicts when it runs
 //! out.
 
+mod recovery;
 mod relay;
 mod space;
 mod task_file;
