@@ -39,7 +39,7 @@ use crate::source::{HttpFetcher, Origin, OriginAuth};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
 use demand::Demand;
-pub use memory::PieceMemory;
+pub use memory::MemoryBudget;
 pub use reporter::{ReportItem, Reporter};
 pub use stream::{byte_ready, stream_range};
 
@@ -71,7 +71,9 @@ pub struct EngineShared {
     pub reporter: Reporter,
     pub concurrent_pieces: u32,
     /// Piece buffers of all downloads together.
-    pub piece_memory: PieceMemory,
+    pub piece_memory: MemoryBudget,
+    /// Chunks on their way to clients and peers ([`stream_range`]), all readers together.
+    pub send_memory: MemoryBudget,
     /// Piece size for new tasks (bytes); 0 = automatic.
     pub piece_size: u64,
     pub cancel: CancellationToken,
@@ -104,6 +106,11 @@ impl Engine {
 
     pub fn storage(&self) -> &Arc<Storage> {
         &self.shared.storage
+    }
+
+    /// The send budget every [`stream_range`] of this peer reads within.
+    pub fn send_memory(&self) -> MemoryBudget {
+        self.shared.send_memory.clone()
     }
 
     /// Whether a download of `task` is running (or about to start) in this process.
