@@ -35,7 +35,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
-use crate::source::{HttpFetcher, Origin, OriginAuth};
+use crate::source::{AuthPool, HttpFetcher, Origin, OriginAuth};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
 use demand::Demand;
@@ -52,7 +52,8 @@ pub struct DownloadRequest {
     /// Extra headers for the origin (credentials).
     pub headers: HeaderMap,
     /// Renews the origin's `Authorization` when it is refused (a token expiring during a
-    /// long download); `None`: a refusal ends the download.
+    /// long download). Every requester of a shared download hands in its own; the download
+    /// goes on with the next that works ([`AuthPool`]). None at all: a refusal ends it.
     pub auth: Option<Arc<dyn OriginAuth>>,
     /// The blob's length, when the caller already asked the origin (the mirror's `HEAD`):
     /// the first peers of a task then skip asking again before their first piece. Like the
@@ -88,6 +89,8 @@ type Ready = watch::Receiver<Option<std::result::Result<Arc<TaskFile>, String>>>
 struct Active {
     ready: Ready,
     demand: Arc<Demand>,
+    /// The credentials of everyone who asked for it: a refusal of one is not the end.
+    auths: Arc<AuthPool>,
 }
 
 #[derive(Clone)]
@@ -198,19 +201,21 @@ impl Engine {
     fn join(&self, task: TaskId, req: &DownloadRequest, whole: bool) -> Active {
         let mut active = self.active.lock();
         if let Some(a) = active.get(&task).filter(|a| !a.demand.is_retired()) {
+            a.auths.add(req.auth.as_ref());
             return a.clone();
         }
         let (tx, rx) = watch::channel(None);
         let entry = Active {
             ready: rx,
             demand: Arc::new(Demand::new(whole)),
+            auths: Arc::new(AuthPool::new(req.auth.clone())),
         };
         active.insert(task, entry.clone());
         let engine = self.clone();
-        let demand = entry.demand.clone();
+        let (demand, auths) = (entry.demand.clone(), entry.auths.clone());
         let req = req.clone();
         self.shared.tracker.spawn(async move {
-            engine.download(task, req, tx, demand).await;
+            engine.download(task, req, auths, tx, demand).await;
         });
         entry
     }
@@ -232,6 +237,7 @@ impl Engine {
         &self,
         task: TaskId,
         req: DownloadRequest,
+        auths: Arc<AuthPool>,
         ready: watch::Sender<Option<std::result::Result<Arc<TaskFile>, String>>>,
         demand: Arc<Demand>,
     ) {
@@ -240,7 +246,7 @@ impl Engine {
         let started = Instant::now();
         let mut file_for_failure = None;
         let result = async {
-            let (file, origin, degraded) = self.prepare(task, &req).await?;
+            let (file, origin, degraded) = self.prepare(task, &req, auths).await?;
             file_for_failure = Some(file.clone());
             let _ = ready.send(Some(Ok(file.clone())));
             let ctx = Arc::new(piece::PieceContext {
@@ -314,10 +320,11 @@ impl Engine {
         &self,
         task: TaskId,
         req: &DownloadRequest,
+        auths: Arc<AuthPool>,
     ) -> Result<(Arc<TaskFile>, Origin, bool)> {
         let shared = &self.shared;
         let origin = Origin::new(req.url.clone(), req.headers.clone(), shared.http.clone())
-            .with_auth(req.auth.clone());
+            .with_auth(Some(auths as Arc<dyn OriginAuth>));
         let mut degraded = false;
         let known = match shared.client.task_info(&task).await {
             Ok(info) => info.map(|i| i.layout),
