@@ -5,7 +5,7 @@
 //! - [`demand`]: what readers want of a download: the whole blob, or the pieces under their
 //!   ranges (a sparse task), most urgent first.
 //! - [`download`]: the per-task loop (schedule, fetch, report).
-//! - [`memory`]: the budget for piece buffers shared by all downloads.
+//! - [`memory`]: memory budgets: piece buffers of all downloads, chunks on their way to readers.
 //! - [`piece`]: fetching and verifying one piece from parents or the origin.
 //! - [`reporter`]: batching piece reports to the supernode.
 //! - [`stream`]: reading a task in order as its pieces arrive.
