@@ -81,11 +81,7 @@ mod tests {
         let flights = Arc::new(SingleFlight::<u8, &'static str>::default());
         let first = {
             let flights = flights.clone();
-            tokio::spawn(async move {
-                flights
-                    .run(1, || std::future::pending::<&'static str>())
-                    .await
-            })
+            tokio::spawn(async move { flights.run(1, std::future::pending::<&'static str>).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let second = {

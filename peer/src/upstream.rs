@@ -181,11 +181,14 @@ impl BlobAuth {
         if let Some(value) = self.head(self.client_auth.clone(), refused).await {
             return Some(value);
         }
-        if self.client_auth.is_none() {
-            return None;
+        match self.client_auth {
+            // These were the node's own already.
+            None => None,
+            Some(_) => {
+                tracing::debug!(url = %self.url, "client credentials refused: trying the node's own");
+                self.head(None, refused).await
+            }
         }
-        tracing::debug!(url = %self.url, "client credentials refused: trying the node's own");
-        self.head(None, refused).await
     }
 
     async fn head(

@@ -2,7 +2,7 @@
 //! download goes on for everyone, and only a request made with the expired token is refused,
 //! with the registry's challenge.
 //!
-//! Tokens last 4 s at a real `docker-registry`; the peer downloads at 2 MiB/s in 1 MiB pieces,
+//! Tokens last 5 s at a real `docker-registry`; the peer downloads at 2 MiB/s in 1 MiB pieces,
 //! so each 12 MiB blob takes about 6 s alone (12 s for both) and its origin pieces outlive the
 //! token the download started with.
 //! - `private/big` (the node has no credentials; anonymous clients may not read it): client A
@@ -22,7 +22,7 @@ use support::*;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland-9";
-const TOKEN_LIFETIME: Duration = Duration::from_secs(4);
+const TOKEN_LIFETIME: Duration = Duration::from_secs(5);
 const LEN: usize = 12 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
