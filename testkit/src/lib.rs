@@ -9,6 +9,7 @@
 //!   stalled or gated), one that logs each HTTP exchange, and one that injects faults.
 //! - [`metrics`]: reading the Prometheus text format.
 //! - [`blobs`]: deterministic pseudo-random bytes and sha256 digests of data and files.
+//! - [`tmpfs`]: a small tmpfs that fills up, for disk-full tests (root only).
 //!
 //! Everything here panics on setup failures: a test that cannot build its world should fail
 //! loudly with the reason, not return an error nobody reads.
@@ -20,6 +21,7 @@ pub mod ports;
 pub mod processes;
 pub mod proxies;
 pub mod registry;
+pub mod tmpfs;
 
 pub use blobs::{assert_file_digest, compressible_blob, random_blob, sha256_file};
 pub use limits::{open_files_limit, peak_rss, proc_status_bytes, raise_open_files};
@@ -28,3 +30,4 @@ pub use ports::free_port;
 pub use processes::{hermetic_env, http_get, http_status, workspace_bin, Daemon};
 pub use proxies::{CountingProxy, Exchange, Fault, FaultPlan, FaultProxy, HttpLog, Trigger};
 pub use registry::{Registry, RegistryAuth};
+pub use tmpfs::Tmpfs;

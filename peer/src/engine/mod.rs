@@ -81,7 +81,32 @@ pub struct EngineShared {
     pub tracker: TaskTracker,
 }
 
-type Ready = watch::Receiver<Option<std::result::Result<Arc<TaskFile>, String>>>;
+impl EngineShared {
+    /// Tells the supernode that this peer no longer holds the evicted tasks.
+    pub(super) fn forget(&self, evicted: Vec<TaskId>) {
+        for old in evicted {
+            let client = self.client.clone();
+            self.tracker.spawn(async move {
+                let _ = client.leave_task(&old).await;
+            });
+        }
+    }
+
+    /// After a piece write of `file` ran out of space: makes `needed` bytes of room (what
+    /// its download still needs), evicting unused tasks. `Err(DiskFull)` when impossible.
+    pub(super) async fn make_room(&self, file: &Arc<TaskFile>, needed: u64) -> Result<()> {
+        let (storage, task, dir) = (self.storage.clone(), file.id(), file.dir().to_path_buf());
+        let evicted = tokio::task::spawn_blocking(move || storage.make_room(task, needed, &dir))
+            .await
+            .map_err(|e| Error::io(file.dir(), std::io::Error::other(e)))??;
+        self.forget(evicted);
+        Ok(())
+    }
+}
+
+/// The download's file once its layout is known, or why it failed (shared by its waiters).
+type Outcome = Option<std::result::Result<Arc<TaskFile>, Arc<Error>>>;
+type Ready = watch::Receiver<Outcome>;
 
 /// A download running in this process: readers wait on `ready` for its file and tell it what
 /// they want through `demand`.
@@ -228,7 +253,7 @@ impl Engine {
             .clone();
         match outcome {
             Some(Ok(file)) => Ok(file),
-            Some(Err(message)) => Err(Error::DownloadFailed { task, message }),
+            Some(Err(e)) => Err(e.for_waiter(task)),
             None => Err(Error::Cancelled),
         }
     }
@@ -238,7 +263,7 @@ impl Engine {
         task: TaskId,
         req: DownloadRequest,
         auths: Arc<AuthPool>,
-        ready: watch::Sender<Option<std::result::Result<Arc<TaskFile>, String>>>,
+        ready: watch::Sender<Outcome>,
         demand: Arc<Demand>,
     ) {
         let shared = &self.shared;
@@ -248,6 +273,10 @@ impl Engine {
         let result = async {
             let (file, origin, degraded) = self.prepare(task, &req, auths).await?;
             file_for_failure = Some(file.clone());
+            if demand.is_whole() {
+                // Before any byte is fetched: a disk without room fails the download now.
+                self.reserve_disk(&file).await?;
+            }
             let _ = ready.send(Some(Ok(file.clone())));
             let ctx = Arc::new(piece::PieceContext {
                 file: file.clone(),
@@ -257,6 +286,7 @@ impl Engine {
                 reporter: shared.reporter.clone(),
                 avoid: download::new_avoid_set(),
                 demand: demand.clone(),
+                shared: shared.clone(),
             });
             let finished = download::run(shared.clone(), ctx, degraded).await?;
             if finished == download::Finished::Idle {
@@ -273,6 +303,16 @@ impl Engine {
             Ok::<bool, Error>(true)
         }
         .await;
+        if let Err(Error::DiskFull { .. }) = &result {
+            // Drop the task: its file holds space the disk lacks (a partial reservation
+            // included), and its stored pieces, though verified, matter less than room. The
+            // supernode hears it before a new download of the task can register again
+            // (retiring the demand allows that), or it would send peers here for them.
+            shared.storage.remove(&task);
+            if let Err(e) = shared.client.leave_task(&task).await {
+                tracing::debug!(%task, error = %e, "could not leave the dropped task");
+            }
+        }
         shared.metrics.tasks_active.dec();
         demand.retire();
         match result {
@@ -288,20 +328,26 @@ impl Engine {
                 tracing::info!(%task, elapsed = ?started.elapsed(), "download complete");
             }
             Err(e) => {
+                let disk_full = matches!(e, Error::DiskFull { .. });
                 shared
                     .metrics
                     .downloads
-                    .with_label_values(&["failed"])
+                    .with_label_values(&[if disk_full { "disk_full" } else { "failed" }])
                     .inc();
-                tracing::warn!(%task, error = %e, "download failed");
-                let message = e.to_string();
+                if let Error::DiskFull { path, .. } = &e {
+                    // Once per download (it is not retried); the path is for the operator.
+                    tracing::error!(%task, path = %path.display(), error = %e, "download failed");
+                } else {
+                    tracing::warn!(%task, error = %e, "download failed");
+                }
+                let e = Arc::new(e);
                 if let Some(file) = &file_for_failure {
-                    file.set_failed(message.clone());
-                    if matches!(e, Error::BlobDigest { .. }) {
+                    file.set_failed(e.clone());
+                    if matches!(*e, Error::BlobDigest { .. }) {
                         shared.storage.remove(&task);
                     }
                 }
-                let _ = ready.send(Some(Err(message)));
+                let _ = ready.send(Some(Err(e)));
             }
         }
         let mut active = self.active.lock();
@@ -399,14 +445,19 @@ impl Engine {
         let (file, evicted) = shared
             .storage
             .get_or_create(task, req.url.as_str(), layout)?;
-        for old in evicted {
-            let client = shared.client.clone();
-            shared.tracker.spawn(async move {
-                let _ = client.leave_task(&old).await;
-            });
-        }
+        self.shared.forget(evicted);
         file.clear_failed();
         Ok(file)
+    }
+
+    /// Reserves the disk space of a whole-blob download (see `Storage::reserve_disk`).
+    async fn reserve_disk(&self, file: &Arc<TaskFile>) -> Result<()> {
+        let (storage, f) = (self.shared.storage.clone(), file.clone());
+        let (evicted, reserved) = tokio::task::spawn_blocking(move || storage.reserve_disk(&f))
+            .await
+            .map_err(|e| Error::io(file.dir(), std::io::Error::other(e)))?;
+        self.shared.forget(evicted);
+        reserved
     }
 
     /// Re-registers every cached task with the supernode (after a restart or when the

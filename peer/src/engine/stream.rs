@@ -65,11 +65,8 @@ async fn piece_ready(
         // Marks the status seen before the check above is repeated, so a change after it
         // wakes `changed()`.
         let failed = status.borrow_and_update().failed.clone();
-        if let Some(message) = failed {
-            return Err(Error::DownloadFailed {
-                task: file.id(),
-                message,
-            });
+        if let Some(e) = failed {
+            return Err(e.for_waiter(file.id()));
         }
         if file.has_piece(piece) {
             return Ok(());

@@ -39,8 +39,9 @@ pub struct TaskMeta {
 pub struct TaskStatus {
     /// Pieces stored so far.
     pub pieces: u32,
-    /// Set when the download gave up; readers stop waiting and report it.
-    pub failed: Option<String>,
+    /// Set when the download gave up; readers stop waiting and report it (a full disk as
+    /// such, see [`Error::for_waiter`]).
+    pub failed: Option<Arc<Error>>,
     /// The whole blob matched its digest (content-addressed tasks only).
     pub verified: bool,
 }
@@ -279,8 +280,8 @@ impl TaskFile {
     }
 
     /// Marks the download as failed so that waiting readers give up.
-    pub fn set_failed(&self, message: String) {
-        self.status.send_modify(|s| s.failed = Some(message));
+    pub fn set_failed(&self, error: Arc<Error>) {
+        self.status.send_modify(|s| s.failed = Some(error));
     }
 
     /// Records that the whole blob matched its digest, for readers now (they may release the

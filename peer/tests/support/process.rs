@@ -102,6 +102,8 @@ pub struct PeerOpts {
     pub advertise_port: Option<u16>,
     /// Any further `shoal-peer run` arguments.
     pub extra: Vec<String>,
+    /// The data directory (default: `data` in the peer's temp dir), e.g. a small tmpfs.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl PeerOpts {
@@ -114,6 +116,7 @@ impl PeerOpts {
             p2p_port: None,
             advertise_port: None,
             extra: vec![],
+            data_dir: None,
         }
     }
 
@@ -126,6 +129,7 @@ impl PeerOpts {
             p2p_port: None,
             advertise_port: None,
             extra: vec![],
+            data_dir: None,
         }
     }
 
@@ -146,6 +150,11 @@ impl PeerOpts {
 
     pub fn advertise_port(mut self, port: u16) -> Self {
         self.advertise_port = Some(port);
+        self
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
         self
     }
 
@@ -171,7 +180,10 @@ impl Peer {
     /// Starts the peer and waits for its `/readyz`.
     pub async fn start(name: &str, opts: PeerOpts) -> Peer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data_dir = dir.path().join("data");
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let p2p_port = opts.p2p_port.unwrap_or_else(free_port);
         let (mirror_port, metrics_port) = (free_port(), free_port());
         let mut args: Vec<String> = vec!["run".into()];

@@ -194,10 +194,13 @@ fn upstream_garbage(st: &MirrorState, what: &str, message: String) -> MirrorErro
 }
 
 fn upstream_failed(st: &MirrorState, kind: &str, e: Error, unknown: &'static str) -> MirrorError {
-    st.metrics
-        .upstream_failures
-        .with_label_values(&[kind])
-        .inc();
+    // The peer's own storage refusing is not the upstream's failure.
+    if !matches!(e, Error::DiskFull { .. } | Error::CacheFull { .. }) {
+        st.metrics
+            .upstream_failures
+            .with_label_values(&[kind])
+            .inc();
+    }
     MirrorError::from_error(e, unknown)
 }
 
