@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::config::{parse_advertise, PeerConfig};
-use crate::engine::{Engine, EngineShared, PieceMemory, Reporter};
+use crate::engine::{Engine, EngineShared, MemoryBudget, Reporter};
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
@@ -108,6 +108,7 @@ impl Peer {
             Arc::new(RateLimit::new(config.download_rate)),
         );
         let reporter = Reporter::spawn(client.clone(), metrics.clone(), tracker, cancel.clone());
+        let send_memory = MemoryBudget::new(config.send_memory.0);
         let engine = Engine::new(EngineShared {
             storage: storage.clone(),
             client: client.clone(),
@@ -115,7 +116,8 @@ impl Peer {
             metrics: metrics.clone(),
             reporter,
             concurrent_pieces: config.concurrent_pieces,
-            piece_memory: PieceMemory::new(config.piece_memory.0),
+            piece_memory: MemoryBudget::new(config.piece_memory.0),
+            send_memory: send_memory.clone(),
             piece_size: config.piece_size.0,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
@@ -126,6 +128,7 @@ impl Peer {
             storage,
             metrics: metrics.clone(),
             upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
+            send_memory,
         });
         let local = local::router(local::LocalState {
             engine: engine.clone(),
@@ -137,6 +140,7 @@ impl Peer {
             upstream: Arc::new(crate::upstream::Upstream::from_config(config)?),
             default_upstream: config.default_upstream.clone(),
             media_types: Default::default(),
+            heads: Default::default(),
         }));
         let health = health::router(health::HealthState {
             registry,
@@ -211,6 +215,10 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::runtime("p2p listener", e))?;
     let peer = Peer::build(&config, p2p_addr, &cancel, &tracker).await?;
+    match server::raise_open_files_limit() {
+        Ok(limit) => tracing::info!(limit, "open files allowed"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
     let servers = [
         ("p2p", listeners.p2p, peer.p2p.clone()),
         ("local", listeners.mirror, peer.local.clone()),

@@ -22,7 +22,7 @@ use shoal_common::TaskId;
 
 use super::error::ApiError;
 use super::range::{parse_range, RangeError};
-use crate::engine::stream_range;
+use crate::engine::{stream_range, MemoryBudget};
 use crate::error::Error;
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
@@ -33,6 +33,8 @@ pub struct P2pState {
     pub storage: Arc<Storage>,
     pub metrics: PeerMetrics,
     pub upload_limit: Arc<RateLimit>,
+    /// Chunks read for other peers hold their bytes here until sent ([`stream_range`]).
+    pub send_memory: MemoryBudget,
 }
 
 pub fn router(state: P2pState) -> Router {
@@ -82,7 +84,7 @@ async fn serve_range(
     // The second look at the disk covers a piece stored (and its relay ended) in between.
     let source: BoxStream<'static, Result<Bytes, Error>> = if file.has_range(range.start, range.end)
     {
-        stream_range(file, range.clone()).boxed()
+        stream_range(file, range.clone(), st.send_memory.clone()).boxed()
     } else if let Some(relay) = relay_for(&file, &range).await {
         let relayed = st.metrics.relayed_bytes.clone();
         relay
@@ -94,7 +96,7 @@ async fn serve_range(
             })
             .boxed()
     } else if file.has_range(range.start, range.end) {
-        stream_range(file, range.clone()).boxed()
+        stream_range(file, range.clone(), st.send_memory.clone()).boxed()
     } else {
         return Err(Error::RangeNotHeld {
             task,

@@ -2,6 +2,7 @@
 //! an error saying why not; verification is the caller's job (the engine checks sha256 before
 //! anything is stored), so a source can be as untrusted as a random peer.
 
+mod auth_pool;
 pub(crate) mod http;
 mod origin;
 mod parent;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::error::Result;
+pub use auth_pool::AuthPool;
 pub use http::HttpFetcher;
 pub use origin::{Origin, OriginAuth};
 pub use parent::ParentPeer;

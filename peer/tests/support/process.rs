@@ -255,6 +255,11 @@ impl Peer {
         self.daemon.assert_running();
     }
 
+    /// The process id, while it runs (for `/proc/PID/...`).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
     pub async fn is_ready(&self) -> bool {
         let url = format!("{}/readyz", self.metrics_url());
         tokio::task::spawn_blocking(move || shoal_testkit::http_status(&url))
