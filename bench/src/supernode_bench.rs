@@ -327,6 +327,7 @@ impl Sim {
             )),
             upload_capacity: 12_500_000,
             labels: Default::default(),
+            instance: 0,
         };
         let url = format!("{}/api/v1/peers", self.base);
         self.call::<_, serde_json::Value>(reqwest::Method::POST, &url, Some(&announce))

@@ -72,6 +72,13 @@ pub struct PeerAnnounce {
     /// Free-form labels such as `zone`, `node`; used to prefer nearby parents.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Drawn once per process start. A peer id announced with another value is a restarted
+    /// process (a crash, a pod restart keeping its data dir): whatever the supernode recorded
+    /// for the earlier one (pieces in flight, origin leases, upload slots) died with it and is
+    /// dropped at once, instead of blocking the new process until it times out. 0: not sent
+    /// (an older peer), never taken for a restart on its own.
+    #[serde(default)]
+    pub instance: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -168,6 +168,13 @@ impl Error {
         }
     }
 
+    /// A write that failed for lack of space (`ENOSPC`, or a quota: `EDQUOT`). By kind, not
+    /// errno: wrappers such as `tempfile`'s keep only the kind.
+    pub fn is_out_of_space(&self) -> bool {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        matches!(self, Error::Io { source, .. } if matches!(source.kind(), StorageFull | QuotaExceeded))
+    }
+
     /// Whether trying again later may succeed: network trouble and server-side failures are
     /// transient; corrupt data and bad input are not.
     pub fn is_retryable(&self) -> bool {

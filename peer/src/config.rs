@@ -91,6 +91,13 @@ pub struct PeerConfig {
     /// downloads run at once. At least the largest piece size (16 MiB).
     #[arg(long, env = "SHOAL_PIECE_MEMORY", required = false)]
     pub piece_memory: ByteSize,
+    /// Memory for chunks read from the cache on their way to clients and peers, all
+    /// connections together (bytes, e.g. "64MiB"): each reader holds at most one 256 KiB
+    /// chunk until its socket takes it, and readers beyond this wait their turn (a thousand
+    /// clients of one blob are queued, not refused, and do not each fill a write buffer).
+    /// At least 256 KiB.
+    #[arg(long, env = "SHOAL_SEND_MEMORY", required = false)]
+    pub send_memory: ByteSize,
     /// Piece size for blobs this peer is the first to download (bytes, a power of two from
     /// 256 KiB to 16 MiB); 0 picks it from the blob length (about 128 pieces, at least 1 MiB). Peers that join a
     /// task later use the layout the supernode already has.
@@ -165,6 +172,7 @@ impl Default for PeerConfig {
             blob_access_ttl: Duration::from_secs(60),
             concurrent_pieces: 8,
             piece_memory: ByteSize(96 << 20),
+            send_memory: ByteSize(64 << 20),
             piece_size: ByteSize(0),
             piece_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
@@ -214,6 +222,12 @@ impl PeerConfig {
             return bad(format!(
                 "piece_memory {} must be at least the largest piece size (16 MiB)",
                 self.piece_memory
+            ));
+        }
+        if self.send_memory.0 < (256 << 10) {
+            return bad(format!(
+                "send_memory {} must be at least one read chunk (256 KiB)",
+                self.send_memory
             ));
         }
         if self.piece_timeout < Duration::from_secs(1) || self.connect_timeout.is_zero() {

@@ -54,6 +54,21 @@ pub enum Error {
         pinned: u64,
     },
 
+    /// The data directory's filesystem has no room for this task's bytes (`ENOSPC`, or the
+    /// owner's quota: `EDQUOT`), even after evicting the cached blobs nobody is using. Not
+    /// retryable for this download: fetching the same bytes again cannot make room. The
+    /// message leaves the path out (clients see it); the log line that reports it has it.
+    #[error(
+        "task {task}: the peer's disk is full: no room for {needed} more bytes even after \
+         evicting unused cached blobs"
+    )]
+    DiskFull {
+        task: TaskId,
+        /// Where the write or reservation failed (for the log, not the client).
+        path: PathBuf,
+        needed: u64,
+    },
+
     #[error("origin {url}: {message}")]
     Origin {
         url: String,
@@ -124,6 +139,49 @@ impl Error {
         }
     }
 
+    /// Whether this is a storage write that failed for lack of space (`ENOSPC`, `EDQUOT`):
+    /// evicting may help, fetching the bytes again does not.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::DiskFull { .. } => true,
+            // By kind, not errno: wrapped I/O errors keep only the kind.
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+
+    /// What a request that waited on another's download reports when that download failed:
+    /// a full disk or cache keeps its kind (the client is told why, with the right status),
+    /// anything else becomes [`Error::DownloadFailed`] with the message (errors are not
+    /// `Clone`).
+    pub fn for_waiter(&self, task: TaskId) -> Error {
+        match self {
+            Error::DiskFull { task, path, needed } => Error::DiskFull {
+                task: *task,
+                path: path.clone(),
+                needed: *needed,
+            },
+            Error::CacheFull {
+                task,
+                needed,
+                quota,
+                pinned,
+            } => Error::CacheFull {
+                task: *task,
+                needed: *needed,
+                quota: *quota,
+                pinned: *pinned,
+            },
+            other => Error::DownloadFailed {
+                task,
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// Could the same operation succeed if tried again (later or from another source)?
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -135,7 +193,7 @@ impl Error {
             | Error::PieceDigest { .. }
             | Error::Supernode { .. }
             | Error::CacheFull { .. } => true,
-            Error::Io { .. } => false,
+            Error::Io { .. } | Error::DiskFull { .. } => false,
             _ => false,
         }
     }

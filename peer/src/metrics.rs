@@ -140,7 +140,7 @@ impl PeerMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "shoal_peer_downloads_total",
-                        "Finished downloads (whole blobs), by result.",
+                        "Finished downloads (whole blobs), by result (ok, failed, disk_full).",
                     ),
                     &["result"],
                 )?,
@@ -167,7 +167,7 @@ impl PeerMetrics {
                 registry,
                 IntCounter::new(
                     "shoal_peer_cache_evictions_total",
-                    "Blobs evicted from the cache to stay under the quota.",
+                    "Blobs evicted from the cache to stay under the quota or make room on a full disk.",
                 )?,
             )?,
             supernode_errors: reg(

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -32,6 +33,8 @@ pub struct ChunkCache {
     memory: moka::sync::Cache<Digest, ChunkBytes>,
     disk: Option<DiskCache>,
     metrics: Metrics,
+    /// The disk tier's filesystem is full (said once, not once per chunk).
+    disk_full: AtomicBool,
 }
 
 impl ChunkCache {
@@ -47,6 +50,7 @@ impl ChunkCache {
             memory,
             disk,
             metrics,
+            disk_full: AtomicBool::new(false),
         }
     }
 
@@ -83,12 +87,21 @@ impl ChunkCache {
     }
 
     /// Store in the disk tier (blocking). Failures only cost a future refetch, so they are
-    /// logged, not returned.
+    /// logged, not returned; a full filesystem once, until a write succeeds again.
     pub fn insert_disk(&self, digest: &Digest, data: &[u8]) {
-        if let Some(disk) = &self.disk {
-            if let Err(e) = disk.put(digest, data, &self.metrics) {
-                tracing::warn!(error = %e, "writing chunk to the disk cache");
+        let Some(disk) = &self.disk else { return };
+        match disk.put(digest, data, &self.metrics) {
+            Ok(()) => {
+                if self.disk_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the disk cache's filesystem has room again");
+                }
             }
+            Err(e) if e.is_out_of_space() => {
+                if !self.disk_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the disk cache's filesystem is full: chunks are read from the network and not cached");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "writing chunk to the disk cache"),
         }
     }
 
@@ -232,17 +245,16 @@ impl DiskCache {
             return Ok(());
         }
         self.evict(size, Some(metrics));
-        let path = self.path(digest);
-        let parent = path.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(parent)
-            .ctx(|| format!("creating a temporary file in {}", parent.display()))?;
-        tmp.write_all(data)
-            .and_then(|()| tmp.write_all(&crc32fast::hash(data).to_le_bytes()))
-            .ctx(|| format!("writing {}", tmp.path().display()))?;
-        tmp.persist(&path)
-            .map_err(|e| e.error)
-            .ctx(|| format!("renaming into {}", path.display()))?;
+        match self.write(digest, data) {
+            // The filesystem is full below the quota (smaller than it, or filled by others):
+            // the oldest chunks make room for this one, once.
+            Err(e) if e.is_out_of_space() => {
+                let total = self.state.lock().total;
+                self.evict_below(total.saturating_sub(size), Some(metrics));
+                self.write(digest, data)?;
+            }
+            other => other?,
+        }
         let mut st = self.state.lock();
         st.tick += 1;
         let tick = st.tick;
@@ -258,12 +270,33 @@ impl DiskCache {
         Ok(())
     }
 
+    /// Writes the chunk's file (with its trailer) atomically.
+    fn write(&self, digest: &Digest, data: &[u8]) -> Result<()> {
+        let path = self.path(digest);
+        let parent = path.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(parent)
+            .ctx(|| format!("creating a temporary file in {}", parent.display()))?;
+        tmp.write_all(data)
+            .and_then(|()| tmp.write_all(&crc32fast::hash(data).to_le_bytes()))
+            .ctx(|| format!("writing {}", tmp.path().display()))?;
+        tmp.persist(&path)
+            .map_err(|e| e.error)
+            .ctx(|| format!("renaming into {}", path.display()))?;
+        Ok(())
+    }
+
     /// Delete least recently used chunks until `incoming` more bytes fit the quota.
     fn evict(&self, incoming: u64, metrics: Option<&Metrics>) {
+        self.evict_below(self.quota.saturating_sub(incoming), metrics);
+    }
+
+    /// Delete least recently used chunks until at most `limit` bytes are cached.
+    fn evict_below(&self, limit: u64, metrics: Option<&Metrics>) {
         let mut victims = Vec::new();
         {
             let mut st = self.state.lock();
-            while st.total + incoming > self.quota {
+            while st.total > limit {
                 let Some((&tick, &digest)) = st.lru.iter().next() else {
                     break;
                 };

@@ -193,6 +193,8 @@ pub(super) async fn run(
                 };
                 match result {
                     Ok(()) => origin_failures = 0,
+                    // No room on the disk even after evicting: fetching again cannot help.
+                    Err(e @ Error::DiskFull { .. }) => return Err(e),
                     Err(e) => {
                         // The origin refusing outright (404, 401, ...) or failing again and
                         // again ends the download; anything else is retried from wherever the

@@ -16,7 +16,7 @@ use shoal_common::api::Assignment;
 use shoal_common::piece::MIN_PIECE_SIZE;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
-use super::memory::PieceMemory;
+use super::memory::MemoryBudget;
 use super::piece::PieceContext;
 use crate::error::{Error, Result};
 
@@ -58,7 +58,7 @@ fn run_source(a: &Assignment) -> Option<Option<&str>> {
 
 pub(super) struct Fetches {
     ctx: Arc<PieceContext>,
-    memory: PieceMemory,
+    memory: MemoryBudget,
     set: JoinSet<Vec<(u32, Result<()>)>>,
     running: HashMap<u32, Running>,
     /// Single-piece fetches, which a winning copy may abort (a run carries other pieces).
@@ -66,7 +66,7 @@ pub(super) struct Fetches {
 }
 
 impl Fetches {
-    pub fn new(ctx: Arc<PieceContext>, memory: PieceMemory) -> Self {
+    pub fn new(ctx: Arc<PieceContext>, memory: MemoryBudget) -> Self {
         Fetches {
             ctx,
             memory,

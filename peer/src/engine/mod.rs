@@ -6,7 +6,7 @@
 //! - [`demand`]: what readers want of a download: the whole blob, or the pieces under their
 //!   ranges (a sparse task), most urgent first.
 //! - [`download`]: the per-task loop (schedule, fetch, report).
-//! - [`memory`]: the budget for piece buffers shared by all downloads.
+//! - [`memory`]: memory budgets: piece buffers of all downloads, chunks on their way to readers.
 //! - [`piece`]: fetching and verifying one piece from parents or the origin.
 //! - [`reporter`]: batching piece reports to the supernode.
 //! - [`stream`]: reading a task in order as its pieces arrive.
@@ -37,11 +37,11 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
-use crate::source::{HttpFetcher, Origin, OriginAuth};
+use crate::source::{AuthPool, HttpFetcher, Origin, OriginAuth};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
 use demand::Demand;
-pub use memory::PieceMemory;
+pub use memory::MemoryBudget;
 pub use reporter::{ReportItem, Reporter};
 pub use stream::{byte_ready, stream_range};
 
@@ -54,7 +54,8 @@ pub struct DownloadRequest {
     /// Extra headers for the origin (credentials).
     pub headers: HeaderMap,
     /// Renews the origin's `Authorization` when it is refused (a token expiring during a
-    /// long download); `None`: a refusal ends the download.
+    /// long download). Every requester of a shared download hands in its own; the download
+    /// goes on with the next that works ([`AuthPool`]). None at all: a refusal ends it.
     pub auth: Option<Arc<dyn OriginAuth>>,
     /// The blob's length, when the caller already asked the origin (the mirror's `HEAD`):
     /// the first peers of a task then skip asking again before their first piece. Like the
@@ -76,14 +77,41 @@ pub struct EngineShared {
     pub reporter: Reporter,
     pub concurrent_pieces: u32,
     /// Piece buffers of all downloads together.
-    pub piece_memory: PieceMemory,
+    pub piece_memory: MemoryBudget,
+    /// Chunks on their way to clients and peers ([`stream_range`]), all readers together.
+    pub send_memory: MemoryBudget,
     /// Piece size for new tasks (bytes); 0 = automatic.
     pub piece_size: u64,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
 }
 
-type Ready = watch::Receiver<Option<std::result::Result<Arc<TaskFile>, String>>>;
+impl EngineShared {
+    /// Tells the supernode that this peer no longer holds the evicted tasks.
+    pub(super) fn forget(&self, evicted: Vec<TaskId>) {
+        for old in evicted {
+            let client = self.client.clone();
+            self.tracker.spawn(async move {
+                let _ = client.leave_task(&old).await;
+            });
+        }
+    }
+
+    /// After a piece write of `file` ran out of space: makes `needed` bytes of room (what
+    /// its download still needs), evicting unused tasks. `Err(DiskFull)` when impossible.
+    pub(super) async fn make_room(&self, file: &Arc<TaskFile>, needed: u64) -> Result<()> {
+        let (storage, task, dir) = (self.storage.clone(), file.id(), file.dir().to_path_buf());
+        let evicted = tokio::task::spawn_blocking(move || storage.make_room(task, needed, &dir))
+            .await
+            .map_err(|e| Error::io(file.dir(), std::io::Error::other(e)))??;
+        self.forget(evicted);
+        Ok(())
+    }
+}
+
+/// The download's file once its layout is known, or why it failed (shared by its waiters).
+type Outcome = Option<std::result::Result<Arc<TaskFile>, Arc<Error>>>;
+type Ready = watch::Receiver<Outcome>;
 
 /// A download running in this process: readers wait on `ready` for its file and tell it what
 /// they want through `demand`.
@@ -91,6 +119,8 @@ type Ready = watch::Receiver<Option<std::result::Result<Arc<TaskFile>, String>>>
 struct Active {
     ready: Ready,
     demand: Arc<Demand>,
+    /// The credentials of everyone who asked for it: a refusal of one is not the end.
+    auths: Arc<AuthPool>,
 }
 
 #[derive(Clone)]
@@ -109,6 +139,11 @@ impl Engine {
 
     pub fn storage(&self) -> &Arc<Storage> {
         &self.shared.storage
+    }
+
+    /// The send budget every [`stream_range`] of this peer reads within.
+    pub fn send_memory(&self) -> MemoryBudget {
+        self.shared.send_memory.clone()
     }
 
     /// Whether a download of `task` is running (or about to start) in this process.
@@ -196,19 +231,21 @@ impl Engine {
     fn join(&self, task: TaskId, req: &DownloadRequest, whole: bool) -> Active {
         let mut active = self.active.lock();
         if let Some(a) = active.get(&task).filter(|a| !a.demand.is_retired()) {
+            a.auths.add(req.auth.as_ref());
             return a.clone();
         }
         let (tx, rx) = watch::channel(None);
         let entry = Active {
             ready: rx,
             demand: Arc::new(Demand::new(whole)),
+            auths: Arc::new(AuthPool::new(req.auth.clone())),
         };
         active.insert(task, entry.clone());
         let engine = self.clone();
-        let demand = entry.demand.clone();
+        let (demand, auths) = (entry.demand.clone(), entry.auths.clone());
         let req = req.clone();
         self.shared.tracker.spawn(async move {
-            engine.download(task, req, tx, demand).await;
+            engine.download(task, req, auths, tx, demand).await;
         });
         entry
     }
@@ -221,7 +258,7 @@ impl Engine {
             .clone();
         match outcome {
             Some(Ok(file)) => Ok(file),
-            Some(Err(message)) => Err(Error::DownloadFailed { task, message }),
+            Some(Err(e)) => Err(e.for_waiter(task)),
             None => Err(Error::Cancelled),
         }
     }
@@ -230,7 +267,8 @@ impl Engine {
         &self,
         task: TaskId,
         req: DownloadRequest,
-        ready: watch::Sender<Option<std::result::Result<Arc<TaskFile>, String>>>,
+        auths: Arc<AuthPool>,
+        ready: watch::Sender<Outcome>,
         demand: Arc<Demand>,
     ) {
         let shared = &self.shared;
@@ -238,8 +276,12 @@ impl Engine {
         let started = Instant::now();
         let mut file_for_failure = None;
         let result = async {
-            let (file, origin, degraded) = self.prepare(task, &req).await?;
+            let (file, origin, degraded) = self.prepare(task, &req, auths).await?;
             file_for_failure = Some(file.clone());
+            if demand.is_whole() {
+                // Before any byte is fetched: a disk without room fails the download now.
+                self.reserve_disk(&file).await?;
+            }
             let _ = ready.send(Some(Ok(file.clone())));
             let ctx = Arc::new(piece::PieceContext {
                 file: file.clone(),
@@ -249,6 +291,7 @@ impl Engine {
                 reporter: shared.reporter.clone(),
                 avoid: Default::default(),
                 demand: demand.clone(),
+                shared: shared.clone(),
             });
             let finished = download::run(shared.clone(), ctx, degraded).await?;
             if finished == download::Finished::Idle {
@@ -265,6 +308,23 @@ impl Engine {
             Ok::<bool, Error>(true)
         }
         .await;
+        if let Err(Error::DiskFull { .. }) = &result {
+            // Drop the task: its file holds space the disk lacks (a partial reservation
+            // included), and its stored pieces, though verified, matter less than room. The
+            // supernode hears it before a new download of the task can register again
+            // (retiring the demand allows that), or it would send peers here for them.
+            shared.storage.remove(&task);
+            if let Err(e) = shared.client.leave_task(&task).await {
+                tracing::debug!(%task, error = %e, "could not leave the dropped task");
+            }
+        } else if let Some(file) = file_for_failure.clone() {
+            // What this download stored is believed after a restart without being read again
+            // (a complete task was flushed already: then this costs nothing).
+            let flushed = tokio::task::spawn_blocking(move || file.checkpoint()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(%task, error = %e, "could not flush the task's pieces");
+            }
+        }
         shared.metrics.tasks_active.dec();
         demand.retire();
         match result {
@@ -280,20 +340,26 @@ impl Engine {
                 tracing::info!(%task, elapsed = ?started.elapsed(), "download complete");
             }
             Err(e) => {
+                let disk_full = matches!(e, Error::DiskFull { .. });
                 shared
                     .metrics
                     .downloads
-                    .with_label_values(&["failed"])
+                    .with_label_values(&[if disk_full { "disk_full" } else { "failed" }])
                     .inc();
-                tracing::warn!(%task, error = %e, "download failed");
-                let message = e.to_string();
+                if let Error::DiskFull { path, .. } = &e {
+                    // Once per download (it is not retried); the path is for the operator.
+                    tracing::error!(%task, path = %path.display(), error = %e, "download failed");
+                } else {
+                    tracing::warn!(%task, error = %e, "download failed");
+                }
+                let e = Arc::new(e);
                 if let Some(file) = &file_for_failure {
-                    file.set_failed(message.clone());
-                    if matches!(e, Error::BlobDigest { .. }) {
+                    file.set_failed(e.clone());
+                    if matches!(*e, Error::BlobDigest { .. }) {
                         shared.storage.remove(&task);
                     }
                 }
-                let _ = ready.send(Some(Err(message)));
+                let _ = ready.send(Some(Err(e)));
             }
         }
         let mut active = self.active.lock();
@@ -312,10 +378,11 @@ impl Engine {
         &self,
         task: TaskId,
         req: &DownloadRequest,
+        auths: Arc<AuthPool>,
     ) -> Result<(Arc<TaskFile>, Origin, bool)> {
         let shared = &self.shared;
         let origin = Origin::new(req.url.clone(), req.headers.clone(), shared.http.clone())
-            .with_auth(req.auth.clone());
+            .with_auth(Some(auths as Arc<dyn OriginAuth>));
         let mut degraded = false;
         let known = match shared.client.task_info(&task).await {
             Ok(info) => info.map(|i| i.layout),
@@ -390,14 +457,19 @@ impl Engine {
         let (file, evicted) = shared
             .storage
             .get_or_create(task, req.url.as_str(), layout)?;
-        for old in evicted {
-            let client = shared.client.clone();
-            shared.tracker.spawn(async move {
-                let _ = client.leave_task(&old).await;
-            });
-        }
+        self.shared.forget(evicted);
         file.clear_failed();
         Ok(file)
+    }
+
+    /// Reserves the disk space of a whole-blob download (see `Storage::reserve_disk`).
+    async fn reserve_disk(&self, file: &Arc<TaskFile>) -> Result<()> {
+        let (storage, f) = (self.shared.storage.clone(), file.clone());
+        let (evicted, reserved) = tokio::task::spawn_blocking(move || storage.reserve_disk(&f))
+            .await
+            .map_err(|e| Error::io(file.dir(), std::io::Error::other(e)))?;
+        self.shared.forget(evicted);
+        reserved
     }
 
     /// Re-registers every cached task with the supernode (after a restart or when the

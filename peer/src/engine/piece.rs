@@ -12,6 +12,7 @@ use shoal_common::Digest;
 use super::avoid::{Avoid, STALLED_FOR};
 use super::demand::Demand;
 use super::reporter::{ReportItem, Reporter};
+use super::EngineShared;
 use crate::error::{Error, Result};
 use crate::metrics::{FetchedFrom, PeerMetrics};
 use crate::source::{HttpFetcher, Origin, ParentPeer, PieceSource};
@@ -29,7 +30,14 @@ pub struct PieceContext {
     pub avoid: Arc<Avoid>,
     /// What readers want of this download (the whole blob, or ranges first).
     pub demand: Arc<Demand>,
+    /// The engine, to make room when a piece finds the disk full.
+    pub shared: Arc<EngineShared>,
 }
+
+/// Bytes a sparse download makes room for when its disk is full (at least a piece): it needs
+/// only what its readers ask for next, not the whole blob (which may not fit at all). About
+/// what a lazy mount's reads keep in flight; pieces beyond it make room again when they land.
+const SPARSE_ROOM: u64 = 4 << 20;
 
 impl PieceContext {
     fn fail(&self, piece: u32, parent: Option<PeerId>, reason: FailReason) {
@@ -88,17 +96,21 @@ impl PieceContext {
         } else {
             FetchedFrom::Origin
         };
-        let file = self.file.clone();
         let len = bytes.len();
-        let stored = tokio::task::spawn_blocking(move || {
-            let sha = Digest::of(&bytes);
-            if expected.is_some_and(|e| e != sha) {
-                return Ok(None);
+        let stored = match self.store(piece, bytes.clone(), expected).await {
+            // No room for the piece (a sparse download reserves nothing, or the filesystem
+            // broke the reservation): evict if that can make room, and write once more. The
+            // piece is not recorded unless a write succeeds.
+            Err(e) if e.is_out_of_space() => {
+                self.shared
+                    .make_room(&self.file, self.room_needed())
+                    .await?;
+                self.store(piece, bytes, expected)
+                    .await
+                    .map_err(|e| self.disk_full(e))?
             }
-            file.write_piece(piece, &bytes, sha).map(|_| Some(sha))
-        })
-        .await
-        .map_err(|e| Error::io(self.file.dir(), std::io::Error::other(e)))??;
+            other => other?,
+        };
         let Some(sha256) = stored else {
             self.metrics
                 .pieces_rejected
@@ -144,6 +156,55 @@ impl PieceContext {
             }),
         );
         Ok(true)
+    }
+
+    /// Verifies `bytes` and writes them as `piece` (on a blocking thread); `None` when they
+    /// do not match `expected`.
+    async fn store(
+        &self,
+        piece: u32,
+        bytes: bytes::Bytes,
+        expected: Option<Digest>,
+    ) -> Result<Option<Digest>> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let sha = Digest::of(&bytes);
+            if expected.is_some_and(|e| e != sha) {
+                return Ok(None);
+            }
+            file.write_piece(piece, &bytes, sha).map(|_| Some(sha))
+        })
+        .await
+        .map_err(|e| Error::io(self.file.dir(), std::io::Error::other(e)))?
+    }
+
+    /// Bytes this download still needs room for: the rest of the blob, or for a sparse
+    /// download the next few pieces.
+    fn room_needed(&self) -> u64 {
+        let layout = self.file.layout();
+        let missing = u64::from(
+            layout
+                .piece_count()
+                .saturating_sub(self.file.have().count()),
+        ) * layout.piece_size;
+        if self.demand.is_whole() {
+            missing
+        } else {
+            missing.min(SPARSE_ROOM.max(layout.piece_size))
+        }
+    }
+
+    /// A write that still found no room after making some ends the download: fetching the
+    /// piece again elsewhere would not help.
+    fn disk_full(&self, e: Error) -> Error {
+        match e {
+            Error::Io { ref path, .. } if e.is_out_of_space() => Error::DiskFull {
+                task: self.file.id(),
+                path: path.clone(),
+                needed: self.room_needed(),
+            },
+            other => other,
+        }
     }
 
     /// Fetches a run of contiguous pieces from one source (the origin, or the first parent
@@ -319,7 +380,11 @@ impl PieceContext {
                             Some(parent.peer_id.clone()),
                             started,
                         )
-                        .await?
+                        .await
+                        // Not stored (a full disk): release the piece for scheduling.
+                        .inspect_err(|_| {
+                            self.fail(a.piece, Some(parent.peer_id.clone()), FailReason::Abandoned)
+                        })?
                     {
                         return Ok(());
                     }
@@ -361,7 +426,8 @@ impl PieceContext {
             let relay = self.file.relays().start(a.piece, range.end - range.start);
             match self.origin.fetch_relaying(range, &relay).await {
                 Ok(bytes) => {
-                    if self.accept(a.piece, bytes, a.sha256, None, started).await? {
+                    let stored = self.accept(a.piece, bytes, a.sha256, None, started).await;
+                    if stored.inspect_err(|_| self.fail(a.piece, None, FailReason::Abandoned))? {
                         return Ok(());
                     }
                     relay.fail();

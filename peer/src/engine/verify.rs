@@ -58,11 +58,8 @@ async fn hash_in_order(file: Arc<TaskFile>) -> Result<Digest> {
     loop {
         // Mark the status seen before looking at the pieces: a piece stored after this
         // point wakes the `changed()` below.
-        if let Some(message) = status.borrow_and_update().failed.clone() {
-            return Err(Error::DownloadFailed {
-                task: file.id(),
-                message,
-            });
+        if let Some(e) = status.borrow_and_update().failed.clone() {
+            return Err(e.for_waiter(file.id()));
         }
         let run_end = (next..count).find(|&p| !file.has_piece(p)).unwrap_or(count);
         if run_end > next {

@@ -52,6 +52,7 @@ impl ApiError {
                 (StatusCode::BAD_GATEWAY, "download_failed")
             }
             Error::CacheFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "cache_full"),
+            Error::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             Error::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             // The peer's own setup or state, not the request: the client can do nothing.
             Error::Io { .. } | Error::Config(_) | Error::Runtime { .. } => {
@@ -89,7 +90,7 @@ impl IntoResponse for ApiError {
 /// An error of the registry mirror, in the OCI distribution format
 /// (`{"errors":[{"code":…,"message":…}]}`), with the upstream's `WWW-Authenticate` challenge
 /// passed on for 401s so clients can authenticate.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MirrorError {
     pub status: StatusCode,
     pub code: &'static str,
@@ -128,7 +129,12 @@ impl MirrorError {
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID")
             }
-            Error::CacheFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
+            // 507 rather than 503: this blob cannot be stored, but the peer is up and serves
+            // what it holds, so clients and balancers must not take it for down (a 503 says
+            // the service is); containerd then falls back to the registry for this blob.
+            Error::CacheFull { .. } | Error::DiskFull { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "UNAVAILABLE")
+            }
             Error::Cancelled => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Io { .. } | Error::Config(_) | Error::Runtime { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")
@@ -200,5 +206,24 @@ mod tests {
             ApiError::bad_request("no").status_and_code().0,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    /// A full disk is a 507 on both edges, naming the cause but not the path.
+    #[test]
+    fn disk_full_is_507_without_the_path() {
+        let e = || Error::DiskFull {
+            task: shoal_common::TaskId::Content(shoal_common::Digest::of(b"x")),
+            path: "/secret/data/tasks/x".into(),
+            needed: 42,
+        };
+        assert_eq!(
+            ApiError(e()).status_and_code(),
+            (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
+        );
+        let m = MirrorError::from_error(e(), "BLOB_UNKNOWN");
+        assert_eq!(m.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(m.message.contains("disk is full"), "{}", m.message);
+        assert!(!m.message.contains("/secret"), "{}", m.message);
+        assert!(!e().is_retryable() && e().is_out_of_space());
     }
 }

@@ -24,7 +24,7 @@ use shoal_common::TaskId;
 
 use super::error::ApiError;
 use super::range::{parse_range, RangeError};
-use crate::engine::{stream_range, ReportItem, Reporter};
+use crate::engine::{stream_range, MemoryBudget, ReportItem, Reporter};
 use crate::error::Error;
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
@@ -37,6 +37,8 @@ pub struct P2pState {
     pub upload_limit: Arc<RateLimit>,
     /// Tells the supernode about uploads that broke off.
     pub reporter: Reporter,
+    /// Chunks read for other peers hold their bytes here until sent ([`stream_range`]).
+    pub send_memory: MemoryBudget,
 }
 
 pub fn router(state: P2pState) -> Router {
@@ -115,7 +117,7 @@ async fn serve_range(
     let mut relayed = false;
     let source: BoxStream<'static, Result<Bytes, Error>> = if file.has_range(range.start, range.end)
     {
-        stream_range(file, range.clone()).boxed()
+        stream_range(file, range.clone(), st.send_memory.clone()).boxed()
     } else if let Some(relay) = relay_for(&file, &range).await {
         relayed = true;
         let relayed = st.metrics.relayed_bytes.clone();
@@ -128,7 +130,7 @@ async fn serve_range(
             })
             .boxed()
     } else if file.has_range(range.start, range.end) {
-        stream_range(file, range.clone()).boxed()
+        stream_range(file, range.clone(), st.send_memory.clone()).boxed()
     } else {
         return Err(Error::RangeNotHeld {
             task,

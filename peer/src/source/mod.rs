@@ -2,6 +2,7 @@
 //! an error saying why not; verification is the caller's job (the engine checks sha256 before
 //! anything is stored), so a source can be as untrusted as a random peer.
 
+mod auth_pool;
 pub(crate) mod http;
 mod liveness;
 mod origin;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::error::Result;
+pub use auth_pool::AuthPool;
 pub use http::HttpFetcher;
 pub use liveness::Liveness;
 pub use origin::{Origin, OriginAuth};

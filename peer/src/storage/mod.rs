@@ -3,9 +3,13 @@
 //!
 //! A task reserves its full length when created, so concurrent downloads cannot together
 //! overrun the quota; "in use" means someone (a download, a reader, an upload) holds an `Arc`.
-//! Pieces still arriving from a parent can be relayed to other peers ([`Relays`]).
+//! Pieces still arriving from a parent can be relayed to other peers ([`Relays`]). The quota
+//! does not promise room on the disk itself: [`space`] reserves it and evicts when it runs
+//! out.
 
+mod recovery;
 mod relay;
+mod space;
 mod task_file;
 
 use std::collections::HashMap;
@@ -167,14 +171,34 @@ impl Storage {
                 pinned: 0,
             });
         }
-        let evicted = self.evict_until_fits(layout.length, Some(id))?;
+        let mut evicted = self.evict_until_fits(layout.length, Some(id))?;
         let dir = self.task_dir(&id);
         let meta = TaskMeta {
             task_id: id,
             url: url.to_owned(),
             layout,
         };
-        let file = Arc::new(TaskFile::create(&dir, meta)?);
+        let file = match TaskFile::create(&dir, meta.clone()) {
+            Ok(file) => file,
+            // Not even room for the task's metadata: make some, once.
+            Err(e) if e.is_out_of_space() => {
+                let _ = fs::remove_dir_all(&dir);
+                evicted.extend(self.make_room(id, 0, &dir)?);
+                TaskFile::create(&dir, meta).map_err(|e| {
+                    let _ = fs::remove_dir_all(&dir);
+                    match e.is_out_of_space() {
+                        true => Error::DiskFull {
+                            task: id,
+                            path: dir.clone(),
+                            needed: 0,
+                        },
+                        false => e,
+                    }
+                })?
+            }
+            Err(e) => return Err(e),
+        };
+        let file = Arc::new(file);
         let mut inner = self.inner.lock();
         inner.clock += 1;
         let clock = inner.clock;

@@ -1,9 +1,11 @@
 //! One cached blob on disk: `meta.json` (id, url, layout), `data` (the blob, sparse until
 //! filled) and `pieces.log` (an append-only record per stored piece: index + sha256 + check).
 //!
-//! Crash safety comes from ordering: a piece's bytes are written and `fdatasync`ed before its
-//! record is appended and synced, and on load only records with a valid check are believed.
-//! So a piece is never "present" with bytes that were not durably written.
+//! Crash safety: a piece's bytes are written before its record is appended, and a torn record
+//! fails its check and is cut. Neither is synced per piece (see [`super::recovery`]): a
+//! checkpoint flushes both every 16 MiB and when the task completes, and on load every record
+//! past the last checkpoint is checked against its bytes, so a piece is never "present" after
+//! a restart unless its bytes match.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -17,13 +19,14 @@ use shoal_common::api::PieceDigest;
 use shoal_common::{Digest, PieceLayout, PieceSet, TaskId};
 use tokio::sync::watch;
 
+use super::recovery;
 use super::relay::Relays;
 use crate::error::{Error, Result};
 
 const META: &str = "meta.json";
-const DATA: &str = "data";
-const LOG: &str = "pieces.log";
-const RECORD: usize = 4 + 32 + 4;
+pub(super) const DATA: &str = "data";
+pub(super) const LOG: &str = "pieces.log";
+pub(super) const RECORD: usize = 4 + 32 + 4;
 /// Present once the whole blob was checked against its digest (see `mark_verified`).
 const VERIFIED: &str = "verified";
 
@@ -39,8 +42,9 @@ pub struct TaskMeta {
 pub struct TaskStatus {
     /// Pieces stored so far.
     pub pieces: u32,
-    /// Set when the download gave up; readers stop waiting and report it.
-    pub failed: Option<String>,
+    /// Set when the download gave up; readers stop waiting and report it (a full disk as
+    /// such, see [`Error::for_waiter`]).
+    pub failed: Option<Arc<Error>>,
     /// The whole blob matched its digest (content-addressed tasks only).
     pub verified: bool,
 }
@@ -58,6 +62,7 @@ pub struct TaskFile {
     pieces: Mutex<Pieces>,
     status: watch::Sender<TaskStatus>,
     relays: Arc<Relays>,
+    flushes: recovery::Flushes,
 }
 
 impl std::fmt::Debug for TaskFile {
@@ -101,11 +106,13 @@ impl TaskFile {
             .map_err(io(&log_path))?;
         log.set_len(0).map_err(io(&log_path))?;
         // A marker left by an earlier task in this directory does not speak for these bytes.
-        match fs::remove_file(dir.join(VERIFIED)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(dir.join(VERIFIED), e))
+        for marker in [VERIFIED, recovery::SYNCED] {
+            match fs::remove_file(dir.join(marker)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(dir.join(marker), e))
+                }
+                _ => {}
             }
-            _ => {}
         }
         // meta.json last, atomically: a directory without it is debris and is removed on scan.
         let meta_path = dir.join(META);
@@ -179,7 +186,16 @@ impl TaskFile {
             log.set_len(valid as u64).map_err(io(&log_path))?;
         }
         let verified = dir.join(VERIFIED).exists();
-        Ok(Self::assemble(dir, meta, data, log, records, verified))
+        let (records, checked) =
+            recovery::believed_records(dir, &data, meta.layout, records, verified);
+        let file = Self::assemble(dir, meta, data, log, records, verified);
+        // Once flushed, checked records are believed (else a download killed again and again
+        // would check a longer tail each time). A dropped record stays in the log: no
+        // checkpoint then, the next load checks again.
+        if checked {
+            file.checkpoint_or_warn();
+        }
+        Ok(file)
     }
 
     fn assemble(
@@ -214,6 +230,7 @@ impl TaskFile {
             pieces: Mutex::new(Pieces { have, digests }),
             status,
             relays: Arc::new(Relays::default()),
+            flushes: recovery::Flushes::default(),
         }
     }
 
@@ -279,16 +296,34 @@ impl TaskFile {
     }
 
     /// Marks the download as failed so that waiting readers give up.
-    pub fn set_failed(&self, message: String) {
-        self.status.send_modify(|s| s.failed = Some(message));
+    pub fn set_failed(&self, error: Arc<Error>) {
+        self.status.send_modify(|s| s.failed = Some(error));
     }
 
     /// Records that the whole blob matched its digest, for readers now (they may release the
     /// bytes they held back) and after a restart (blocking I/O: a small marker file).
     pub fn mark_verified(&self) -> Result<()> {
         self.status.send_modify(|s| s.verified = true);
+        // The marker vouches for the bytes on disk: they go first (nothing is left to flush
+        // after the checkpoint of the completing piece).
+        self.checkpoint()?;
         let path = self.dir.join(VERIFIED);
         fs::write(&path, b"").map_err(|e| Error::io(path, e))
+    }
+
+    /// Flushes what was stored since the last checkpoint and records it as believable after a
+    /// restart without reading it again (see `recovery`). Blocking I/O; called every
+    /// `CHECKPOINT_BYTES`, when the task completes and when a download of it ends.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.flushes.checkpoint(&self.dir, &self.data, &self.log)
+    }
+
+    /// A checkpoint whose failure costs only a re-read after a restart (the bytes are in the
+    /// page cache, correct): logged, not returned.
+    fn checkpoint_or_warn(&self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(task = %self.id(), error = %e, "could not flush the task's pieces");
+        }
     }
 
     pub fn is_verified(&self) -> bool {
@@ -321,13 +356,10 @@ impl TaskFile {
         if self.has_piece(piece) {
             return Ok(());
         }
-        let data_path = || self.dir.join(DATA);
+        // The bytes before the record (see the module docs: no sync per piece).
         self.data
             .write_all_at(bytes, range.start)
-            .map_err(|e| Error::io(data_path(), e))?;
-        self.data
-            .sync_data()
-            .map_err(|e| Error::io(data_path(), e))?;
+            .map_err(|e| Error::io(self.dir.join(DATA), e))?;
         let mut rec = Vec::with_capacity(RECORD);
         rec.extend_from_slice(&piece.to_le_bytes());
         rec.extend_from_slice(sha256.as_bytes());
@@ -336,17 +368,21 @@ impl TaskFile {
         {
             let mut log = self.log.lock();
             log.write_all(&rec)
-                .and_then(|_| log.sync_data())
                 .map_err(|e| Error::io(self.dir.join(LOG), e))?;
         }
-        let count = {
+        let (count, completed) = {
             let mut p = self.pieces.lock();
+            let new = !p.have.contains(piece);
             p.have.insert(piece);
             if let Some(slot) = p.digests.get_mut(piece as usize) {
                 *slot = Some(sha256);
             }
-            p.have.count()
+            (p.have.count(), new && p.have.is_complete())
         };
+        if self.flushes.stored(bytes.len() as u64) || completed {
+            // Every piece in `have` had its bytes and record written before it joined.
+            self.checkpoint_or_warn();
+        }
         self.status.send_modify(|s| s.pieces = count);
         Ok(())
     }

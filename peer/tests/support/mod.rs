@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use shoal_testkit::{
     assert_file_digest, free_port, hermetic_env, metric_value, random_blob, sha256_file, Daemon,
-    Fault, FaultPlan, FaultProxy, Registry, RegistryAuth,
+    Fault, FaultPlan, FaultProxy, Registry, RegistryAuth, Tmpfs,
 };
 
 pub const MIB: u64 = 1 << 20;

@@ -120,6 +120,8 @@ pub struct PeerOpts {
     pub advertise_port: Option<u16>,
     /// Any further `shoal-peer run` arguments.
     pub extra: Vec<String>,
+    /// The data directory (default: `data` in the peer's temp dir), e.g. a small tmpfs.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl PeerOpts {
@@ -132,6 +134,7 @@ impl PeerOpts {
             p2p_port: None,
             advertise_port: None,
             extra: vec![],
+            data_dir: None,
         }
     }
 
@@ -144,6 +147,7 @@ impl PeerOpts {
             p2p_port: None,
             advertise_port: None,
             extra: vec![],
+            data_dir: None,
         }
     }
 
@@ -164,6 +168,11 @@ impl PeerOpts {
 
     pub fn advertise_port(mut self, port: u16) -> Self {
         self.advertise_port = Some(port);
+        self
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
         self
     }
 
@@ -189,7 +198,10 @@ impl Peer {
     /// Starts the peer and waits for its `/readyz`.
     pub async fn start(name: &str, opts: PeerOpts) -> Peer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data_dir = dir.path().join("data");
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let p2p_port = opts.p2p_port.unwrap_or_else(free_port);
         let (mirror_port, metrics_port) = (free_port(), free_port());
         let mut args: Vec<String> = vec!["run".into()];
@@ -259,6 +271,11 @@ impl Peer {
 
     pub fn assert_running(&mut self) {
         self.daemon.assert_running();
+    }
+
+    /// The process id, while it runs (for `/proc/PID/...`).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
     }
 
     pub async fn is_ready(&self) -> bool {

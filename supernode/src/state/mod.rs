@@ -81,7 +81,11 @@ impl State {
     pub fn announce(&self, a: &PeerAnnounce) -> Result<AnnounceReply, Error> {
         check_peer_id(&a.peer_id)?;
         let now = Instant::now();
-        let (rec, changed) = self.peers.upsert(a, now);
+        let (rec, changed, replaced) = self.peers.upsert(a, now);
+        if let Some(old) = replaced {
+            tracing::info!(peer = %old.id, tasks = old.tasks.len(), "peer restarted: dropping what its earlier process had in flight");
+            self.forget(old, now);
+        }
         if changed {
             // New address or zone: the tasks it is on hand out the new values from now on.
             let inner = rec.inner.lock();

@@ -21,6 +21,8 @@ pub(crate) struct PeerRecord {
     /// Distinguishes this registration from an earlier one of the same id (after a DELETE or an
     /// expiry), so that cleaning up the old one never touches the new one.
     pub incarnation: u64,
+    /// The announcing process's `PeerAnnounce::instance`.
+    pub instance: u64,
     pub inner: Mutex<PeerInner>,
 }
 
@@ -68,25 +70,37 @@ impl Peers {
         self.map.read().values().cloned().collect()
     }
 
-    /// Registers a peer or refreshes it. Returns the record and whether its address or zone
-    /// changed (then the tasks it is on need the new values).
-    pub fn upsert(&self, a: &PeerAnnounce, now: Instant) -> (Arc<PeerRecord>, bool) {
+    /// Registers a peer or refreshes it. Returns the record, whether its address or zone
+    /// changed (then the tasks it is on need the new values), and the earlier registration of
+    /// the same id when the announce comes from another process (a restart): the caller
+    /// removes that one from its tasks.
+    pub fn upsert(
+        &self,
+        a: &PeerAnnounce,
+        now: Instant,
+    ) -> (Arc<PeerRecord>, bool, Option<Removed>) {
         let mut map = self.map.write();
+        let mut replaced = None;
         if let Some(rec) = map.get(a.peer_id.as_str()) {
-            let mut inner = rec.inner.lock();
-            let changed =
-                inner.addr != a.addr || inner.labels.get(ZONE_LABEL) != a.labels.get(ZONE_LABEL);
-            inner.addr = a.addr;
-            inner.upload_capacity = a.upload_capacity;
-            inner.labels = a.labels.clone();
-            inner.last_seen = now;
-            drop(inner);
-            return (rec.clone(), changed);
+            if rec.instance != a.instance && a.instance != 0 {
+                replaced = Some(Self::retire(rec));
+            } else {
+                let mut inner = rec.inner.lock();
+                let changed = inner.addr != a.addr
+                    || inner.labels.get(ZONE_LABEL) != a.labels.get(ZONE_LABEL);
+                inner.addr = a.addr;
+                inner.upload_capacity = a.upload_capacity;
+                inner.labels = a.labels.clone();
+                inner.last_seen = now;
+                drop(inner);
+                return (rec.clone(), changed, None);
+            }
         }
         let id: Arc<str> = Arc::from(a.peer_id.as_str());
         let rec = Arc::new(PeerRecord {
             id: id.clone(),
             incarnation: self.next_incarnation.fetch_add(1, Ordering::Relaxed),
+            instance: a.instance,
             inner: Mutex::new(PeerInner {
                 addr: a.addr,
                 upload_capacity: a.upload_capacity,
@@ -99,7 +113,7 @@ impl Peers {
             }),
         });
         map.insert(id, rec.clone());
-        (rec, false)
+        (rec, false, replaced)
     }
 
     /// Refreshes a known peer; `false` when it is unknown.

@@ -51,8 +51,14 @@ fn join_with(s: &State, id: &str, have: &[u32], pieces: u32, zone: Option<&str>)
         addr: addr(id),
         upload_capacity: 0,
         labels,
+        instance: 0,
     })
     .unwrap();
+    register(s, id, have, pieces);
+}
+
+/// Registers `id` (announced already) on the task, holding `have`.
+fn register(s: &State, id: &str, have: &[u32], pieces: u32) {
     let mut set = PieceSet::new(pieces);
     for &p in have {
         set.insert(p);
@@ -176,6 +182,37 @@ async fn origin_leases_are_exclusive_and_limited() {
     assert_eq!(done(&s, "a", 0, None, digest(0)).accepted, 1);
     assert!(origin_pieces(&sched(&s, "c", 3).await).is_empty());
     assert_eq!(origin_pieces(&sched(&s, "a", 8).await), vec![6, 7]);
+}
+
+/// A peer restarted under the same id (a crash, its data dir kept) gets origin leases at once:
+/// what its earlier process had in flight died with it. The same process announcing again (the
+/// supernode seemed unreachable for a while) keeps its leases.
+#[tokio::test]
+async fn a_restarted_peer_is_not_blocked_by_its_earlier_process() {
+    let s = state(SupernodeConfig {
+        max_origin_pieces_in_flight: 4,
+        ..Default::default()
+    });
+    let announce = |instance| {
+        s.announce(&PeerAnnounce {
+            peer_id: "a".into(),
+            addr: addr("a"),
+            upload_capacity: 0,
+            labels: Default::default(),
+            instance,
+        })
+        .unwrap();
+    };
+    announce(7);
+    register(&s, "a", &[], PIECES);
+    assert_eq!(origin_pieces(&sched(&s, "a", 4).await), vec![0, 1, 2, 3]);
+    announce(7);
+    register(&s, "a", &[], PIECES);
+    assert!(origin_pieces(&sched(&s, "a", 4).await).is_empty());
+    announce(8);
+    register(&s, "a", &[], PIECES);
+    assert_eq!(origin_pieces(&sched(&s, "a", 4).await), vec![0, 1, 2, 3]);
+    assert_eq!(s.list_tasks()[0].peers.len(), 1);
 }
 
 fn parent_ids(r: &ScheduleReply, i: usize) -> Vec<&str> {

@@ -35,7 +35,7 @@ pub(super) fn body(
     } else {
         Check::Hash
     };
-    let stream = stream_range(file.clone(), r);
+    let stream = stream_range(file.clone(), r, st.engine.send_memory());
     let metrics = st.metrics.clone();
     match check {
         Check::None => stream.boxed(),
@@ -105,17 +105,16 @@ fn held_until_verified(
 }
 
 fn unverified(file: &TaskFile) -> Error {
-    let message = file
-        .subscribe()
-        .borrow()
-        .failed
-        .clone()
-        .unwrap_or_else(|| "the blob could not be verified".into());
-    tracing::warn!(task = %file.id(), %message, "blob not verified: response cut");
-    Error::DownloadFailed {
-        task: file.id(),
-        message,
-    }
+    let failed = file.subscribe().borrow().failed.clone();
+    let e = match failed {
+        Some(e) => e.for_waiter(file.id()),
+        None => Error::DownloadFailed {
+            task: file.id(),
+            message: "the blob could not be verified".into(),
+        },
+    };
+    tracing::warn!(task = %file.id(), error = %e, "blob not verified: response cut");
+    e
 }
 
 /// Passes `stream` on while hashing it, holding back the last chunk until the whole body is
