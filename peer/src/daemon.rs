@@ -2,7 +2,6 @@
 //! peer announced, and shuts everything down in order.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -350,7 +349,7 @@ fn peer_id(config: &PeerConfig) -> Result<String> {
     let host = hostname();
     let id = format!("{host}-{:08x}", rand::random::<u32>());
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
-    write_atomic(&path, id.as_bytes())?;
+    crate::storage::write_atomic(&path, id.as_bytes())?;
     Ok(id)
 }
 
@@ -367,10 +366,4 @@ fn hostname() -> String {
     } else {
         clean
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

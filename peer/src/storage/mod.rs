@@ -283,6 +283,20 @@ impl Storage {
     }
 }
 
+/// Replaces `path` with `data` so that a crash leaves the old or the new content, never a
+/// mix: written beside it, synced, then renamed over it. Blocking I/O.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()
+    };
+    write().map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,15 +111,7 @@ impl Flushes {
 fn checkpoint(dir: &Path, data: &File, log: &File, log_len: u64) -> Result<()> {
     data.sync_data().map_err(|e| Error::io(dir.join(DATA), e))?;
     log.sync_data().map_err(|e| Error::io(dir.join(LOG), e))?;
-    let path = dir.join(SYNCED);
-    let tmp = dir.join("synced.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(log_len.to_string().as_bytes())?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| Error::io(path, e))
+    super::write_atomic(&dir.join(SYNCED), log_len.to_string().as_bytes())
 }
 
 /// The records (piece, sha256) whose bytes in `data` still match, one per piece (the last

@@ -116,13 +116,9 @@ impl TaskFile {
         }
         // meta.json last, atomically: a directory without it is debris and is removed on scan.
         let meta_path = dir.join(META);
-        let tmp = dir.join("meta.json.tmp");
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::io(&meta_path, std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&json).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &meta_path).map_err(io(&meta_path))?;
+        super::write_atomic(&meta_path, &json)?;
         Ok(Self::assemble(dir, meta, data, log, Vec::new(), false))
     }
 
