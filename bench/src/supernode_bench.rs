@@ -432,6 +432,7 @@ impl Sim {
             peer_id: p.id.clone(),
             done: Vec::new(),
             failed: Vec::new(),
+            uploads_cut: Vec::new(),
         };
         for (piece, source) in p.pending.drain(..) {
             match (source, self.digests.get(piece as usize)) {
@@ -445,6 +446,7 @@ impl Sim {
                     piece,
                     parent: None,
                     reason: FailReason::Abandoned,
+                    refused: false,
                 }),
             }
         }

@@ -199,6 +199,18 @@ pub struct PieceReport {
     pub done: Vec<PieceDone>,
     #[serde(default)]
     pub failed: Vec<PieceFailed>,
+    /// Uploads by the reporter that broke off before the end (the child went away).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads_cut: Vec<UploadCut>,
+}
+
+/// A piece upload that broke off: its child closed the connection before the last byte.
+/// A child that died does not report its own failure, and the supernode would count the
+/// upload against the parent's `max_uploads_per_parent` until the assignment expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadCut {
+    pub piece: u32,
+    pub child: PeerId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +232,11 @@ pub struct PieceFailed {
     #[serde(default)]
     pub parent: Option<PeerId>,
     pub reason: FailReason,
+    /// The parent's host refused the connection: nothing listens where it said it serves
+    /// (it died or restarted). Unlike a timeout, which may be the path's fault, this is
+    /// about the parent itself, so one such report takes it out of scheduling.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,3 +31,7 @@ pub use task::TaskId;
 
 /// Header a peer sets on its requests to other peers and supernodes, naming itself.
 pub const PEER_ID_HEADER: &str = "x-shoal-peer-id";
+
+/// Set (to `1`) on a piece server's answer that passes on a piece still arriving from the
+/// server's own source: if the bytes stop, the fault may be that source's, not the server's.
+pub const RELAY_HEADER: &str = "x-shoal-relay";

@@ -1,6 +1,7 @@
 //! The private-blob leak check's memory: positive answers of "may this credential read this
-//! blob of this repository?", kept for a short TTL so a pull pays at most one upstream `HEAD`
-//! per blob and credential per TTL.
+//! blob of this repository?" (with the blob's length, from the same answer), kept for a short
+//! TTL so a pull pays at most one upstream `HEAD` per blob and credential per TTL, however
+//! many clients ask and whether or not the blob is cached yet.
 //!
 //! Entries are keyed by a sha256 of (credential, host, repository, digest): the raw secret is
 //! never stored. The digest is part of the key on purpose: a credential that may read
@@ -16,7 +17,14 @@ const MAX_ENTRIES: u64 = 100_000;
 
 pub struct AccessCache {
     /// `None` when the TTL is zero: nothing is remembered.
-    entries: Option<moka::sync::Cache<Digest, ()>>,
+    entries: Option<moka::sync::Cache<Digest, Allowed>>,
+}
+
+/// A positive answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// The blob's length, when the registry said (bytes).
+    pub length: Option<u64>,
 }
 
 impl AccessCache {
@@ -41,15 +49,15 @@ impl AccessCache {
         h.finish()
     }
 
-    /// Whether a positive answer for `key` is still fresh.
-    pub fn allowed(&self, key: &Digest) -> bool {
-        self.entries.as_ref().is_some_and(|c| c.contains_key(key))
+    /// The positive answer for `key`, while it is fresh.
+    pub fn allowed(&self, key: &Digest) -> Option<Allowed> {
+        self.entries.as_ref()?.get(key)
     }
 
     /// Remembers a positive answer for the TTL.
-    pub fn remember(&self, key: Digest) {
+    pub fn remember(&self, key: Digest, allowed: Allowed) {
         if let Some(c) = &self.entries {
-            c.insert(key, ());
+            c.insert(key, allowed);
         }
     }
 }
@@ -78,13 +86,14 @@ mod tests {
     fn remembers_for_the_ttl_only() {
         let c = AccessCache::new(Duration::from_millis(50));
         let k = AccessCache::key(b"", "h", "r", &Digest::of(b"x"));
-        assert!(!c.allowed(&k));
-        c.remember(k);
-        assert!(c.allowed(&k));
+        let yes = Allowed { length: Some(7) };
+        assert_eq!(c.allowed(&k), None);
+        c.remember(k, yes);
+        assert_eq!(c.allowed(&k), Some(yes));
         std::thread::sleep(Duration::from_millis(60));
-        assert!(!c.allowed(&k));
+        assert_eq!(c.allowed(&k), None);
         let off = AccessCache::new(Duration::ZERO);
-        off.remember(k);
-        assert!(!off.allowed(&k));
+        off.remember(k, yes);
+        assert_eq!(off.allowed(&k), None);
     }
 }

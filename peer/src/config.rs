@@ -91,6 +91,13 @@ pub struct PeerConfig {
     /// downloads run at once. At least the largest piece size (16 MiB).
     #[arg(long, env = "SHOAL_PIECE_MEMORY", required = false)]
     pub piece_memory: ByteSize,
+    /// Memory for chunks read from the cache on their way to clients and peers, all
+    /// connections together (bytes, e.g. "64MiB"): each reader holds at most one 256 KiB
+    /// chunk until its socket takes it, and readers beyond this wait their turn (a thousand
+    /// clients of one blob are queued, not refused, and do not each fill a write buffer).
+    /// At least 256 KiB.
+    #[arg(long, env = "SHOAL_SEND_MEMORY", required = false)]
+    pub send_memory: ByteSize,
     /// Piece size for blobs this peer is the first to download (bytes, a power of two from
     /// 256 KiB to 16 MiB); 0 picks it from the blob length (about 128 pieces, at least 1 MiB). Peers that join a
     /// task later use the layout the supernode already has.
@@ -100,10 +107,30 @@ pub struct PeerConfig {
     #[serde(with = "humantime_serde")]
     #[arg(skip)]
     pub piece_timeout: Duration,
-    /// Connecting to a parent or origin times out after this long.
+    /// Connecting to the origin (a registry) times out after this long.
     #[serde(with = "humantime_serde")]
     #[arg(skip)]
     pub connect_timeout: Duration,
+    /// Connecting to a parent peer times out after this long (a duration, e.g. "2s"). Peers
+    /// are near each other: a parent that takes longer is treated as gone, its piece fetched
+    /// elsewhere.
+    #[serde(with = "humantime_serde")]
+    #[arg(skip)]
+    pub parent_connect_timeout: Duration,
+    /// A parent that sends nothing for this long (no response head, or no body bytes in the
+    /// middle of a piece) is abandoned: the piece is fetched elsewhere at once, the supernode
+    /// is told, and this download avoids the parent for 30 s (a duration, e.g. "1s"; twice
+    /// that for a parent relaying a piece still arriving). Piece servers send in 64 KiB
+    /// slices, so a parent sending at `parent_min_rate` or more pauses at most 0.64 s.
+    #[serde(with = "humantime_serde")]
+    #[arg(skip)]
+    pub parent_stall_timeout: Duration,
+    /// A piece transfer from a parent averaging less than this (bytes per second, over the
+    /// time spent waiting for it, judged once that reaches `parent_stall_timeout`) is
+    /// abandoned like a stalled one; 0 = no floor. Low on purpose: a busy parent shares its
+    /// uplink among many children, and slow parents are overtaken by the endgame instead.
+    #[arg(skip)]
+    pub parent_min_rate: ByteRate,
     /// Settings of the embedded supernode (used only when `supernodes` is empty).
     #[arg(skip)]
     pub embedded_supernode: shoal_supernode::SupernodeConfig,
@@ -145,9 +172,13 @@ impl Default for PeerConfig {
             blob_access_ttl: Duration::from_secs(60),
             concurrent_pieces: 8,
             piece_memory: ByteSize(96 << 20),
+            send_memory: ByteSize(64 << 20),
             piece_size: ByteSize(0),
             piece_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
+            parent_connect_timeout: Duration::from_secs(2),
+            parent_stall_timeout: Duration::from_secs(1),
+            parent_min_rate: ByteRate(100 << 10),
             embedded_supernode: shoal_supernode::SupernodeConfig::default(),
             log_level: "info".into(),
             log_format: shoal_runtime::LogFormat::Text,
@@ -193,8 +224,26 @@ impl PeerConfig {
                 self.piece_memory
             ));
         }
+        if self.send_memory.0 < (256 << 10) {
+            return bad(format!(
+                "send_memory {} must be at least one read chunk (256 KiB)",
+                self.send_memory
+            ));
+        }
         if self.piece_timeout < Duration::from_secs(1) || self.connect_timeout.is_zero() {
             return bad("piece_timeout must be at least 1s and connect_timeout above 0".into());
+        }
+        if self.parent_connect_timeout.is_zero() {
+            return bad("parent_connect_timeout must be above 0".into());
+        }
+        if self.parent_stall_timeout < Duration::from_millis(100)
+            || self.parent_stall_timeout > self.piece_timeout
+        {
+            return bad(format!(
+                "parent_stall_timeout {} must be between 100ms and piece_timeout ({})",
+                humantime_serde::re::humantime::format_duration(self.parent_stall_timeout),
+                humantime_serde::re::humantime::format_duration(self.piece_timeout)
+            ));
         }
         for url in &self.supernodes {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -273,6 +322,24 @@ mod tests {
             .to_string();
         assert!(err.contains("cache_sise"), "{err}");
         assert!(PeerConfig::from_toml("cache_size = \"lots\"").is_err());
+    }
+
+    #[test]
+    fn parent_timeouts_read_and_checked() {
+        let c = PeerConfig::from_toml(
+            "parent_connect_timeout = \"500ms\"\nparent_stall_timeout = \"1s\"\nparent_min_rate = \"1MiB\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.parent_connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.parent_stall_timeout, Duration::from_secs(1));
+        assert_eq!(c.parent_min_rate.0, 1 << 20);
+        let c = PeerConfig {
+            parent_stall_timeout: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("parent_stall_timeout"), "{err}");
     }
 
     #[test]

@@ -14,12 +14,12 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::config::{parse_advertise, PeerConfig};
-use crate::engine::{Engine, EngineShared, PieceMemory, Reporter};
+use crate::engine::{Engine, EngineShared, MemoryBudget, Reporter};
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
 use crate::server::{self, health, local, mirror, p2p};
-use crate::source::HttpFetcher;
+use crate::source::{HttpFetcher, Liveness};
 use crate::storage::{Storage, StorageMetrics};
 use crate::supernode_client::SupernodeClient;
 
@@ -101,20 +101,35 @@ impl Peer {
                 instance: rand::random::<u64>().max(1),
             },
         ));
+        let download_limit = Arc::new(RateLimit::new(config.download_rate));
         let http = HttpFetcher::new(
             config.connect_timeout,
             config.piece_timeout,
-            Arc::new(RateLimit::new(config.download_rate)),
+            download_limit.clone(),
         );
+        // Parents get their own pool: a shorter connect timeout, and stall detection.
+        let parent_http = HttpFetcher::new(
+            config.parent_connect_timeout,
+            config.piece_timeout,
+            download_limit,
+        )
+        .with_liveness(Liveness {
+            stall: config.parent_stall_timeout,
+            min_rate: config.parent_min_rate.0,
+        })
+        .with_header(shoal_common::PEER_ID_HEADER, client.peer_id());
         let reporter = Reporter::spawn(client.clone(), metrics.clone(), tracker, cancel.clone());
+        let send_memory = MemoryBudget::new(config.send_memory.0);
         let engine = Engine::new(EngineShared {
             storage: storage.clone(),
             client: client.clone(),
             http,
+            parent_http,
             metrics: metrics.clone(),
-            reporter,
+            reporter: reporter.clone(),
             concurrent_pieces: config.concurrent_pieces,
-            piece_memory: PieceMemory::new(config.piece_memory.0),
+            piece_memory: MemoryBudget::new(config.piece_memory.0),
+            send_memory: send_memory.clone(),
             piece_size: config.piece_size.0,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
@@ -125,6 +140,8 @@ impl Peer {
             storage,
             metrics: metrics.clone(),
             upload_limit: Arc::new(RateLimit::new(config.upload_rate)),
+            reporter: reporter.clone(),
+            send_memory,
         });
         let local = local::router(local::LocalState {
             engine: engine.clone(),
@@ -136,6 +153,7 @@ impl Peer {
             upstream: Arc::new(crate::upstream::Upstream::from_config(config)?),
             default_upstream: config.default_upstream.clone(),
             media_types: Default::default(),
+            heads: Default::default(),
         }));
         let health = health::router(health::HealthState {
             registry,
@@ -210,6 +228,10 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::runtime("p2p listener", e))?;
     let peer = Peer::build(&config, p2p_addr, &cancel, &tracker).await?;
+    match server::raise_open_files_limit() {
+        Ok(limit) => tracing::info!(limit, "open files allowed"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
     let servers = [
         ("p2p", listeners.p2p, peer.p2p.clone()),
         ("local", listeners.mirror, peer.local.clone()),

@@ -83,6 +83,8 @@ pub enum Error {
         message: String,
         /// How to report it to the supernode.
         reason: shoal_common::api::FailReason,
+        /// Its host refused the connection (nothing listens there): reported as such.
+        refused: bool,
     },
 
     #[error("task {task} piece {piece}: expected {expected}, got {actual}")]

@@ -15,7 +15,8 @@
 //! - [`upstream`], [`credentials`], [`access`]: upstream registries for the mirror (URL mapping,
 //!   configured credentials, bearer-token auth, the blob access check's memory).
 //! - [`containerd`]: `shoal-peer containerd-config` (hosts.toml files).
-//! - [`ratelimit`], [`metrics`], [`error`], [`trim`] (giving freed memory back when idle).
+//! - [`ratelimit`], [`metrics`], [`error`], [`trim`] (giving freed memory back when idle),
+//!   [`singleflight`] (one upstream call shared by concurrent callers).
 
 pub mod access;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod get;
 pub mod metrics;
 pub mod ratelimit;
 pub mod server;
+pub mod singleflight;
 pub mod source;
 pub mod storage;
 pub mod supernode_client;

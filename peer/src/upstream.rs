@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
+use shoal_common::Digest;
 use shoal_registry::{Auth, Client, ClientOptions, Payload, Request};
 
 use crate::access::AccessCache;
@@ -145,8 +146,11 @@ impl Upstream {
 
 /// Renews a blob download's `Authorization` the way the mirror's own requests get theirs:
 /// a `HEAD` of the blob with the same credentials (a refused cached token forgotten first),
-/// answering the registry's challenge. A client's own bearer token is not renewed: the
-/// registry's refusal is its answer, and only that client's download fails.
+/// answering the registry's challenge. A client's own bearer token cannot be renewed (the
+/// registry's refusal is its answer); the node's own credentials (configured, else
+/// anonymous) are tried next, and the download's other requesters' after that
+/// ([`crate::source::AuthPool`]), so the refusal fails no one's download. That client's next
+/// request is refused with the registry's challenge by its own access check.
 pub struct BlobAuth {
     upstream: Arc<Upstream>,
     host: String,
@@ -172,10 +176,29 @@ impl BlobAuth {
         }
     }
 
-    async fn head(&self, refused: Option<&HeaderValue>) -> Option<HeaderValue> {
+    /// The client's credentials renewed, else the node's own.
+    async fn renew_any(&self, refused: Option<&HeaderValue>) -> Option<HeaderValue> {
+        if let Some(value) = self.head(self.client_auth.clone(), refused).await {
+            return Some(value);
+        }
+        match self.client_auth {
+            // These were the node's own already.
+            None => None,
+            Some(_) => {
+                tracing::debug!(url = %self.url, "client credentials refused: trying the node's own");
+                self.head(None, refused).await
+            }
+        }
+    }
+
+    async fn head(
+        &self,
+        client_auth: Option<HeaderValue>,
+        refused: Option<&HeaderValue>,
+    ) -> Option<HeaderValue> {
         let up = &self.upstream;
         if let Some(refused) = refused {
-            let auth = up.auth(&self.host, self.client_auth.clone());
+            let auth = up.auth(&self.host, client_auth.clone());
             up.client
                 .forget_token(&self.host, &self.repo, &auth, refused);
         }
@@ -186,7 +209,7 @@ impl BlobAuth {
                 &self.repo,
                 &self.url,
                 HeaderMap::new(),
-                self.client_auth.clone(),
+                client_auth,
             )
             .await
             .map_err(|e| tracing::debug!(url = %self.url, error = %e, "renewing blob credentials"))
@@ -211,7 +234,19 @@ impl std::fmt::Debug for BlobAuth {
 
 impl OriginAuth for BlobAuth {
     fn renew<'a>(&'a self, refused: Option<&'a HeaderValue>) -> BoxFuture<'a, Option<HeaderValue>> {
-        Box::pin(self.head(refused))
+        Box::pin(self.renew_any(refused))
+    }
+
+    fn identity(&self) -> Option<Digest> {
+        let id = self
+            .upstream
+            .identity(&self.host, self.client_auth.as_ref());
+        Some(AccessCache::key(
+            &id,
+            &self.host,
+            &self.repo,
+            &Digest::of(self.url.as_bytes()),
+        ))
     }
 }
 

@@ -1,40 +1,46 @@
 //! A peer dies (SIGKILL) in the middle of a swarm download while others fetch from it: the
-//! remaining peers still finish with correct blobs.
+//! remaining peers still finish with correct blobs, and without waiting for the dead parent.
+//! The same swarm runs fault-free first (fresh supernode and peers, same sizes); survivors of
+//! the kill must finish within a small multiple of that time. Before parents were detected
+//! dead, survivors took about 6 × alone and 35 × under CI load: the supernode kept offering
+//! the dead peer, and the pieces it held or was fetching from the origin, until its heartbeats
+//! had been missed for `peer_ttl`.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
 const BLOB: usize = 64 << 20;
 const PEERS: usize = 4;
+/// Slow enough that the download lasts several seconds.
+const RATE: &str = "--download-rate=20MiB";
+/// Loose, for CI machines running other tests at once; the target alone is 1.5 ×.
+const BOUND: f64 = 3.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn survivors_finish_when_a_peer_dies_mid_download() {
     with_timeout(Duration::from_secs(300), async {
         let origin = Origin::start().await;
-        let blob = random_blob(3, BLOB);
-        let (digest, url) = origin.push("kill/app", &blob).await;
-        drop(blob);
+        let (clean_digest, clean_url) = origin.push("kill/clean", &random_blob(4, BLOB)).await;
+        let (digest, url) = origin.push("kill/app", &random_blob(3, BLOB)).await;
+
+        // Which peer dies is only known once it is the busiest uploader: all of them count.
+        let fault_free = fault_free_swarm(PEERS, &[RATE], &clean_url, &clean_digest)
+            .await
+            .into_iter()
+            .max()
+            .unwrap_or_default();
 
         let supernode = Supernode::start().await;
         let mut peers = vec![];
         for i in 0..PEERS {
-            // Slow enough that the download lasts several seconds.
-            let opts = PeerOpts::with_supernode(&supernode).arg("--download-rate=20MiB");
+            let opts = PeerOpts::with_supernode(&supernode).arg(RATE);
             peers.push(Peer::start(&format!("peer{i}"), opts).await);
         }
-
         let out = tempfile::tempdir().unwrap();
-        let mut gets: Vec<_> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let path = out.path().join(format!("blob{i}"));
-                (path.clone(), spawn_get(p, &url, Some(&digest), &path))
-            })
-            .collect();
+        let mut gets = spawn_timed_gets(&peers, &url, &digest, out.path(), Instant::now());
 
         // Kill the peer that is uploading the most, once it has served some pieces.
         let victim = wait_for(
@@ -58,7 +64,7 @@ async fn survivors_finish_when_a_peer_dies_mid_download() {
         let unfinished = gets
             .iter()
             .enumerate()
-            .filter(|(i, (_, g))| *i != victim && !g.is_finished())
+            .filter(|(i, g)| *i != victim && !g.is_finished())
             .count();
         assert!(
             unfinished > 0,
@@ -67,24 +73,23 @@ async fn survivors_finish_when_a_peer_dies_mid_download() {
         eprintln!("killing peer{victim} ({unfinished} other downloads still running)");
         peers[victim].kill9();
 
-        let (_, victim_get) = gets.remove(victim);
-        let victim_result = victim_get.await.unwrap();
+        let (victim_result, _) = gets.remove(victim).wait().await;
         eprintln!(
             "get via the killed peer{victim}: {} ({})",
             victim_result.status,
             victim_result.stderr.trim()
         );
-        for (path, get) in gets {
-            get.await
-                .unwrap()
-                .assert_success(&format!("get into {}", path.display()));
-            assert_file_digest(&path, &digest);
-        }
+        let survivors = finish_all(gets, &digest, "survivors").await;
         for (i, p) in peers.iter_mut().enumerate() {
             if i != victim {
                 p.assert_running();
             }
         }
+        let down = supernode
+            .metric("shoal_supernode_parents_down_total", &[])
+            .await;
+        eprintln!("parents taken out of scheduling: {down}");
+        assert_within("survivors of the kill", survivors, fault_free, BOUND);
     })
     .await
 }

@@ -4,9 +4,15 @@
 //! `HEAD` and `GET` of each blob, as containerd does) and a `shoal-peer get` complete and
 //! verify, and the registry is asked not much more often than by the same pull without faults:
 //! each failure costs one retry, not a restarted download.
+//!
+//! The same with a real containerd as the client (`ctr images pull`): its hosts.toml names the
+//! mirror and a `server` at a closed port, so a pull that bypassed the peer (containerd falls
+//! back to `server` when the mirror fails) fails instead of hiding a fault the peer let through.
 
 mod support;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_common::Digest;
@@ -132,6 +138,130 @@ async fn pull_through_503s_and_resets() {
         let (faulty, faulted) = pull(&registry, Some(faults), &image, &get_blob, "faulty").await;
         assert!(
             faulted >= 3,
+            "only {faulted} requests faulted: the test proves little"
+        );
+        assert!(
+            faulty as f64 <= clean as f64 * 1.3 + 8.0,
+            "{faulty} registry requests with faults against {clean} without"
+        );
+    })
+    .await
+}
+
+const CONTAINERD_TOOLS: &[&str] = &[
+    "/usr/bin/containerd",
+    "/usr/bin/ctr",
+    "/usr/bin/umoci",
+    "/usr/bin/skopeo",
+];
+
+/// `ctr images pull` of `app:t` from `registry` by a fresh containerd through a fresh peer,
+/// the registry behind two fault proxies under `faults`; checks the unpacked files. Returns
+/// the requests the registry side saw, and how many of them were faulted.
+async fn containerd_pull(
+    registry: &Registry,
+    faults: Option<(FaultPlan, FaultPlan)>,
+    files: &[(&str, &[u8])],
+    dir: &Path,
+    what: &str,
+) -> (u64, u64) {
+    let (first, second) = faults.unwrap_or((FaultPlan::none(), FaultPlan::none()));
+    let resets = FaultProxy::start(&registry.addr, second);
+    let busy = FaultProxy::start(&resets.addr, first);
+    let host = busy.addr.clone();
+    let peer = Peer::start(
+        &format!("peer-{what}"),
+        PeerOpts::embedded().arg("--insecure-registry").arg(&host),
+    )
+    .await;
+    // The mirror only: `server` is a port nobody listens on.
+    let certs = dir.join(format!("certs-{what}"));
+    std::fs::create_dir_all(certs.join(&host)).unwrap();
+    std::fs::write(
+        certs.join(&host).join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:{}\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            free_port(),
+            peer.mirror_url()
+        ),
+    )
+    .unwrap();
+    let containerd = Arc::new(Containerd::start(&dir.join(format!("containerd-{what}"))).await);
+    let reference = format!("{host}/app:t");
+    let out = {
+        let (c, certs, reference) = (containerd.clone(), certs.clone(), reference.clone());
+        tokio::task::spawn_blocking(move || c.pull(&certs, &reference))
+            .await
+            .unwrap()
+    };
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    let got = {
+        let (c, reference) = (containerd.clone(), reference.clone());
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            c.read_files(&reference, &names)
+        })
+        .await
+        .unwrap()
+    };
+    for ((name, data), got) in files.iter().zip(&got) {
+        assert!(
+            got == data,
+            "{what}: {name} differs after containerd unpacked it: {out}"
+        );
+    }
+    let served = peer
+        .metric(
+            "shoal_peer_mirror_requests_total",
+            &[("kind", "blob"), ("status", "200")],
+        )
+        .await;
+    assert!(
+        served >= files.len() as f64 + 1.0,
+        "{what}: containerd fetched only {served} blobs through the mirror"
+    );
+    eprintln!(
+        "{what} (containerd): {} registry requests, {} answered 503, {} reset",
+        busy.requests(),
+        busy.faulted(),
+        resets.faulted()
+    );
+    (busy.requests(), busy.faulted() + resets.faulted())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn containerd_pulls_through_503s_and_resets() {
+    if !tools_present(CONTAINERD_TOOLS) {
+        eprintln!("skipping: containerd, ctr, umoci or skopeo is not installed");
+        return;
+    }
+    with_timeout(Duration::from_secs(300), async {
+        let registry = Registry::start(RegistryAuth::Open);
+        let dir = tempfile::tempdir().unwrap();
+        let layers = [
+            random_blob(410, 4 << 20),
+            random_blob(411, 3 << 20),
+            random_blob(412, 1 << 20),
+        ];
+        let files = [
+            ("one.bin", &layers[0][..]),
+            ("two.bin", &layers[1][..]),
+            ("three.bin", &layers[2][..]),
+        ];
+        let image = build_image(dir.path(), &files);
+        push_image(&image, &format!("{}/app:t", registry.addr), None);
+
+        let (clean, _) = containerd_pull(&registry, None, &files, dir.path(), "clean").await;
+        let share = |seed| Trigger::Share { ratio: 0.05, seed };
+        let faults = (
+            FaultPlan::new(Fault::Status(503), share(31)),
+            FaultPlan::new(Fault::Reset, share(3100)),
+        );
+        let (faulty, faulted) =
+            containerd_pull(&registry, Some(faults), &files, dir.path(), "faulty").await;
+        assert!(
+            faulted >= 2,
             "only {faulted} requests faulted: the test proves little"
         );
         assert!(

@@ -24,6 +24,7 @@ pub(crate) struct Metrics {
     /// `reason`: a `FailReason` in snake case, or `digest_mismatch`.
     pub piece_failures: IntCounterVec,
     pub peers_expired: IntCounter,
+    pub parents_down: IntCounter,
 }
 
 impl Metrics {
@@ -72,6 +73,11 @@ impl Metrics {
             name("peers_expired_total"),
             "Peers forgotten for missing their heartbeats.",
         ))?;
+        let parents_down = IntCounter::with_opts(Opts::new(
+            name("parents_down_total"),
+            "Parents taken out of a task's scheduling because their children could not reach them (refused connections, or stalls reported by several children).",
+        ))?;
+        registry.register(Box::new(parents_down.clone()))?;
         registry.register(Box::new(peers.clone()))?;
         registry.register(Box::new(tasks.clone()))?;
         registry.register(Box::new(schedule_requests.clone()))?;
@@ -90,6 +96,7 @@ impl Metrics {
             pieces_reported,
             piece_failures,
             peers_expired,
+            parents_down,
         })
     }
 

@@ -53,6 +53,9 @@ pub struct TaskPeerStatus {
     pub downloading: u32,
     /// Assignments in flight with it as first parent.
     pub uploading: u32,
+    /// Not offered as a parent for now: its children could not reach it.
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// Bytes of pieces newly held by a peer, by where the peer fetched them. Counted from piece

@@ -2,6 +2,7 @@
 //! helper exists once:
 //!
 //! - [`ports`]: free loopback ports.
+//! - [`limits`]: the open-files limit, and a child's limits and peak memory from `/proc`.
 //! - [`processes`]: child processes killed on drop, readiness waits, workspace binaries.
 //! - [`registry`]: Debian's `docker-registry` on loopback, open or with htpasswd/token auth.
 //! - [`proxies`]: TCP/HTTP proxies between a client and a server: one that counts (and can be
@@ -14,6 +15,7 @@
 //! loudly with the reason, not return an error nobody reads.
 
 pub mod blobs;
+pub mod limits;
 pub mod metrics;
 pub mod ports;
 pub mod processes;
@@ -22,6 +24,7 @@ pub mod registry;
 pub mod tmpfs;
 
 pub use blobs::{assert_file_digest, compressible_blob, random_blob, sha256_file};
+pub use limits::{open_files_limit, peak_rss, proc_status_bytes, raise_open_files};
 pub use metrics::{metric_sum, metric_value, parse_metrics, sum_of, Sample};
 pub use ports::free_port;
 pub use processes::{hermetic_env, http_get, http_status, workspace_bin, Daemon};

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
 use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest, MAX_WANTED};
 use shoal_common::piece::MIN_PIECE_SIZE;
 
@@ -300,7 +299,7 @@ fn ask(
         peer_id: client.peer_id().to_owned(),
         capacity: capacity as u32,
         wait_ms,
-        avoid: ctx.avoid.lock().iter().cloned().collect(),
+        avoid: ctx.avoid.list(),
         want: wanted,
         sparse,
     };
@@ -324,9 +323,4 @@ async fn next_reply(
         std::task::Poll::Pending
     })
     .await
-}
-
-/// The per-task set of parents given up on, shared by its piece fetches.
-pub(super) fn new_avoid_set() -> Arc<Mutex<HashSet<String>>> {
-    Arc::new(Mutex::new(HashSet::new()))
 }

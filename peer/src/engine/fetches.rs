@@ -16,7 +16,7 @@ use shoal_common::api::Assignment;
 use shoal_common::piece::MIN_PIECE_SIZE;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
-use super::memory::PieceMemory;
+use super::memory::MemoryBudget;
 use super::piece::PieceContext;
 use crate::error::{Error, Result};
 
@@ -58,7 +58,7 @@ fn run_source(a: &Assignment) -> Option<Option<&str>> {
 
 pub(super) struct Fetches {
     ctx: Arc<PieceContext>,
-    memory: PieceMemory,
+    memory: MemoryBudget,
     set: JoinSet<Vec<(u32, Result<()>)>>,
     running: HashMap<u32, Running>,
     /// Single-piece fetches, which a winning copy may abort (a run carries other pieces).
@@ -66,7 +66,7 @@ pub(super) struct Fetches {
 }
 
 impl Fetches {
-    pub fn new(ctx: Arc<PieceContext>, memory: PieceMemory) -> Self {
+    pub fn new(ctx: Arc<PieceContext>, memory: MemoryBudget) -> Self {
         Fetches {
             ctx,
             memory,
@@ -98,7 +98,17 @@ impl Fetches {
         let small = self.ctx.file.layout().piece_size < MIN_PIECE_SIZE;
         let (mut runs, single): (Vec<Assignment>, Vec<Assignment>) = assignments
             .into_iter()
-            .filter(|a| !self.ctx.file.has_piece(a.piece) && !self.running.contains_key(&a.piece))
+            .filter(|a| {
+                // A piece still in flight here was assigned again (the supernode released it
+                // when one of its parents failed, while this fetch went on to the next one):
+                // give the new assignment back, or the supernode holds it as in flight until
+                // it expires (30 s) and never offers the piece to us meanwhile.
+                if self.running.contains_key(&a.piece) && !self.ctx.file.has_piece(a.piece) {
+                    self.ctx.give_back(a);
+                    return false;
+                }
+                !self.ctx.file.has_piece(a.piece) && !self.running.contains_key(&a.piece)
+            })
             .partition(|a| small && run_source(a).is_some());
         for a in single {
             self.start(a);

@@ -1,7 +1,10 @@
-//! The memory budget for piece buffers. A piece is held whole in memory from the first byte
-//! until its sha256 is checked and it is written, so without a shared bound a hundred
-//! concurrent downloads would each buffer their in-flight pieces. Waiting for the budget is
-//! fair (first come, first served), so one large download cannot starve the others.
+//! Memory budgets, in bytes, shared by everything that buffers: piece buffers of all
+//! downloads (a piece is held whole in memory from the first byte until its sha256 is checked
+//! and it is written, so without a shared bound a hundred concurrent downloads would each
+//! buffer their in-flight pieces), and the chunks read from the cache and on their way to
+//! clients and peers (a thousand clients of one blob would otherwise each have their
+//! connection's write buffer full). Waiting for a budget is fair (first come, first served),
+//! so one large download or one fast client cannot starve the others: excess readers queue.
 
 use std::sync::Arc;
 
@@ -11,16 +14,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const UNIT: u64 = 64 << 10;
 
 #[derive(Clone)]
-pub struct PieceMemory {
+pub struct MemoryBudget {
+    /// Free units of [`UNIT`] bytes.
     permits: Arc<Semaphore>,
     total: u32,
 }
 
-impl PieceMemory {
+impl MemoryBudget {
     /// A budget of `bytes` (rounded down to 64 KiB, at least one unit).
     pub fn new(bytes: u64) -> Self {
         let total = u32::try_from(bytes / UNIT).unwrap_or(u32::MAX).max(1);
-        PieceMemory {
+        MemoryBudget {
             permits: Arc::new(Semaphore::new(total as usize)),
             total,
         }
@@ -44,7 +48,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_and_fair() {
-        let m = PieceMemory::new(4 << 20);
+        let m = MemoryBudget::new(4 << 20);
         let a = m.reserve(3 << 20).await.unwrap();
         // 2 MiB do not fit beside 3 MiB of 4 MiB: waits until `a` is released.
         let waiting = tokio::time::timeout(Duration::from_millis(50), m.reserve(2 << 20)).await;

@@ -2,15 +2,17 @@
 //! download among all concurrent requesters of the same task, and lets readers stream it while
 //! pieces are still arriving.
 //!
+//! - [`avoid`]: the parents a download gives up on, for good or for a while.
 //! - [`demand`]: what readers want of a download: the whole blob, or the pieces under their
 //!   ranges (a sparse task), most urgent first.
 //! - [`download`]: the per-task loop (schedule, fetch, report).
-//! - [`memory`]: the budget for piece buffers shared by all downloads.
+//! - [`memory`]: memory budgets: piece buffers of all downloads, chunks on their way to readers.
 //! - [`piece`]: fetching and verifying one piece from parents or the origin.
 //! - [`reporter`]: batching piece reports to the supernode.
 //! - [`stream`]: reading a task in order as its pieces arrive.
 //! - [`verify`]: the whole-blob digest, hashed in order while the pieces arrive.
 
+mod avoid;
 mod demand;
 mod download;
 mod fetches;
@@ -35,11 +37,11 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::metrics::PeerMetrics;
-use crate::source::{HttpFetcher, Origin, OriginAuth};
+use crate::source::{AuthPool, HttpFetcher, Origin, OriginAuth};
 use crate::storage::{Storage, TaskFile};
 use crate::supernode_client::SupernodeClient;
 use demand::Demand;
-pub use memory::PieceMemory;
+pub use memory::MemoryBudget;
 pub use reporter::{ReportItem, Reporter};
 pub use stream::{byte_ready, stream_range};
 
@@ -52,7 +54,8 @@ pub struct DownloadRequest {
     /// Extra headers for the origin (credentials).
     pub headers: HeaderMap,
     /// Renews the origin's `Authorization` when it is refused (a token expiring during a
-    /// long download); `None`: a refusal ends the download.
+    /// long download). Every requester of a shared download hands in its own; the download
+    /// goes on with the next that works ([`AuthPool`]). None at all: a refusal ends it.
     pub auth: Option<Arc<dyn OriginAuth>>,
     /// The blob's length, when the caller already asked the origin (the mirror's `HEAD`):
     /// the first peers of a task then skip asking again before their first piece. Like the
@@ -66,12 +69,17 @@ pub struct DownloadRequest {
 pub struct EngineShared {
     pub storage: Arc<Storage>,
     pub client: Arc<SupernodeClient>,
+    /// For the origin.
     pub http: HttpFetcher,
+    /// For parents: a short connect timeout and stall detection (see [`crate::source::Liveness`]).
+    pub parent_http: HttpFetcher,
     pub metrics: PeerMetrics,
     pub reporter: Reporter,
     pub concurrent_pieces: u32,
     /// Piece buffers of all downloads together.
-    pub piece_memory: PieceMemory,
+    pub piece_memory: MemoryBudget,
+    /// Chunks on their way to clients and peers ([`stream_range`]), all readers together.
+    pub send_memory: MemoryBudget,
     /// Piece size for new tasks (bytes); 0 = automatic.
     pub piece_size: u64,
     pub cancel: CancellationToken,
@@ -111,6 +119,8 @@ type Ready = watch::Receiver<Outcome>;
 struct Active {
     ready: Ready,
     demand: Arc<Demand>,
+    /// The credentials of everyone who asked for it: a refusal of one is not the end.
+    auths: Arc<AuthPool>,
 }
 
 #[derive(Clone)]
@@ -129,6 +139,11 @@ impl Engine {
 
     pub fn storage(&self) -> &Arc<Storage> {
         &self.shared.storage
+    }
+
+    /// The send budget every [`stream_range`] of this peer reads within.
+    pub fn send_memory(&self) -> MemoryBudget {
+        self.shared.send_memory.clone()
     }
 
     /// Whether a download of `task` is running (or about to start) in this process.
@@ -216,19 +231,21 @@ impl Engine {
     fn join(&self, task: TaskId, req: &DownloadRequest, whole: bool) -> Active {
         let mut active = self.active.lock();
         if let Some(a) = active.get(&task).filter(|a| !a.demand.is_retired()) {
+            a.auths.add(req.auth.as_ref());
             return a.clone();
         }
         let (tx, rx) = watch::channel(None);
         let entry = Active {
             ready: rx,
             demand: Arc::new(Demand::new(whole)),
+            auths: Arc::new(AuthPool::new(req.auth.clone())),
         };
         active.insert(task, entry.clone());
         let engine = self.clone();
-        let demand = entry.demand.clone();
+        let (demand, auths) = (entry.demand.clone(), entry.auths.clone());
         let req = req.clone();
         self.shared.tracker.spawn(async move {
-            engine.download(task, req, tx, demand).await;
+            engine.download(task, req, auths, tx, demand).await;
         });
         entry
     }
@@ -250,6 +267,7 @@ impl Engine {
         &self,
         task: TaskId,
         req: DownloadRequest,
+        auths: Arc<AuthPool>,
         ready: watch::Sender<Outcome>,
         demand: Arc<Demand>,
     ) {
@@ -258,7 +276,7 @@ impl Engine {
         let started = Instant::now();
         let mut file_for_failure = None;
         let result = async {
-            let (file, origin, degraded) = self.prepare(task, &req).await?;
+            let (file, origin, degraded) = self.prepare(task, &req, auths).await?;
             file_for_failure = Some(file.clone());
             if demand.is_whole() {
                 // Before any byte is fetched: a disk without room fails the download now.
@@ -268,10 +286,10 @@ impl Engine {
             let ctx = Arc::new(piece::PieceContext {
                 file: file.clone(),
                 origin,
-                http: shared.http.clone(),
+                http: shared.parent_http.clone(),
                 metrics: shared.metrics.clone(),
                 reporter: shared.reporter.clone(),
-                avoid: download::new_avoid_set(),
+                avoid: Default::default(),
                 demand: demand.clone(),
                 shared: shared.clone(),
             });
@@ -360,10 +378,11 @@ impl Engine {
         &self,
         task: TaskId,
         req: &DownloadRequest,
+        auths: Arc<AuthPool>,
     ) -> Result<(Arc<TaskFile>, Origin, bool)> {
         let shared = &self.shared;
         let origin = Origin::new(req.url.clone(), req.headers.clone(), shared.http.clone())
-            .with_auth(req.auth.clone());
+            .with_auth(Some(auths as Arc<dyn OriginAuth>));
         let mut degraded = false;
         let known = match shared.client.task_info(&task).await {
             Ok(info) => info.map(|i| i.layout),

@@ -1,15 +1,15 @@
 //! Fetching one piece: try the parents the supernode named, best first, then the origin if
 //! allowed. Every byte is checked against the piece's sha256 before it is stored; a parent
-//! that fails or lies is reported and avoided for the rest of the task.
+//! that fails or lies is reported and avoided (for the rest of the task, or for a while when
+//! it stalled).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
 use shoal_common::api::{Assignment, FailReason, PeerId, PieceDone, PieceFailed};
 use shoal_common::Digest;
 
+use super::avoid::{Avoid, STALLED_FOR};
 use super::demand::Demand;
 use super::reporter::{ReportItem, Reporter};
 use super::EngineShared;
@@ -23,10 +23,11 @@ use crate::storage::TaskFile;
 pub struct PieceContext {
     pub file: Arc<TaskFile>,
     pub origin: Origin,
+    /// For parents: with their connect timeout and stall detection.
     pub http: HttpFetcher,
     pub metrics: PeerMetrics,
     pub reporter: Reporter,
-    pub avoid: Arc<Mutex<HashSet<PeerId>>>,
+    pub avoid: Arc<Avoid>,
     /// What readers want of this download (the whole blob, or ranges first).
     pub demand: Arc<Demand>,
     /// The engine, to make room when a piece finds the disk full.
@@ -40,6 +41,17 @@ const SPARSE_ROOM: u64 = 4 << 20;
 
 impl PieceContext {
     fn fail(&self, piece: u32, parent: Option<PeerId>, reason: FailReason) {
+        self.report_failure(piece, parent, reason, false);
+    }
+
+    /// Reports a failed fetch; `refused`: the parent's host refused the connection.
+    fn report_failure(
+        &self,
+        piece: u32,
+        parent: Option<PeerId>,
+        reason: FailReason,
+        refused: bool,
+    ) {
         let source = if parent.is_some() {
             FetchedFrom::Peer
         } else {
@@ -59,8 +71,15 @@ impl PieceContext {
                 piece,
                 parent,
                 reason,
+                refused,
             }),
         );
+    }
+
+    /// Releases an assignment this peer will not fetch (it is fetching the piece already).
+    pub fn give_back(&self, a: &Assignment) {
+        let parent = a.parents.first().map(|p| p.peer_id.clone());
+        self.fail(a.piece, parent, FailReason::Abandoned);
     }
 
     /// Verifies and stores bytes from `source`; `Ok(false)` when they did not match.
@@ -264,11 +283,12 @@ impl PieceContext {
                     let message = format!("piece {} did not match its digest", a.piece);
                     Err(match &from {
                         Some(peer) => {
-                            self.avoid.lock().insert(peer.clone());
+                            self.avoid.liar(peer);
                             Error::Parent {
                                 peer: peer.clone(),
                                 message,
                                 reason: FailReason::Corrupt,
+                                refused: false,
                             }
                         }
                         None => Error::Origin {
@@ -320,7 +340,7 @@ impl PieceContext {
         })?;
         let mut last_err = None;
         for parent in &a.parents {
-            if self.avoid.lock().contains(&parent.peer_id) {
+            if self.avoid.contains(&parent.peer_id) {
                 continue;
             }
             // Without a digest the parent is relaying the piece's first fetch from the
@@ -339,7 +359,18 @@ impl PieceContext {
                 self.http.clone(),
             )
             .relaying(&relay);
-            match src.fetch(range.clone()).await {
+            // Another fetch from this parent failing makes it avoided: this one is then given
+            // up at once rather than waiting out its own stall timeout.
+            let fetched = tokio::select! {
+                r = src.fetch(range.clone()) => r,
+                () = self.avoid.until_avoided(&parent.peer_id) => Err(Error::Parent {
+                    peer: parent.peer_id.clone(),
+                    message: "given up: another fetch from this parent failed".into(),
+                    reason: FailReason::Abandoned,
+                    refused: false,
+                }),
+            };
+            match fetched {
                 Ok(bytes) => {
                     if self
                         .accept(
@@ -358,24 +389,33 @@ impl PieceContext {
                         return Ok(());
                     }
                     relay.fail();
-                    self.avoid.lock().insert(parent.peer_id.clone());
+                    self.avoid.liar(&parent.peer_id);
                     self.fail(a.piece, Some(parent.peer_id.clone()), FailReason::Corrupt);
                     last_err = Some(Error::Parent {
                         peer: parent.peer_id.clone(),
                         message: format!("piece {} did not match its digest", a.piece),
                         reason: FailReason::Corrupt,
+                        refused: false,
                     });
                 }
                 Err(e) => {
-                    let reason = match &e {
-                        Error::Parent { reason, .. } => *reason,
-                        _ => FailReason::Unreachable,
+                    let (reason, refused) = match &e {
+                        Error::Parent {
+                            reason, refused, ..
+                        } => (*reason, *refused),
+                        _ => (FailReason::Unreachable, false),
                     };
-                    if reason == FailReason::Unreachable {
-                        self.avoid.lock().insert(parent.peer_id.clone());
+                    match reason {
+                        FailReason::Unreachable => self.avoid.always(&parent.peer_id),
+                        // Without a digest the parent relays a piece the origin is sending
+                        // right now: a stall may be the origin's, not the parent's.
+                        FailReason::Timeout if a.sha256.is_some() => {
+                            self.avoid.for_a_while(&parent.peer_id, STALLED_FOR)
+                        }
+                        _ => {}
                     }
                     tracing::debug!(task = %self.file.id(), piece = a.piece, error = %e, "parent failed");
-                    self.fail(a.piece, Some(parent.peer_id.clone()), reason);
+                    self.report_failure(a.piece, Some(parent.peer_id.clone()), reason, refused);
                     last_err = Some(e);
                 }
             }

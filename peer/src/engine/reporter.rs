@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shoal_common::api::{PieceDone, PieceFailed, PieceReport};
+use shoal_common::api::{PieceDone, PieceFailed, PieceReport, UploadCut};
 use shoal_common::TaskId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,8 @@ use crate::supernode_client::SupernodeClient;
 pub enum ReportItem {
     Done(PieceDone),
     Failed(PieceFailed),
+    /// One of our uploads broke off (see [`UploadCut`]).
+    UploadCut(UploadCut),
 }
 
 #[derive(Clone)]
@@ -44,10 +46,12 @@ impl Reporter {
                         peer_id: client.peer_id().to_owned(),
                         done: Vec::new(),
                         failed: Vec::new(),
+                        uploads_cut: Vec::new(),
                     });
                     match item {
                         ReportItem::Done(d) => report.done.push(d),
                         ReportItem::Failed(f) => report.failed.push(f),
+                        ReportItem::UploadCut(c) => report.uploads_cut.push(c),
                     }
                 };
                 add(first);

@@ -90,7 +90,7 @@ impl IntoResponse for ApiError {
 /// An error of the registry mirror, in the OCI distribution format
 /// (`{"errors":[{"code":…,"message":…}]}`), with the upstream's `WWW-Authenticate` challenge
 /// passed on for 401s so clients can authenticate.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MirrorError {
     pub status: StatusCode,
     pub code: &'static str,

@@ -107,7 +107,7 @@ async fn download(
     let metrics = st.metrics.clone();
     let len = r.end - r.start;
     let (start, end) = (r.start, r.end);
-    let body = stream_range(file, r).map(move |chunk| {
+    let body = stream_range(file, r, st.engine.send_memory()).map(move |chunk| {
         if let Ok(c) = &chunk {
             metrics.local_bytes_served.inc_by(c.len() as u64);
         }

@@ -6,6 +6,7 @@
 //! receivers trust it as they would that fetch, the blob's digest being the final check.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +19,12 @@ use axum::Router;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use shoal_common::api::UploadCut;
 use shoal_common::TaskId;
 
 use super::error::ApiError;
 use super::range::{parse_range, RangeError};
-use crate::engine::stream_range;
+use crate::engine::{stream_range, MemoryBudget, ReportItem, Reporter};
 use crate::error::Error;
 use crate::metrics::PeerMetrics;
 use crate::ratelimit::RateLimit;
@@ -33,6 +35,10 @@ pub struct P2pState {
     pub storage: Arc<Storage>,
     pub metrics: PeerMetrics,
     pub upload_limit: Arc<RateLimit>,
+    /// Tells the supernode about uploads that broke off.
+    pub reporter: Reporter,
+    /// Chunks read for other peers hold their bytes here until sent ([`stream_range`]).
+    pub send_memory: MemoryBudget,
 }
 
 pub fn router(state: P2pState) -> Router {
@@ -41,13 +47,40 @@ pub fn router(state: P2pState) -> Router {
         .with_state(state)
 }
 
-/// Decrements the active-uploads gauge when the response body is dropped.
-struct UploadGuard(prometheus::IntGauge);
+/// Decrements the active-uploads gauge when the response body is dropped, and reports the
+/// upload to the supernode if it broke off before its last byte (the child went away: if it
+/// died, nobody else would free the upload slot its assignment holds until it expires).
+struct UploadGuard {
+    active: prometheus::IntGauge,
+    sent: Arc<AtomicU64>,
+    len: u64,
+    cut: Option<(Reporter, TaskId, UploadCut)>,
+}
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.active.dec();
+        if self.sent.load(Ordering::Relaxed) < self.len {
+            if let Some((reporter, task, cut)) = self.cut.take() {
+                reporter.send(task, ReportItem::UploadCut(cut));
+            }
+        }
     }
+}
+
+/// The piece a request is for, and the child that names itself, when both are known.
+fn upload_cut(file: &TaskFile, range: &Range<u64>, headers: &HeaderMap) -> Option<UploadCut> {
+    let child = headers
+        .get(shoal_common::PEER_ID_HEADER)?
+        .to_str()
+        .ok()
+        .filter(|id| shoal_common::api::validate_peer_id(id).is_ok())?;
+    let layout = file.layout();
+    let piece = u32::try_from(range.start / layout.piece_size).ok()?;
+    (layout.range(piece).as_ref() == Some(range)).then(|| UploadCut {
+        piece,
+        child: child.to_owned(),
+    })
 }
 
 async fn serve_range(
@@ -80,10 +113,13 @@ async fn serve_range(
     };
     // Held bytes from disk; else a whole piece still arriving from a parent, as it arrives.
     // The second look at the disk covers a piece stored (and its relay ended) in between.
+    let cut = upload_cut(&file, &range, &headers);
+    let mut relayed = false;
     let source: BoxStream<'static, Result<Bytes, Error>> = if file.has_range(range.start, range.end)
     {
-        stream_range(file, range.clone()).boxed()
+        stream_range(file, range.clone(), st.send_memory.clone()).boxed()
     } else if let Some(relay) = relay_for(&file, &range).await {
+        relayed = true;
         let relayed = st.metrics.relayed_bytes.clone();
         relay
             .stream()
@@ -94,7 +130,7 @@ async fn serve_range(
             })
             .boxed()
     } else if file.has_range(range.start, range.end) {
-        stream_range(file, range.clone()).boxed()
+        stream_range(file, range.clone(), st.send_memory.clone()).boxed()
     } else {
         return Err(Error::RangeNotHeld {
             task,
@@ -104,16 +140,29 @@ async fn serve_range(
         .into());
     };
     st.metrics.uploads_active.inc();
-    let guard = UploadGuard(st.metrics.uploads_active.clone());
+    let sent = Arc::new(AtomicU64::new(0));
+    let guard = UploadGuard {
+        active: st.metrics.uploads_active.clone(),
+        sent: sent.clone(),
+        len: range.end - range.start,
+        cut: cut.map(|c| (st.reporter.clone(), task, c)),
+    };
     let (metrics, limit) = (st.metrics.clone(), st.upload_limit.clone());
-    let body = source.then(move |chunk| {
+    // Sent in slices: under an upload limit each read would otherwise wait for all its
+    // tokens and then go out at once, and a child sharing the limit with seven others would
+    // hear nothing for 8 × 256 KiB / rate (1.7 s at 10 Mbit/s), long enough to take this
+    // parent for stalled (`parent_stall_timeout`).
+    let sliced = source.flat_map(|chunk| futures::stream::iter(slices(chunk)));
+    let body = sliced.then(move |chunk| {
         let metrics = metrics.clone();
         let limit = limit.clone();
+        let sent = sent.clone();
         let _keep = &guard;
         async move {
             let chunk = chunk?;
             limit.consume(chunk.len()).await;
             metrics.upload_bytes.inc_by(chunk.len() as u64);
+            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok::<_, Error>(chunk)
         }
     });
@@ -136,7 +185,26 @@ async fn serve_range(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
+    if relayed {
+        h.insert(
+            shoal_common::RELAY_HEADER,
+            header::HeaderValue::from_static("1"),
+        );
+    }
     Ok(resp)
+}
+
+/// Largest slice of the body sent (and counted against the upload limit) at once.
+const SEND_SLICE: usize = 64 << 10;
+
+fn slices(chunk: Result<Bytes, Error>) -> Vec<Result<Bytes, Error>> {
+    match chunk {
+        Ok(b) if b.len() > SEND_SLICE => (0..b.len())
+            .step_by(SEND_SLICE)
+            .map(|at| Ok(b.slice(at..(at + SEND_SLICE).min(b.len()))))
+            .collect(),
+        other => vec![other],
+    }
 }
 
 /// How long a request for a whole piece we neither hold nor relay waits for its relay to

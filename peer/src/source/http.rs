@@ -11,6 +11,7 @@ use futures::StreamExt;
 use reqwest::header::{HeaderMap, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
+use super::liveness::{Liveness, Progress};
 use crate::ratelimit::RateLimit;
 use crate::storage::RelayWriter;
 
@@ -19,6 +20,13 @@ use crate::storage::RelayWriter;
 pub enum FetchFailure {
     /// No connection, reset, timed out mid-body.
     Transport(String),
+    /// The connection could not be made; `refused` when the host answered that nothing
+    /// listens there.
+    Connect { message: String, refused: bool },
+    /// The server stopped sending, or sends too slowly (see [`Liveness`]); `relayed` when it
+    /// was passing on a piece still arriving from its own source (which may be the one that
+    /// stalled).
+    Stalled { message: String, relayed: bool },
     /// The server answered with this status.
     Status(u16, String),
     /// The server answered 2xx with the wrong bytes count or range.
@@ -31,6 +39,11 @@ impl std::fmt::Display for FetchFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FetchFailure::Transport(m) => write!(f, "transfer failed: {m}"),
+            FetchFailure::Connect { message, .. } => write!(f, "cannot connect: {message}"),
+            FetchFailure::Stalled { message, relayed } => {
+                let what = if *relayed { " (relaying)" } else { "" };
+                write!(f, "stalled{what}: {message}")
+            }
             FetchFailure::Status(s, m) => write!(f, "HTTP {s}: {m}"),
             FetchFailure::Protocol(m) => write!(f, "bad response: {m}"),
             FetchFailure::Interrupted(m) => write!(f, "transfer cut off: {m}"),
@@ -43,6 +56,9 @@ pub struct HttpFetcher {
     client: reqwest::Client,
     limit: Arc<RateLimit>,
     timeout: Duration,
+    liveness: Option<Liveness>,
+    /// Sent with every request, before the caller's headers.
+    extra: HeaderMap,
 }
 
 impl HttpFetcher {
@@ -60,7 +76,24 @@ impl HttpFetcher {
             client,
             limit,
             timeout: piece_timeout,
+            liveness: None,
+            extra: HeaderMap::new(),
         }
+    }
+
+    /// Sends `name: value` with every request (a peer names itself to its parents, which
+    /// then tell the supernode when an upload to it breaks off).
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(value) {
+            self.extra.insert(name, v);
+        }
+        self
+    }
+
+    /// Abandons transfers that stall or crawl (see [`Liveness`]), long before `piece_timeout`.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -81,15 +114,19 @@ impl HttpFetcher {
         if want == 0 {
             return Ok(Bytes::new());
         }
+        let mut progress = Progress::new(self.liveness);
         let work = async {
-            let resp = self
+            let send = self
                 .client
                 .get(url)
+                .headers(self.extra.clone())
                 .headers(headers.clone())
                 .header(RANGE, format!("bytes={}-{}", range.start, range.end - 1))
-                .send()
-                .await
-                .map_err(|e| FetchFailure::Transport(error_chain(&e)))?;
+                .send();
+            let resp = progress
+                .wait(|| "waiting for the response".into(), send)
+                .await?
+                .map_err(|e| send_failure(&e))?;
             let status = resp.status();
             match status {
                 StatusCode::PARTIAL_CONTENT => {
@@ -133,11 +170,20 @@ impl HttpFetcher {
                     return Err(FetchFailure::Status(s.as_u16(), snippet));
                 }
             }
+            let relayed = resp.headers().contains_key(shoal_common::RELAY_HEADER);
+            if relayed {
+                progress.relaying();
+            }
+            let stalled = |f| mark_relayed(f, relayed);
             // Relayed bytes go to the relay's buffer only, so the piece is held once.
             let mut buf = BytesMut::with_capacity(if relay.is_some() { 0 } else { want as usize });
             let mut got = 0u64;
             let mut stream = resp.bytes_stream();
-            while let Some(chunk) = stream.next().await {
+            while let Some(chunk) = progress
+                .wait(|| format!("after {got} of {want} bytes"), stream.next())
+                .await
+                .map_err(stalled)?
+            {
                 let chunk = chunk.map_err(|e| FetchFailure::Interrupted(error_chain(&e)))?;
                 got += chunk.len() as u64;
                 if got > want {
@@ -145,6 +191,7 @@ impl HttpFetcher {
                         "body longer than the {want} bytes asked for"
                     )));
                 }
+                progress.check_rate(got).map_err(stalled)?;
                 self.limit.consume(chunk.len()).await;
                 match relay {
                     Some(r) => r.push(&chunk),
@@ -166,6 +213,31 @@ impl HttpFetcher {
             ))),
         }
     }
+}
+
+/// A stall of a server that said it relays a piece still arriving from its own source.
+fn mark_relayed(f: FetchFailure, relayed: bool) -> FetchFailure {
+    match f {
+        FetchFailure::Stalled { message, .. } => FetchFailure::Stalled { message, relayed },
+        other => other,
+    }
+}
+
+/// Why a request got no response: a failed connect (refused or not) or a broken transfer.
+fn send_failure(e: &reqwest::Error) -> FetchFailure {
+    let message = error_chain(e);
+    if !e.is_connect() {
+        return FetchFailure::Transport(message);
+    }
+    let mut refused = false;
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        src = s.source();
+    }
+    FetchFailure::Connect { message, refused }
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); include the chain.

@@ -2,8 +2,9 @@
 //! supernode lets back to source use it, one piece at a time, with HTTP Range requests.
 //!
 //! A download can outlive the registry token it started with: a piece refused with `401`
-//! asks the download's [`OriginAuth`] (handed in by whoever started the download; the engine
-//! knows nothing of registries) for a new `Authorization` once, and is asked again with it.
+//! asks the download's [`OriginAuth`] (the credentials of everyone sharing the download,
+//! [`super::AuthPool`], each handed in by its requester; the engine knows nothing of
+//! registries) for a new `Authorization` once, and is asked again with it.
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -16,6 +17,7 @@ use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, RANGE,
 };
 use reqwest::StatusCode;
+use shoal_common::Digest;
 use url::Url;
 
 use super::http::{error_chain, FetchFailure, HttpFetcher};
@@ -28,6 +30,13 @@ pub trait OriginAuth: Send + Sync + Debug {
     /// A new `Authorization` for the origin, or `None` when there is none to be had (then the
     /// refusal stands). `refused` is the one the origin just turned down.
     fn renew<'a>(&'a self, refused: Option<&'a HeaderValue>) -> BoxFuture<'a, Option<HeaderValue>>;
+
+    /// What tells these credentials from another requester's (a hash, never the secret):
+    /// requesters with the same identity add nothing to a shared download ([`AuthPool`]).
+    /// `None`: never taken for another's.
+    ///
+    /// [`AuthPool`]: super::AuthPool
+    fn identity(&self) -> Option<Digest>;
 }
 
 #[derive(Clone)]

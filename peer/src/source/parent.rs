@@ -69,7 +69,13 @@ impl PieceSource for ParentPeer<'_> {
                         FetchFailure::Transport(m) if m.contains("timed out") => {
                             FailReason::Timeout
                         }
-                        FetchFailure::Transport(_) => FailReason::Unreachable,
+                        // The relaying parent's own source may be the one that stalled, and
+                        // the parent will cut its readers off when it notices: not its fault.
+                        FetchFailure::Stalled { relayed: true, .. } => FailReason::Interrupted,
+                        FetchFailure::Stalled { .. } => FailReason::Timeout,
+                        FetchFailure::Transport(_) | FetchFailure::Connect { .. } => {
+                            FailReason::Unreachable
+                        }
                         FetchFailure::Interrupted(_) => FailReason::Interrupted,
                         FetchFailure::Status(..) | FetchFailure::Protocol(_) => {
                             FailReason::Unreachable
@@ -79,6 +85,7 @@ impl PieceSource for ParentPeer<'_> {
                         peer: self.peer_id.clone(),
                         message: f.to_string(),
                         reason,
+                        refused: matches!(f, FetchFailure::Connect { refused: true, .. }),
                     }
                 })
         })

@@ -3,8 +3,8 @@
 //! and files here; [`registry`] (the registry behind a byte-counting proxy, and pushing to it),
 //! [`process`] (supernode and peer processes), [`get`] (`shoal-peer get`), [`image`]
 //! (umoci/skopeo images, OCI client requests), [`containerd`] (a real containerd), [`ranged`]
-//! (ranged blob requests through a mirror) and [`token`] (a bearer-token issuer for a real
-//! registry).
+//! (ranged blob requests through a mirror), [`swarm`] (timed swarms for fault tests, measured
+//! against a fault-free run) and [`token`] (a bearer-token issuer for a real registry).
 //!
 //! Every process a test starts is killed when its handle drops (also on panic, after its log
 //! tail is printed), and every file lives in a temp dir owned by the test.
@@ -35,6 +35,7 @@ mod image;
 mod process;
 mod ranged;
 mod registry;
+mod swarm;
 mod token;
 // Each test file uses a different subset.
 #[allow(unused_imports)]
@@ -49,6 +50,8 @@ pub use process::*;
 pub use ranged::*;
 #[allow(unused_imports)]
 pub use registry::*;
+#[allow(unused_imports)]
+pub use swarm::*;
 #[allow(unused_imports)]
 pub use token::*;
 

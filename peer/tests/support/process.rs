@@ -54,6 +54,24 @@ impl Supernode {
         self.daemon.kill();
     }
 
+    /// Everything the supernode wrote to stderr (its log) so far.
+    pub fn stderr_text(&self) -> String {
+        self.daemon.stderr_text()
+    }
+
+    /// Sum of the series of metric `name` whose labels include `labels` (0 when none).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .expect("GET /metrics of the supernode")
+            .text()
+            .await
+            .expect("supernode metrics");
+        metric_value(&text, name, labels)
+    }
+
     /// `GET /api/v1/tasks`.
     pub async fn tasks(&self) -> serde_json::Value {
         http()
@@ -253,6 +271,11 @@ impl Peer {
 
     pub fn assert_running(&mut self) {
         self.daemon.assert_running();
+    }
+
+    /// The process id, while it runs (for `/proc/PID/...`).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.pid()
     }
 
     pub async fn is_ready(&self) -> bool {

@@ -52,6 +52,11 @@ pub(super) fn may_use_origin(task: &mut Task, slot: Slot, policy: &Policy) -> bo
     if task.origin_peers.contains(&slot) {
         return true;
     }
+    // Its children cannot reach it: what it fetched from the origin would reach nobody else,
+    // and the origin would send those pieces again to someone who can pass them on.
+    if task.is_down(slot) {
+        return false;
+    }
     if task.origin_peers.len() < policy.max_origin_peers {
         task.origin_peers.push(slot);
         return true;

@@ -11,6 +11,31 @@ use super::{Candidate, Policy, Requester, COMMON_HOLDERS, PARENT_SAMPLE};
 use crate::state::task::{Inflight, ParentRef, Slot, Task};
 use crate::state::waiters::Wake;
 
+/// Relay hops followed when looking for a cycle.
+const MAX_RELAY_HOPS: usize = 8;
+
+/// Whether `relay`'s copy of `piece` comes (through relays) from `requester`: offering it
+/// would make a cycle that stalls until the fetchers' stall timeouts (seen once a parent
+/// stalled: two peers each relaying the piece from the other).
+fn relays_from(task: &Task, relay: Slot, requester: Slot, piece: u32) -> bool {
+    let mut at = relay;
+    for _ in 0..MAX_RELAY_HOPS {
+        let Some(parent) = task
+            .member(at)
+            .and_then(|m| m.inflight.get(&piece))
+            .and_then(|e| e.parent)
+        else {
+            return false;
+        };
+        if parent.slot == requester {
+            return true;
+        }
+        at = parent.slot;
+    }
+    // A chain this long is worth avoiding anyway.
+    true
+}
+
 /// Picks parents for one piece and records the assignment; `None` when no usable parent has
 /// a free upload slot. Without `relays`, only whole holders are offered, and the requester is
 /// not offered to others while its copy arrives (a sparse reader's pieces).
@@ -55,9 +80,12 @@ pub(super) fn assign_from_peers(
         let Some(m) = task.member(s) else {
             continue;
         };
-        // Holders exclude blacklisted members already; relays are listed before anyone
-        // knows, so check.
-        if relay && task.blacklist.contains(&m.id) {
+        // Holders exclude blacklisted and down members already; relays are listed before
+        // anyone knows, so check.
+        if relay && (task.blacklist.contains(&m.id) || m.down_until.is_some()) {
+            continue;
+        }
+        if relay && relays_from(task, s, slot, piece) {
             continue;
         }
         let is_saturated = m.uploads >= policy.max_uploads;

@@ -49,6 +49,7 @@ fn status(t: &Task) -> TaskStatus {
             completed: m.held.is_complete(),
             downloading: m.inflight.len() as u32,
             uploading: m.uploads,
+            down: m.down_until.is_some(),
         })
         .collect();
     peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

@@ -81,4 +81,8 @@ pub(crate) struct Member {
     pub wants: Option<HashSet<u32>>,
     /// The pieces its last schedule request wanted first, most urgent first.
     pub want_order: Vec<u32>,
+    /// Recent reports of it not answering as a parent: (reporter, when).
+    pub unanswered: Vec<(Slot, Instant)>,
+    /// Out of scheduling as a parent until then (see `down`).
+    pub down_until: Option<Instant>,
 }

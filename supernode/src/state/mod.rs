@@ -5,12 +5,14 @@
 //! - [`member`]: one peer's record within a task;
 //! - `listing`: the peer and task listings (`GET /api/v1/peers`, `GET /api/v1/tasks`);
 //! - [`report`]: applying piece reports to a task;
+//! - `down`: parents taken out of scheduling when their children cannot reach them;
 //! - [`waiters`]: long-polling schedule requests and whom to wake.
 //!
 //! Lock order: peer map → one peer → task map → one task. Each task has its own mutex, so
 //! tasks never contend with each other, and no lock is held across an `.await`.
 
 pub(crate) mod bytes;
+pub(crate) mod down;
 mod listing;
 pub(crate) mod member;
 pub(crate) mod peers;
@@ -379,6 +381,7 @@ impl State {
         for reason in outcome.failures {
             m.piece_failures.with_label_values(&[reason]).inc();
         }
+        m.parents_down.inc_by(outcome.downed);
         Ok(outcome.reply)
     }
 

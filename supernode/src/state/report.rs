@@ -16,6 +16,8 @@ pub(crate) struct ReportOutcome {
     pub reply: ReportReply,
     /// One reason label per failure counted, for metrics.
     pub failures: Vec<&'static str>,
+    /// Parents this report took out of scheduling (see `down`).
+    pub downed: u64,
 }
 
 pub(crate) fn reason_label(reason: FailReason) -> &'static str {
@@ -52,6 +54,7 @@ impl Task {
         }
         let mut reply = ReportReply::default();
         let mut failures = Vec::new();
+        let mut downed = 0;
         for d in &report.done {
             let p = d.piece;
             let i = p as usize;
@@ -147,7 +150,10 @@ impl Task {
                     }
                     FailReason::NotFound => self.drop_holding(parent, p),
                     FailReason::Unreachable | FailReason::Timeout | FailReason::Interrupted => {
-                        self.note_failure(parent, now)
+                        self.note_failure(parent, now);
+                        if self.note_unanswered(parent, slot, p, f.reason, f.refused, now) {
+                            downed += 1;
+                        }
                     }
                     FailReason::Abandoned => {}
                 }
@@ -156,7 +162,35 @@ impl Task {
                 self.wake_released(slot, p, entry.parent.is_none());
             }
         }
-        Ok(ReportOutcome { reply, failures })
+        for cut in &report.uploads_cut {
+            self.upload_cut(slot, cut.piece, &cut.child);
+        }
+        Ok(ReportOutcome {
+            reply,
+            failures,
+            downed,
+        })
+    }
+
+    /// `parent`'s upload of `piece` to `child` broke off: the child's assignment is over,
+    /// whether the child gave up (it reports that too) or died (it never will). Only an
+    /// assignment still naming `parent` is released: the child may have been given the piece
+    /// again, elsewhere, meanwhile.
+    fn upload_cut(&mut self, parent: Slot, piece: u32, child: &str) {
+        let Some(child) = self.slot_of(child).filter(|&c| c != parent) else {
+            return;
+        };
+        let Some(serial) = self.member(parent).map(|m| m.serial) else {
+            return;
+        };
+        let names_parent = self
+            .member(child)
+            .and_then(|m| m.inflight.get(&piece))
+            .and_then(|e| e.parent)
+            .is_some_and(|p| p.slot == parent && p.serial == serial);
+        if names_parent && self.release(child, piece).is_some() {
+            self.wake_released(child, piece, false);
+        }
     }
 
     /// A fetch ended without a new holder: a parent's upload slot or an origin lease is free.

@@ -2,7 +2,8 @@
 //! what is in flight to whom, the origin leases, and the peers waiting for news.
 //!
 //! Invariants kept by every method here:
-//! - a member is in `pieces[p].holders` iff it holds `p` and is not blacklisted;
+//! - a member is in `pieces[p].holders` iff it holds `p` and is neither blacklisted nor down
+//!   (see `down`);
 //! - `available` counts the pieces with at least one holder;
 //! - a member's `uploads` counts the in-flight entries (of any member) naming it as parent;
 //! - `pieces[p].lease` names a member that has `p` in flight from the origin;
@@ -167,6 +168,8 @@ impl Task {
             failures: Decaying::new(now),
             strikes: 0,
             throughput: 0.0,
+            unanswered: Vec::new(),
+            down_until: None,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -235,12 +238,12 @@ impl Task {
     }
 
     pub fn add_holding(&mut self, slot: Slot, piece: u32) {
-        let blacklisted = self.is_blacklisted(slot);
+        let unlisted = self.is_blacklisted(slot) || self.is_down(slot);
         let Some(m) = self.member_mut(slot) else {
             return;
         };
         m.held.insert(piece);
-        if blacklisted {
+        if unlisted {
             return;
         }
         if let Some(ps) = self.pieces.get_mut(piece as usize) {
@@ -257,7 +260,7 @@ impl Task {
         self.unlist_holder(slot, piece);
     }
 
-    fn unlist_holder(&mut self, slot: Slot, piece: u32) {
+    pub(super) fn unlist_holder(&mut self, slot: Slot, piece: u32) {
         if let Some(ps) = self.pieces.get_mut(piece as usize) {
             if ps.holders.swap_remove(&slot) && ps.holders.is_empty() {
                 self.available -= 1;
@@ -375,6 +378,7 @@ impl Task {
                 released = true;
             }
         }
+        released |= self.restore_down(now);
         self.waiters.prune();
         if released {
             self.wake(Wake::All);

@@ -31,6 +31,7 @@ use crate::metrics::PeerMetrics;
 pub use crate::server::error::MirrorError;
 use crate::upstream::{read_limited, valid_host, Upstream};
 use blob::blob;
+pub use blob::HeadFlights;
 pub use media_types::MediaTypes;
 pub use names::{valid_name, valid_tag};
 
@@ -44,6 +45,8 @@ pub struct MirrorState {
     pub upstream: Arc<Upstream>,
     pub default_upstream: Option<String>,
     pub media_types: Arc<MediaTypes>,
+    /// Blob `HEAD`s upstream in progress, shared by the clients asking together.
+    pub heads: Arc<HeadFlights>,
 }
 
 pub fn router(state: MirrorState) -> Router {

@@ -35,7 +35,7 @@ pub(super) fn body(
     } else {
         Check::Hash
     };
-    let stream = stream_range(file.clone(), r);
+    let stream = stream_range(file.clone(), r, st.engine.send_memory());
     let metrics = st.metrics.clone();
     match check {
         Check::None => stream.boxed(),

@@ -2,7 +2,8 @@
 //!
 //! A blob not complete in the cache is first asked upstream with a `HEAD` (with the client's
 //! credentials, else the node's): that resolves the token, turns an unknown blob into a 404,
-//! and is the access check. A whole-blob request then downloads it through the P2P engine and
+//! and is the access check; clients asking together with the same credentials share one, and
+//! a remembered answer (with the length) spares the next ones theirs. A whole-blob request then downloads it through the P2P engine and
 //! streams it while pieces arrive; a `Range` request joins the same task (the digest) but
 //! fetches only the pieces under its range, first, from peers that hold them or the origin
 //! (a sparse task: lazy mounts read this way). A cached blob, whole or in part, is served
@@ -34,7 +35,8 @@ use crate::engine::{byte_ready, DownloadRequest};
 use crate::server::range::{parse_range, RangeError};
 use crate::storage::TaskFile;
 use crate::upstream::BlobAuth;
-use access::{blob_url, check_access, head_upstream};
+pub use access::HeadFlights;
+use access::{blob_url, check_access, head_upstream, remembered};
 use response::{bad_range, head_only, respond};
 
 pub(super) async fn blob(
@@ -128,16 +130,18 @@ async fn open(
                 st.upstream.auth_for(host, name, req.auth.clone()),
             )
         }
-        None => {
-            let answer = head_upstream(st, host, name, &digest, req.auth.clone()).await?;
-            let length = answer
-                .response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            (length, answer.auth)
-        }
+        None => match remembered(st, host, name, &digest, req.auth.as_ref()) {
+            // The same credentials were allowed a moment ago (a crowd of clients of one blob,
+            // a download still starting): no second HEAD.
+            Some(allowed) => (
+                allowed.length,
+                st.upstream.auth_for(host, name, req.auth.clone()),
+            ),
+            None => {
+                let answer = head_upstream(st, host, name, &digest, req.auth.clone()).await?;
+                (answer.length, answer.auth)
+            }
+        },
     };
     if method == Method::HEAD && req.range.is_none() {
         return Ok(Opened::Head { length });
