@@ -75,6 +75,8 @@ pub enum Error {
         message: String,
         /// HTTP status from the origin, when it answered.
         status: Option<u16>,
+        /// How long the origin asked us to wait (`Retry-After` on a 429 or 503).
+        retry_after: Option<std::time::Duration>,
     },
 
     #[error("peer {peer}: {message}")]

@@ -264,5 +264,6 @@ fn origin(url: &str) -> impl Fn(shoal_registry::Error) -> Error + '_ {
         url: url.to_owned(),
         message: e.to_string(),
         status: e.status(),
+        retry_after: None,
     }
 }

@@ -271,3 +271,58 @@ async fn containerd_pulls_through_503s_and_resets() {
     })
     .await
 }
+
+/// A registry that rate-limits (`429` with `Retry-After: 2`) the download's length probe and
+/// then one of its piece `GET`s: both are asked again once the registry's wait is over, not
+/// sooner and not never; the blob arrives whole and verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_after_is_waited_out_on_the_probe_and_on_pieces() {
+    with_timeout(Duration::from_secs(120), async {
+        let registry = Registry::start(RegistryAuth::Open);
+        let data = random_blob(420, 8 << 20);
+        let digest = registry.push("app", &data).await;
+        // The first blob request is the probe's HEAD; the front proxy throttles it. The
+        // back proxy sees the probe asked again, then throttles the first piece GET.
+        let throttle = |n| FaultPlan::new(Fault::Throttle(2), Trigger::Requests(vec![n]));
+        let pieces = FaultProxy::start(&registry.addr, throttle(1).on_paths("/blobs/"));
+        let probe = FaultProxy::start(&pieces.addr, throttle(0).on_paths("/blobs/"));
+        let peer = Peer::start(
+            "peer-throttled",
+            PeerOpts::embedded()
+                .arg("--insecure-registry")
+                .arg(&probe.addr),
+        )
+        .await;
+        let out = tempfile::tempdir().unwrap();
+        let file = out.path().join("blob");
+        let started = std::time::Instant::now();
+        get(
+            &peer,
+            &format!("{}/v2/app/blobs/{digest}", probe.url()),
+            Some(&digest),
+            &file,
+        )
+        .await
+        .assert_success("a throttled download");
+        let took = started.elapsed();
+        assert!(
+            std::fs::read(&file).unwrap() == data,
+            "a throttled download wrote other bytes"
+        );
+        assert_eq!(
+            (probe.faulted(), pieces.faulted()),
+            (1, 1),
+            "the probe and one piece GET were throttled"
+        );
+        // Two waits of 2 s, one after the other (the piece's only after the probe's).
+        assert!(
+            took >= Duration::from_secs(4),
+            "the registry's Retry-After was not waited out: done in {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "a 2 s Retry-After held the download for {took:?}"
+        );
+    })
+    .await
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use shoal_common::api::{Assignment, RegisterTask, ScheduleReply, ScheduleRequest, MAX_WANTED};
 use shoal_common::piece::MIN_PIECE_SIZE;
+use shoal_registry::RetryPolicy;
 
 use super::fetches::{Fetches, Joined};
 use super::piece::PieceContext;
@@ -28,14 +29,20 @@ const INFLIGHT_BYTES: u64 = 48 << 20;
 const MAX_SLOTS: u64 = 64;
 /// Consecutive supernode failures before fetching from the origin alone.
 const DEGRADE_AFTER: u32 = 3;
-/// Consecutive failed origin fetches (no piece stored in between) before the download gives
-/// up: an origin that keeps answering garbage, cutting bodies short or ignoring `Range` is
-/// not going to get better within this download, and the client should hear so.
-const MAX_ORIGIN_FAILURES: u32 = 8;
-/// Wait after a failed origin fetch, doubled per consecutive failure up to the maximum, so a
-/// failing registry is not hammered.
-const ORIGIN_BACKOFF: Duration = Duration::from_millis(100);
-const ORIGIN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Retries of failed origin piece fetches: the registry client's policy (exponential backoff
+/// with jitter, `Retry-After` honoured), counted over a burst of failures with no piece
+/// stored in between. Pieces fail independently and a download may last minutes, so the
+/// budget restarts with every piece stored; an origin that keeps answering garbage, cutting
+/// bodies short or ignoring `Range` for this long is not going to get better within this
+/// download, and the client should hear so.
+fn origin_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 8,
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(4),
+        budget: Duration::from_secs(60),
+    }
+}
 
 pub(super) async fn register(shared: &EngineShared, file: &TaskFile) -> Result<()> {
     let body = RegisterTask {
@@ -99,7 +106,10 @@ pub(super) async fn run(
     let mut urgent: Option<SchedulePoll> = None;
     let mut asked_generation = 0u64;
     let mut errors = 0u32;
+    let origin_retry = origin_retry();
+    // Failed origin fetches since the last piece stored, and when the first of them failed.
     let mut origin_failures = 0u32;
+    let mut failing_since = Instant::now();
     let mut backoff_until: Option<tokio::time::Instant> = None;
     let mut last_progress = Instant::now();
     let mut progress_mark = file.have().count();
@@ -199,19 +209,21 @@ pub(super) async fn run(
                         // The origin refusing outright (404, 401, ...) or failing again and
                         // again ends the download; anything else is retried from wherever the
                         // supernode says next.
-                        if let Error::Origin { .. } = e {
+                        if let Error::Origin { retry_after, .. } = e {
                             if !e.is_retryable() {
                                 return Err(e);
                             }
                             // Failures landing during a backoff belong to the same burst
                             // (pieces that were in flight together): count them once.
                             if backoff_until.is_none() {
-                                origin_failures += 1;
-                                if origin_failures >= MAX_ORIGIN_FAILURES {
-                                    return Err(e);
+                                if origin_failures == 0 {
+                                    failing_since = Instant::now();
                                 }
-                                let wait = (ORIGIN_BACKOFF * 2u32.pow(origin_failures.min(5)))
-                                    .min(ORIGIN_BACKOFF_MAX);
+                                origin_failures += 1;
+                                let Some(wait) = origin_retry.delay(origin_failures, failing_since, retry_after) else {
+                                    return Err(e);
+                                };
+                                tracing::debug!(%task, retry = origin_failures, ?wait, "origin failing: backing off");
                                 backoff_until = Some(tokio::time::Instant::now() + wait);
                             }
                         }

@@ -295,6 +295,7 @@ impl PieceContext {
                             url: self.origin.url().to_string(),
                             message,
                             status: None,
+                            retry_after: None,
                         },
                     })
                 }
@@ -316,10 +317,12 @@ impl PieceContext {
                 url,
                 message,
                 status,
+                retry_after,
             } => Error::Origin {
                 url: url.clone(),
                 message: message.clone(),
                 status: *status,
+                retry_after: *retry_after,
             },
             other => Error::DownloadFailed {
                 task: self.file.id(),
@@ -436,6 +439,7 @@ impl PieceContext {
                         url: self.origin.url().to_string(),
                         message: format!("piece {} differs from the digest on record", a.piece),
                         status: None,
+                        retry_after: None,
                     });
                 }
                 Err(e) => {

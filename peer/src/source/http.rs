@@ -27,8 +27,8 @@ pub enum FetchFailure {
     /// was passing on a piece still arriving from its own source (which may be the one that
     /// stalled).
     Stalled { message: String, relayed: bool },
-    /// The server answered with this status.
-    Status(u16, String),
+    /// The server answered with this status (and, for 429/503, perhaps a `Retry-After`).
+    Status(u16, String, Option<Duration>),
     /// The server answered 2xx with the wrong bytes count or range.
     Protocol(String),
     /// The body broke off after the server had answered.
@@ -44,7 +44,7 @@ impl std::fmt::Display for FetchFailure {
                 let what = if *relayed { " (relaying)" } else { "" };
                 write!(f, "stalled{what}: {message}")
             }
-            FetchFailure::Status(s, m) => write!(f, "HTTP {s}: {m}"),
+            FetchFailure::Status(s, m, _) => write!(f, "HTTP {s}: {m}"),
             FetchFailure::Protocol(m) => write!(f, "bad response: {m}"),
             FetchFailure::Interrupted(m) => write!(f, "transfer cut off: {m}"),
         }
@@ -151,6 +151,7 @@ impl HttpFetcher {
                                 return Err(FetchFailure::Status(
                                     416,
                                     format!("the blob has {total} bytes, not the {expected} it was said to have"),
+                                    None,
                                 ));
                             }
                         }
@@ -165,9 +166,10 @@ impl HttpFetcher {
                     ))
                 }
                 s => {
+                    let wait = shoal_registry::retry::retry_after(resp.headers());
                     let body = resp.text().await.unwrap_or_default();
                     let snippet: String = body.chars().take(200).collect();
-                    return Err(FetchFailure::Status(s.as_u16(), snippet));
+                    return Err(FetchFailure::Status(s.as_u16(), snippet, wait));
                 }
             }
             let relayed = resp.headers().contains_key(shoal_common::RELAY_HEADER);

@@ -9,6 +9,7 @@
 use std::fmt::Debug;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -18,6 +19,7 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 use shoal_common::Digest;
+use shoal_registry::RetryPolicy;
 use url::Url;
 
 use super::http::{error_chain, FetchFailure, HttpFetcher};
@@ -84,11 +86,47 @@ impl Origin {
             url: self.url.to_string(),
             message,
             status,
+            retry_after: None,
         }
     }
 
-    /// The blob's length: `HEAD`, or when the server does not say, a one-byte range request.
+    /// The origin answered `status`, perhaps asking to be left alone for a while.
+    fn refused(&self, message: String, status: u16, retry_after: Option<Duration>) -> Error {
+        Error::Origin {
+            url: self.url.to_string(),
+            message,
+            status: Some(status),
+            retry_after,
+        }
+    }
+
+    /// The blob's length: `HEAD`, or when the server does not say, a one-byte range request;
+    /// asked again under the registry client's [`RetryPolicy`] on 5xx, 429 and transport
+    /// errors, as every other upstream request is.
     pub async fn probe_length(&self) -> Result<u64> {
+        let policy = RetryPolicy::default();
+        let started = std::time::Instant::now();
+        let mut retry = 0;
+        loop {
+            retry += 1;
+            let e = match self.probe_once().await {
+                Ok(length) => return Ok(length),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => e,
+            };
+            let wait = match &e {
+                Error::Origin { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let Some(delay) = policy.delay(retry, started, wait) else {
+                return Err(e);
+            };
+            tracing::debug!(url = %self.url, error = %e, ?delay, "blob length: asking again");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn probe_once(&self) -> Result<u64> {
         let client = self.http.client();
         let headers = self.headers.read().clone();
         let resp = client
@@ -99,7 +137,11 @@ impl Origin {
             .map_err(|e| self.err(error_chain(&e), None))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
-            return Err(self.err(format!("HEAD answered HTTP {status}"), Some(status)));
+            return Err(self.refused(
+                format!("HEAD answered HTTP {status}"),
+                status,
+                shoal_registry::retry::retry_after(resp.headers()),
+            ));
         }
         if let Some(len) = resp
             .headers()
@@ -144,19 +186,19 @@ impl Origin {
             .get_range(self.url.as_str(), &sent, range.clone(), self.length, relay)
             .await;
         let failure = match first {
-            Err(FetchFailure::Status(401, m)) => match self.renewed(&sent).await {
+            Err(FetchFailure::Status(401, m, wait)) => match self.renewed(&sent).await {
                 // Nothing was relayed: a refusal has no body to pass on.
                 Some(headers) => {
                     self.http
                         .get_range(self.url.as_str(), &headers, range, self.length, relay)
                         .await
                 }
-                None => Err(FetchFailure::Status(401, m)),
+                None => Err(FetchFailure::Status(401, m, wait)),
             },
             other => other,
         };
         failure.map_err(|f| match f {
-            FetchFailure::Status(s, m) => self.err(format!("HTTP {s}: {m}"), Some(s)),
+            FetchFailure::Status(s, m, wait) => self.refused(format!("HTTP {s}: {m}"), s, wait),
             other => self.err(other.to_string(), None),
         })
     }

@@ -65,7 +65,7 @@ impl PieceSource for ParentPeer<'_> {
                 .await
                 .map_err(|f| {
                     let reason = match &f {
-                        FetchFailure::Status(404 | 416, _) => FailReason::NotFound,
+                        FetchFailure::Status(404 | 416, ..) => FailReason::NotFound,
                         FetchFailure::Transport(m) if m.contains("timed out") => {
                             FailReason::Timeout
                         }

@@ -22,6 +22,8 @@ pub enum Fault {
     /// Answer with this status (e.g. 503) and an empty body; the upstream never sees the
     /// request. 429 and 503 answers carry `Retry-After: 0`.
     Status(u16),
+    /// Answer `429 Too Many Requests` with `Retry-After: SECONDS` (a registry's rate limit).
+    Throttle(u64),
     /// Close the client's connection with a TCP reset instead of answering.
     Reset,
     /// Forward the response head and the first `n` body bytes, then close the connection.
@@ -36,6 +38,16 @@ pub enum Fault {
     Rate(u64),
     /// Flip (XOR 0xff) every body byte whose offset is a multiple of `n` (from 0).
     Corrupt(u64),
+}
+
+/// The status line and `Retry-After` header of a fault answered without the upstream.
+fn status_answer(fault: &Fault) -> Option<(u16, String)> {
+    match *fault {
+        Fault::Throttle(secs) => Some((429, format!("Retry-After: {secs}\r\n"))),
+        Fault::Status(c @ (429 | 503)) => Some((c, "Retry-After: 0\r\n".to_owned())),
+        Fault::Status(c) => Some((c, String::new())),
+        _ => None,
+    }
 }
 
 /// Which matching requests meet the fault.
@@ -214,29 +226,24 @@ fn serve(client: TcpStream, upstream: &str, shared: &Shared, stopped: &AtomicBoo
         let req = Head::parse(&head);
         let (method, target) = req.request();
         let fault = decide(shared, &target);
-        match fault {
-            Some(Fault::Status(code)) => {
-                let body = copy_body(
-                    &mut from_client,
-                    &mut std::io::sink(),
-                    req.request_framing(),
-                    &mut Pass,
-                );
-                if !matches!(body, Ok(true)) {
-                    return;
-                }
-                let retry = if code == 429 || code == 503 {
-                    "Retry-After: 0\r\n"
-                } else {
-                    ""
-                };
-                let answer =
-                    format!("HTTP/1.1 {code} Injected fault\r\nContent-Length: 0\r\n{retry}\r\n");
-                if client_w.write_all(answer.as_bytes()).is_err() {
-                    return;
-                }
-                continue;
+        if let Some((code, retry_after)) = fault.as_ref().and_then(status_answer) {
+            let body = copy_body(
+                &mut from_client,
+                &mut std::io::sink(),
+                req.request_framing(),
+                &mut Pass,
+            );
+            if !matches!(body, Ok(true)) {
+                return;
             }
+            let answer =
+                format!("HTTP/1.1 {code} Injected fault\r\nContent-Length: 0\r\n{retry_after}\r\n");
+            if client_w.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        match fault {
             Some(Fault::Reset) => {
                 reset(&client_w);
                 return;
