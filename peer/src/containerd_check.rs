@@ -23,6 +23,11 @@ use crate::error::{Error, Result};
 /// is the original).
 pub const BACKUP_SUFFIX: &str = ".shoal-backup";
 
+/// Held (`flock`) around a `--patch` read-modify-write of the config: the snapshotter's init
+/// container (`shoal-lazyfs containerd-config`) edits the same file at the same time on a
+/// node, and without the lock one edit could drop the other.
+pub const LOCK_SUFFIX: &str = ".shoal-lock";
+
 /// containerd 2.x's built-in `config_path` when the file sets none.
 const V3_DEFAULT: &str = "/etc/containerd/certs.d:/etc/docker/certs.d";
 
@@ -97,6 +102,8 @@ pub fn check(opts: &CheckOptions) -> Result<Verdict> {
         )));
     }
     let file = &opts.config;
+    // Only a patch writes; a plain check may run on a read-only mount.
+    let _lock = if opts.patch { Some(lock(file)?) } else { None };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -241,11 +248,32 @@ fn set(root: &mut Table, path: &[&str], key: &str, value: Value, file: &Path) ->
     Ok(())
 }
 
+fn suffixed(file: &Path, suffix: &str) -> PathBuf {
+    let mut p = file.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Blocks until this process holds the config's edit lock; released when the file drops.
+pub fn lock(config: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = config.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let path = suffixed(config, LOCK_SUFFIX);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io(&path, e.into()))?;
+    Ok(f)
+}
+
 /// Keeps the original once (`config.toml.shoal-backup`), then replaces the file atomically.
 fn write_with_backup(file: &Path, original: Option<&str>, root: &Table) -> Result<()> {
-    let mut backup = file.as_os_str().to_owned();
-    backup.push(BACKUP_SUFFIX);
-    let backup = PathBuf::from(backup);
+    let backup = suffixed(file, BACKUP_SUFFIX);
     if let Some(orig) = original {
         if !backup.exists() {
             std::fs::write(&backup, orig).map_err(|e| Error::io(&backup, e))?;
@@ -255,12 +283,7 @@ fn write_with_backup(file: &Path, original: Option<&str>, root: &Table) -> Resul
         .map_err(|e| Error::Config(format!("cannot write {}: {e}", file.display())))?;
     let header = "# config_path added by shoal-peer containerd-check --patch (original kept as \
                   config.toml.shoal-backup)\n";
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".shoal-tmp");
-    let tmp = PathBuf::from(tmp);
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
+    let tmp = suffixed(file, ".shoal-tmp");
     std::fs::write(&tmp, format!("{header}{text}")).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, file).map_err(|e| Error::io(file, e))
 }

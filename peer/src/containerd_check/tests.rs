@@ -155,3 +155,26 @@ fn patch_adds_the_directory_keeps_the_rest_and_a_backup() {
     assert!(r.unwrap_err().to_string().contains("registry.mirrors"));
     assert_eq!(after.as_deref(), Some(mirrors));
 }
+
+#[test]
+fn patch_waits_for_the_edit_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "version = 2\n").unwrap();
+    let held = lock(&config).expect("lock");
+    let opts = CheckOptions {
+        config: config.clone(),
+        certs_dir: CERTS.into(),
+        patch: true,
+    };
+    let patcher = std::thread::spawn(move || check(&opts));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "version = 2\n",
+        "patched while another edit held the lock"
+    );
+    drop(held);
+    let r = patcher.join().expect("no panic");
+    assert!(matches!(r, Ok(Verdict::Patched { .. })), "{r:?}");
+}
