@@ -1,9 +1,15 @@
 //! The Helm chart renders with a real Go template engine (a small renderer built from
 //! `deploy-tests/render/main.go` with Debian's Go, sprig and yaml.v3), with its defaults and with
 //! every option on; every document is YAML with apiVersion, kind and metadata.name; the rendered
-//! peer and supernode configs load with the binaries' own `check-config`.
+//! peer and supernode configs load with the binaries' own `check-config`; every variant
+//! passes strict Kubernetes schema validation ([`schema`]), and the containerd wiring init
+//! containers run with the real binary ([`wiring`]).
 
+#[path = "chart/schema.rs"]
+mod schema;
 mod support;
+#[path = "chart/wiring.rs"]
+mod wiring;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,6 +166,7 @@ fn chart_renders_defaults_and_all_options() {
     // Defaults.
     let out = render(&renderer, &[]);
     check_documents(&out, "defaults");
+    schema::validate(&out, "defaults", tmp.path());
     let k = kinds(&out);
     for want in ["Deployment", "Service", "DaemonSet", "ConfigMap"] {
         assert!(k.iter().any(|x| x == want), "defaults: no {want} in {k:?}");
@@ -207,6 +214,24 @@ fn chart_renders_defaults_and_all_options() {
     assert!(init
         .windows(2)
         .any(|w| w == ["--config-path", "/etc/containerd/certs.d"]));
+    assert!(init.contains(&"--all-registries"), "{init:?}");
+    assert_eq!(
+        spec["initContainers"][0]["name"], "containerd-config",
+        "hosts.toml are written before they are checked"
+    );
+    wiring::check_containerd_check(spec, false, tmp.path());
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].is_string());
+    for c in spec["initContainers"].as_array().unwrap() {
+        assert!(c["resources"]["limits"]["memory"].is_string(), "{c}");
+    }
+    let pdb = find(&out, "PodDisruptionBudget", "rel-supernode").expect("supernode PDB");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"],
+        "the PDB selects the supernode's pods"
+    );
+    assert!(dep["spec"]["template"]["spec"]["priorityClassName"].is_null());
     assert_eq!(
         spec["containers"].as_array().unwrap().len(),
         1,
@@ -228,6 +253,15 @@ fn chart_renders_defaults_and_all_options() {
     let all = workspace_root().join("deploy-tests/values-all.yaml");
     let out = render(&renderer, &[all]);
     check_documents(&out, "all options");
+    schema::validate(&out, "all options", tmp.path());
+    let pdb = find(&out, "PodDisruptionBudget", "rel-supernode").expect("supernode PDB");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert!(pdb["spec"]["maxUnavailable"].is_null());
+    let dep = find(&out, "Deployment", "rel-supernode").unwrap();
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["priorityClassName"],
+        "shoal-critical"
+    );
     let k = kinds(&out);
     for want in ["ServiceMonitor", "PrometheusRule"] {
         assert!(
@@ -287,6 +321,7 @@ fn chart_renders_defaults_and_all_options() {
     );
     assert!(init.contains(&"--insecure"), "{init:?}");
     run_init_container(&init, tmp.path());
+    wiring::check_containerd_check(spec, true, tmp.path());
     check_snapshotter(&out, tmp.path());
     let rule = find(&out, "PrometheusRule", "").unwrap();
     let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
@@ -331,6 +366,30 @@ fn run_init_container(command: &[&str], tmp: &Path) {
             std::fs::read_to_string(&hosts).unwrap_or_else(|e| panic!("{}: {e}", hosts.display()));
         assert!(text.contains("127.0.0.1:65001"), "{text}");
     }
+    wiring::check_default_written(&certs);
+}
+
+/// Optional parts off: still valid, and what is off is absent.
+#[test]
+fn chart_renders_with_options_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let renderer = build_renderer(tmp.path());
+    let minimal = workspace_root().join("deploy-tests/values-minimal.yaml");
+    let out = render(&renderer, &[minimal]);
+    check_documents(&out, "options off");
+    schema::validate(&out, "options off", tmp.path());
+    check_configs(&out, tmp.path());
+    assert!(find(&out, "PodDisruptionBudget", "").is_none());
+    let ds = find(&out, "DaemonSet", "-peer").expect("peer DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert!(spec["priorityClassName"].is_null(), "{spec}");
+    assert!(spec["initContainers"].is_null(), "{spec}");
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "OnDelete");
+    assert!(!spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "containerd-certs"));
 }
 
 /// The snapshotter container passes only flags `shoal-lazyfs snapshotter` knows, can make FUSE

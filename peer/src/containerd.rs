@@ -2,12 +2,21 @@
 //! registry under `certs.d`) that point containerd at the local mirror for pulls and resolves;
 //! containerd falls back to the registry itself when the mirror fails. An existing
 //! `hosts.toml` is backed up once to `hosts.toml.shoal-backup`; `--restore` puts it back.
+//!
+//! With `all_registries`, `_default/hosts.toml` sends every registry without a directory of
+//! its own through the mirror too: it has no `server` line (containerd falls back to the
+//! registry named in the image reference), only the mirror as a host.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 pub const BACKUP_SUFFIX: &str = ".shoal-backup";
+/// The directory containerd reads for registries that have none of their own.
+pub const DEFAULT_DIR: &str = "_default";
+const HEADER: &str =
+    "# Written by shoal-peer containerd-config; `shoal-peer containerd-config --restore` \
+                      undoes it.\n";
 
 #[derive(Debug, Clone)]
 pub struct ContainerdOptions {
@@ -15,10 +24,31 @@ pub struct ContainerdOptions {
     pub config_path: PathBuf,
     pub mirror: String,
     pub insecure: bool,
+    /// Also write `_default/hosts.toml` (every registry not listed goes through the mirror).
+    pub all_registries: bool,
 }
 
-/// The `hosts.toml` text for one registry.
+impl ContainerdOptions {
+    /// The directory names under `config_path` to write, each checked.
+    fn dirs(&self) -> Result<Vec<&str>> {
+        let mut dirs = Vec::new();
+        for r in &self.registries {
+            check_registry(r)?;
+            dirs.push(r.as_str());
+        }
+        if self.all_registries {
+            dirs.push(DEFAULT_DIR);
+        }
+        Ok(dirs)
+    }
+}
+
+/// The `hosts.toml` text for one registry directory (`_default`: no `server` line).
 pub fn hosts_toml(registry: &str, mirror: &str, insecure: bool) -> String {
+    let host = format!("[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+    if registry == DEFAULT_DIR {
+        return format!("{HEADER}{host}");
+    }
     let server = if registry == "docker.io" {
         "https://registry-1.docker.io".to_owned()
     } else if insecure {
@@ -26,11 +56,7 @@ pub fn hosts_toml(registry: &str, mirror: &str, insecure: bool) -> String {
     } else {
         format!("https://{registry}")
     };
-    format!(
-        "# Written by shoal-peer containerd-config; `shoal-peer containerd-config --restore` \
-         undoes it.\nserver = \"{server}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \
-         \"resolve\"]\n"
-    )
+    format!("{HEADER}server = \"{server}\"\n\n{host}")
 }
 
 fn check_registry(r: &str) -> Result<()> {
@@ -55,8 +81,7 @@ pub fn write(opts: &ContainerdOptions) -> Result<Vec<PathBuf>> {
         )));
     }
     let mut written = Vec::new();
-    for r in &opts.registries {
-        check_registry(r)?;
+    for r in opts.dirs()? {
         let dir = opts.config_path.join(r);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let file = dir.join("hosts.toml");
@@ -79,8 +104,7 @@ pub fn write(opts: &ContainerdOptions) -> Result<Vec<PathBuf>> {
 /// Puts backups back (or removes our files when there was none).
 pub fn restore(opts: &ContainerdOptions) -> Result<Vec<PathBuf>> {
     let mut done = Vec::new();
-    for r in &opts.registries {
-        check_registry(r)?;
+    for r in opts.dirs()? {
         let dir = opts.config_path.join(r);
         let file = dir.join("hosts.toml");
         let backup = dir.join(format!("hosts.toml{BACKUP_SUFFIX}"));
@@ -111,6 +135,7 @@ mod tests {
             config_path: dir.path().to_path_buf(),
             mirror: "http://127.0.0.1:65001".into(),
             insecure: true,
+            all_registries: true,
         };
         let existing = dir.path().join("docker.io/hosts.toml");
         std::fs::create_dir_all(existing.parent().unwrap()).unwrap();
@@ -123,7 +148,18 @@ mod tests {
         assert!(text.contains("capabilities = [\"pull\", \"resolve\"]"));
         let local = std::fs::read_to_string(dir.path().join("127.0.0.1:5000/hosts.toml")).unwrap();
         assert!(local.contains("server = \"http://127.0.0.1:5000\""));
+        let default = std::fs::read_to_string(dir.path().join("_default/hosts.toml")).unwrap();
+        assert!(
+            !default.contains("server"),
+            "_default has no server: {default}"
+        );
+        assert!(default.contains(
+            "[host.\"http://127.0.0.1:65001\"]\n  capabilities = [\"pull\", \"resolve\"]"
+        ));
+        let parsed: toml::Table = default.parse().expect("_default/hosts.toml is TOML");
+        assert!(parsed.contains_key("host"));
         restore(&opts).unwrap();
+        assert!(!dir.path().join("_default/hosts.toml").exists());
         assert_eq!(
             std::fs::read_to_string(&existing).unwrap(),
             "server = \"https://mine\"\n"

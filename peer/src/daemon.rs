@@ -2,7 +2,6 @@
 //! peer announced, and shuts everything down in order.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ pub struct Peer {
     client: Arc<SupernodeClient>,
     engine: Engine,
     metrics: PeerMetrics,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<health::Readiness>,
 }
 
 impl Peer {
@@ -135,7 +134,7 @@ impl Peer {
             tracker: tracker.clone(),
         });
 
-        let ready = Arc::new(AtomicBool::new(false));
+        let readiness = health::Readiness::new(metrics.supernode_reachable.clone());
         let p2p = p2p::router(p2p::P2pState {
             storage,
             metrics: metrics.clone(),
@@ -155,9 +154,12 @@ impl Peer {
             media_types: Default::default(),
             heads: Default::default(),
         }));
+        // Storage is open and the routers are wired: the mirror can serve once its listener
+        // is (`run` binds every listener before building the peer).
+        readiness.set_mirror_ready();
         let health = health::router(health::HealthState {
             registry,
-            ready: ready.clone(),
+            readiness: readiness.clone(),
         });
         Ok(Peer {
             local,
@@ -166,7 +168,7 @@ impl Peer {
             client,
             engine,
             metrics,
-            ready,
+            readiness,
         })
     }
 
@@ -180,7 +182,7 @@ impl Peer {
             self.client.clone(),
             self.engine.clone(),
             self.metrics.clone(),
-            self.ready.clone(),
+            self.readiness.clone(),
             cancel.clone(),
         ));
     }
@@ -266,7 +268,7 @@ async fn keep_announced(
     client: Arc<SupernodeClient>,
     engine: Engine,
     metrics: PeerMetrics,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<health::Readiness>,
     cancel: CancellationToken,
 ) {
     let mut interval = Duration::from_secs(3);
@@ -281,11 +283,12 @@ async fn keep_announced(
                     engine.announce_cache().await;
                     announced = true;
                     backoff = Duration::from_millis(200);
-                    ready.store(true, Ordering::Release);
+                    readiness.set_supernode_reachable(true);
                     tracing::info!("announced to the supernode");
                 }
                 Err(e) => {
                     metrics.supernode_errors.inc();
+                    readiness.set_supernode_reachable(false);
                     tracing::warn!(error = %e, "announce failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -305,7 +308,7 @@ async fn keep_announced(
             upload_rate: 0,
         };
         match client.heartbeat(&hb).await {
-            Ok(()) => {}
+            Ok(()) => readiness.set_supernode_reachable(true),
             Err(Error::Supernode {
                 unknown_peer: true, ..
             }) => {
@@ -314,6 +317,7 @@ async fn keep_announced(
             }
             Err(e) => {
                 metrics.supernode_errors.inc();
+                readiness.set_supernode_reachable(false);
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }

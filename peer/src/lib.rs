@@ -14,13 +14,15 @@
 //! - [`get`]: the `shoal-peer get` client.
 //! - [`upstream`], [`credentials`], [`access`]: upstream registries for the mirror (URL mapping,
 //!   configured credentials, bearer-token auth, the blob access check's memory).
-//! - [`containerd`]: `shoal-peer containerd-config` (hosts.toml files).
+//! - [`containerd`]: `shoal-peer containerd-config` (hosts.toml files);
+//!   [`containerd_check`]: `shoal-peer containerd-check` (does containerd read them).
 //! - [`ratelimit`], [`metrics`], [`error`], [`trim`] (giving freed memory back when idle),
 //!   [`singleflight`] (one upstream call shared by concurrent callers).
 
 pub mod access;
 pub mod config;
 pub mod containerd;
+pub mod containerd_check;
 pub mod credentials;
 pub mod daemon;
 pub mod engine;

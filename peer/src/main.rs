@@ -34,13 +34,54 @@ enum Command {
     CheckConfig(RunArgs),
     /// Point containerd at this peer's registry mirror (writes certs.d hosts.toml files).
     ContainerdConfig(ContainerdArgs),
+    /// Check that containerd reads the hosts directory (its CRI registry `config_path`);
+    /// fails naming the fix, or with --patch adds it.
+    ContainerdCheck(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// containerd's config file (as this process sees it).
+    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    config: PathBuf,
+    /// The hosts directory as containerd sees it.
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    certs_dir: String,
+    /// Add the directory to config_path when missing (original kept as
+    /// config.toml.shoal-backup); containerd must then be restarted.
+    #[arg(long)]
+    patch: bool,
+}
+
+fn containerd_check(args: CheckArgs) -> anyhow::Result<()> {
+    use shoal_peer::containerd_check::{check, CheckOptions, Verdict};
+    let verdict = check(&CheckOptions {
+        config: args.config.clone(),
+        certs_dir: args.certs_dir,
+        patch: args.patch,
+    })?;
+    match verdict {
+        Verdict::Configured { config_path } => println!(
+            "containerd reads Shoal's hosts.toml files: {} has config_path = {config_path:?}",
+            args.config.display()
+        ),
+        Verdict::Patched { config_path } => println!(
+            "set config_path = {config_path:?} in {}; containerd reads it only at start: \
+             RESTART CONTAINERD on this node (until then it pulls without the mirror)",
+            args.config.display()
+        ),
+    }
+    Ok(())
 }
 
 #[derive(Args)]
 struct ContainerdArgs {
     /// Registry host (or host:port) to mirror (repeatable), e.g. docker.io.
-    #[arg(long = "registry", required = true)]
+    #[arg(long = "registry", required_unless_present = "all_registries")]
     registries: Vec<String>,
+    /// Also write `_default/hosts.toml`: registries not listed go through the mirror too.
+    #[arg(long)]
+    all_registries: bool,
     /// containerd's hosts directory (`config_path` of the CRI registry config).
     #[arg(long, default_value = "/etc/containerd/certs.d")]
     config_path: PathBuf,
@@ -61,6 +102,7 @@ fn containerd_config(args: ContainerdArgs) -> anyhow::Result<()> {
         config_path: args.config_path,
         mirror: args.mirror,
         insecure: args.insecure,
+        all_registries: args.all_registries,
     };
     let files = if args.restore {
         shoal_peer::containerd::restore(&opts)?
@@ -165,6 +207,7 @@ async fn main() -> ExitCode {
         Command::Get(a) => get_cmd(a).await,
         Command::CheckConfig(a) => check_config(a),
         Command::ContainerdConfig(a) => containerd_config(a),
+        Command::ContainerdCheck(a) => containerd_check(a),
     };
     match result {
         Ok(()) => Exit::Ok.into(),

@@ -38,6 +38,7 @@ pub struct PeerMetrics {
     pub cache_quota_bytes: IntGauge,
     pub cache_evictions: IntCounter,
     pub supernode_errors: IntCounter,
+    pub supernode_reachable: IntGauge,
     pub local_bytes_served: IntCounter,
     pub range_bytes: IntCounterVec,
     pub download_duration: Histogram,
@@ -175,6 +176,13 @@ impl PeerMetrics {
                 IntCounter::new(
                     "shoal_peer_supernode_errors_total",
                     "Failed requests to a supernode.",
+                )?,
+            )?,
+            supernode_reachable: reg(
+                registry,
+                IntGauge::new(
+                    "shoal_peer_supernode_reachable",
+                    "1 when the last announce or heartbeat reached a supernode, else 0.",
                 )?,
             )?,
             local_bytes_served: reg(

@@ -1,7 +1,9 @@
 //! A real containerd pulls an umoci-built, skopeo-pushed image through the mirror with
 //! `ctr images pull --hosts-dir <dir written by shoal-peer containerd-config>`, and the unpacked
 //! image holds the right files; with two nodes (two peers, two containerd, one supernode) the
-//! second node's pull takes no blob bytes from the registry.
+//! second node's pull takes no blob bytes from the registry. With only `_default/hosts.toml`
+//! (`containerd-config --all-registries`), a registry that has no hosts directory of its own
+//! is pulled through the mirror too.
 
 mod support;
 
@@ -20,8 +22,14 @@ const TOOLS: &[&str] = &[
 
 /// Writes `certs`/HOST/hosts.toml pointing containerd at `peer`'s mirror.
 fn containerd_config(peer: &Peer, host: &str, certs: &Path) {
+    write_hosts(peer, &["--registry", host, "--insecure"], certs);
+}
+
+/// `shoal-peer containerd-config ARGS` into `certs`, for `peer`'s mirror.
+fn write_hosts(peer: &Peer, args: &[&str], certs: &Path) {
     run(Command::new(peer_bin())
-        .args(["containerd-config", "--registry", host, "--insecure"])
+        .arg("containerd-config")
+        .args(args)
         .arg("--config-path")
         .arg(certs)
         .args(["--mirror", &peer.mirror_url()]));
@@ -183,6 +191,66 @@ async fn second_node_pulls_from_the_first_not_the_registry() {
         assert!(got[0] == one, "one.bin differs after unpack on node 2");
         assert!(got[1] == two, "two.bin differs after unpack on node 2");
         assert!(got[2] == three, "three.bin differs after unpack on node 2");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlisted_registry_pulls_through_the_default_mirror() {
+    if !tools_present(TOOLS) {
+        eprintln!("skipping: containerd, ctr, umoci or skopeo is not installed");
+        return;
+    }
+    with_timeout(Duration::from_secs(240), async {
+        let registry = Registry::start(RegistryAuth::Open);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (one, two) = (random_blob(510, 2 << 20), random_blob(511, 1 << 20));
+        let image = build_image(d, &[("one.bin", &one), ("two.bin", &two)]);
+        let host = registry.addr.clone();
+        push_image(&image, &format!("{host}/app:t"), None);
+        let peer = Peer::start(
+            "peer-default",
+            PeerOpts::embedded().arg("--insecure-registry").arg(&host),
+        )
+        .await;
+        let certs = d.join("certs.d");
+        write_hosts(&peer, &["--all-registries"], &certs);
+        assert_eq!(
+            dir_entries(&certs),
+            ["_default"],
+            "the registry must have no hosts directory of its own"
+        );
+
+        let containerd = std::sync::Arc::new(Containerd::start(&d.join("containerd")).await);
+        let reference = format!("{host}/app:t");
+        let out = pull(&containerd, &certs, &reference).await;
+        let got = {
+            let (c, r) = (containerd.clone(), reference.clone());
+            tokio::task::spawn_blocking(move || c.read_files(&r, &["one.bin", "two.bin"]))
+                .await
+                .unwrap()
+        };
+        assert!(
+            got[0] == one && got[1] == two,
+            "wrong files after the pull: {out}"
+        );
+        let mut served = Vec::new();
+        for kind in ["blob", "manifest"] {
+            let labels = [("kind", kind), ("status", "200")];
+            served.push(
+                peer.metric("shoal_peer_mirror_requests_total", &labels)
+                    .await,
+            );
+        }
+        let (blobs, manifests) = (served[0], served[1]);
+        // Two layers and the config: containerd falls back to the registry itself when the
+        // mirror fails or is not configured, so a bypass shows as fewer.
+        assert!(
+            blobs >= 3.0,
+            "only {blobs} blobs came through the mirror: {out}"
+        );
+        assert!(manifests >= 1.0, "the manifest bypassed the mirror: {out}");
     })
     .await
 }

@@ -1,6 +1,8 @@
 //! The mirror's handlers driven in process (`oneshot` on the router `shoal-peer run` serves),
 //! against a real registry: statuses, headers and bytes of the answers containerd relies on,
-//! without a daemon process or a listening socket for the mirror.
+//! without a daemon process or a listening socket for the mirror. Readiness reflects the
+//! mirror, not the supernode: with its only supernode on a closed port the peer is Ready, says
+//! so in `/readyz?verbose` and `shoal_peer_supernode_reachable`, and its mirror serves.
 
 mod support;
 
@@ -74,16 +76,20 @@ fn header(a: &Answer, name: header::HeaderName) -> &str {
         .unwrap_or_else(|| panic!("no {name} header: {:?}", a.headers))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mirror_handlers_in_process() {
-    with_timeout(Duration::from_secs(120), async {
-        let origin = Origin::start().await;
-        let blob = random_blob(41, BLOB);
-        let (digest, _) = origin.push("router/app", &blob).await;
-        let dir = tempfile::tempdir().unwrap();
+/// A peer wired in process (`Peer::build`) for `origin`, with its background tasks running.
+struct Wired {
+    peer: Peer,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Wired {
+    /// `supernodes` empty: an embedded supernode.
+    async fn start(origin: &Origin, dir: &std::path::Path, supernodes: Vec<url::Url>) -> Wired {
         let config = PeerConfig {
-            data_dir: dir.path().join("data"),
+            data_dir: dir.join("data"),
             insecure_registries: vec![origin.host()],
+            supernodes,
             ..PeerConfig::default()
         };
         let cancel = CancellationToken::new();
@@ -92,7 +98,29 @@ async fn mirror_handlers_in_process() {
             .await
             .expect("peer wiring");
         peer.spawn_upkeep(&cancel, &tracker);
-        let r = &peer.local;
+        Wired {
+            peer,
+            cancel,
+            tracker,
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_handlers_in_process() {
+    with_timeout(Duration::from_secs(120), async {
+        let origin = Origin::start().await;
+        let blob = random_blob(41, BLOB);
+        let (digest, _) = origin.push("router/app", &blob).await;
+        let dir = tempfile::tempdir().unwrap();
+        let wired = Wired::start(&origin, dir.path(), Vec::new()).await;
+        let r = &wired.peer.local;
         let ns = origin.host();
         let blob_uri = format!("/v2/router/app/blobs/{digest}?ns={ns}");
 
@@ -168,9 +196,65 @@ async fn mirror_handlers_in_process() {
             "a range past the end"
         );
 
-        cancel.cancel();
-        tracker.close();
-        tracker.wait().await;
+        wired.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_serving_with_the_supernode_down() {
+    with_timeout(Duration::from_secs(120), async {
+        let origin = Origin::start().await;
+        let blob = random_blob(7, (1 << 20) + 3);
+        let (digest, _) = origin.push("ready/app", &blob).await;
+        let dir = tempfile::tempdir().unwrap();
+        // free_port: bound and released, so nothing listens there.
+        let closed = format!("http://127.0.0.1:{}", free_port()).parse().unwrap();
+        let wired = Wired::start(&origin, dir.path(), vec![closed]).await;
+        let health = &wired.peer.health;
+
+        wait_for("/readyz 200", Duration::from_secs(20), || async {
+            (send(health, Method::GET, "/readyz", None).await.status == StatusCode::OK)
+                .then_some(())
+        })
+        .await;
+        let verbose = send(health, Method::GET, "/readyz?verbose", None).await;
+        assert_eq!(verbose.status, StatusCode::OK);
+        let report: serde_json::Value =
+            serde_json::from_slice(&verbose.body).expect("verbose is JSON");
+        assert_eq!(report["ready"], true, "{report}");
+        let cond = |name: &str| {
+            report["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} condition: {report}"))
+                .clone()
+        };
+        assert_eq!(cond("mirror")["ok"], true, "{report}");
+        assert_eq!(cond("supernode")["ok"], false, "{report}");
+        assert_eq!(cond("supernode")["required"], false, "{report}");
+        let metrics = send(health, Method::GET, "/metrics", None).await;
+        let metrics = String::from_utf8(metrics.body).unwrap();
+        // The line itself: metric_value reads an absent metric as 0.
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.trim() == "shoal_peer_supernode_reachable 0"),
+            "{metrics}"
+        );
+
+        let uri = format!("/v2/ready/app/blobs/{digest}?ns={}", origin.host());
+        let got = send(&wired.peer.local, Method::GET, &uri, None).await;
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "{:?}",
+            String::from_utf8_lossy(&got.body)
+        );
+        assert!(got.body == blob, "the mirror served the registry's bytes");
+        wired.stop().await;
     })
     .await;
 }

@@ -18,6 +18,9 @@ pub const PLUGIN: &str = "shoal";
 
 /// Writes the settings into `config` (creating it as a version 2 file when missing).
 pub fn install(config: &Path, socket: &Path) -> Result<()> {
+    // `shoal-peer containerd-check --patch` (the peer's init container) may edit the same
+    // file at the same time: both hold this lock around their read-modify-write.
+    let _lock = lock(config)?;
     let text = match std::fs::read_to_string(config) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -55,6 +58,24 @@ pub fn restore(config: &Path) -> Result<bool> {
         std::fs::rename(&backup, config).ctx(|| format!("restoring {}", config.display()))?;
     }
     Ok(true)
+}
+
+/// The edit lock shared with `shoal-peer containerd-check --patch` (`config.toml.shoal-lock`,
+/// `flock`); released when the returned file drops.
+fn lock(config: &Path) -> Result<std::fs::File> {
+    let mut path = config.as_os_str().to_owned();
+    path.push(".shoal-lock");
+    let path = PathBuf::from(path);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("locking {}", path.display()))?;
+    Ok(f)
 }
 
 fn backup_path(config: &Path) -> PathBuf {
