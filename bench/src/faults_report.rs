@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::lazy_pod_report::median;
+
 /// How the figures are taken, for the reader of the JSON.
 pub const METHOD: &str = "Each run of each scenario builds its own world on loopback (Debian's \
      docker-registry, shoal-supernode, shoal-peer daemons from --bin-dir) and measures a \
@@ -93,14 +95,7 @@ impl ScenarioReport {
                     .map(|m| m.value)
                     .collect();
                 values.sort_by(f64::total_cmp);
-                let median = (!values.is_empty()).then(|| {
-                    let n = values.len();
-                    if n % 2 == 1 {
-                        values[n / 2]
-                    } else {
-                        (values[n / 2 - 1] + values[n / 2]) / 2.0
-                    }
-                });
+                let median = (!values.is_empty()).then(|| median(values.clone()));
                 TargetSummary {
                     target: t.key.to_owned(),
                     limit: t.limit,

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_testkit::scenarios::registry_faults::{registry_faults, RegistryFaultsOpts, TOOLS};
+use shoal_testkit::scenarios::registry_faults::{
+    registry_faults, FaultyRegistry, RegistryFaultsOpts, TOOLS,
+};
 use shoal_testkit::Trigger;
 use support::*;
 
@@ -60,15 +62,9 @@ async fn containerd_pull(
     dir: &Path,
     what: &str,
 ) -> (u64, u64) {
-    let (first, second) = faults.unwrap_or((FaultPlan::none(), FaultPlan::none()));
-    let resets = FaultProxy::start(&registry.addr, second);
-    let busy = FaultProxy::start(&resets.addr, first);
+    let FaultyRegistry { busy, resets, peer } =
+        FaultyRegistry::start(&shoal_testkit::default_bin_dir(), registry, faults, what).await;
     let host = busy.addr.clone();
-    let peer = Peer::start(
-        &format!("peer-{what}"),
-        PeerOpts::embedded().arg("--insecure-registry").arg(&host),
-    )
-    .await;
     // The mirror only: `server` is a port nobody listens on.
     let certs = dir.join(format!("certs-{what}"));
     std::fs::create_dir_all(certs.join(&host)).unwrap();

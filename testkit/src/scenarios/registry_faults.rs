@@ -130,6 +130,40 @@ async fn push_test_image(registry: &Registry, dir: &Path) -> Image {
     }
 }
 
+/// A fresh peer whose registry is `registry` behind two fault proxies in a row.
+pub struct FaultyRegistry {
+    /// The first proxy (the peer's registry host): 503s; its request count is what the
+    /// registry side saw.
+    pub busy: FaultProxy,
+    /// The second proxy: resets.
+    pub resets: FaultProxy,
+    pub peer: Peer,
+}
+
+impl FaultyRegistry {
+    /// `faults` is (the 503 plan, the reset plan); `None`: both transparent. The peer, from
+    /// `bin_dir`, is named `peer-WHAT`.
+    pub async fn start(
+        bin_dir: &Path,
+        registry: &Registry,
+        faults: Option<(FaultPlan, FaultPlan)>,
+        what: &str,
+    ) -> FaultyRegistry {
+        let (first, second) = faults.unwrap_or((FaultPlan::none(), FaultPlan::none()));
+        let resets = FaultProxy::start(&registry.addr, second);
+        let busy = FaultProxy::start(&resets.addr, first);
+        let peer = Peer::start(
+            &format!("peer-{what}"),
+            PeerOpts::embedded()
+                .bin_dir(bin_dir)
+                .arg("--insecure-registry")
+                .arg(&busy.addr),
+        )
+        .await;
+        FaultyRegistry { busy, resets, peer }
+    }
+}
+
 /// The pull and the get, once, through a fresh peer whose registry is `registry` behind two
 /// fault proxies under `faults` (503s, resets).
 async fn pull(
@@ -139,18 +173,9 @@ async fn pull(
     image: &Image,
     what: &str,
 ) -> RequestCounts {
-    let (first, second) = faults.unwrap_or((FaultPlan::none(), FaultPlan::none()));
-    let resets = FaultProxy::start(&registry.addr, second);
-    let busy = FaultProxy::start(&resets.addr, first);
+    let FaultyRegistry { busy, resets, peer } =
+        FaultyRegistry::start(&opts.bin_dir, registry, faults, what).await;
     let host = busy.addr.clone();
-    let peer = Peer::start(
-        &format!("peer-{what}"),
-        PeerOpts::embedded()
-            .bin_dir(&opts.bin_dir)
-            .arg("--insecure-registry")
-            .arg(&host),
-    )
-    .await;
     let base = format!("{}/v2/app", peer.mirror_url());
     let ns = format!("ns={host}");
 
