@@ -14,6 +14,8 @@ mod cri_client;
 #[allow(dead_code)]
 #[path = "../../lazyfs/tests/cri_support/config.rs"]
 mod cri_config;
+mod faults;
+mod faults_report;
 mod fuse_trace;
 mod host_tcp;
 mod internal;
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
                 Command::Cluster(args) => cluster::main(args).await,
                 Command::Supernode(args) => supernode_bench::main(args).await,
                 Command::Memory(args) => memory::main(args).await,
+                Command::Faults(args) => faults::main(args).await,
                 Command::Lazyfs(args) => lazyfs_bench::main(args).await,
                 Command::LazyCluster(args) => lazy_cluster::main(args).await,
                 Command::WarmRead(args) => warm_read::main(args).await,

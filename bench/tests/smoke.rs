@@ -339,3 +339,37 @@ fn memory_four_downloads() {
     assert_eq!(r["idle_ok"].as_bool(), Some(idle <= 64.0 * mib), "{r:#}");
     assert!(r["serving_ok"].is_boolean(), "{r:#}");
 }
+
+#[test]
+fn faults_kill_parent_once() {
+    require_programs(&[("docker-registry", "docker-registry")]);
+    require_binaries(&["shoal-peer", "shoal-supernode"]);
+    let r = run_json(&[
+        "faults",
+        "--runs",
+        "1",
+        "--scenario",
+        "kill-parent",
+        "--swarm-size-mib",
+        "32",
+        "--rate",
+        "8MiB",
+        "--timeout",
+        "120",
+        "--json",
+    ]);
+    assert_eq!(num(&r, "runs"), 1.0, "{r:#}");
+    assert_eq!(num(&r, "failed_runs"), 0.0, "{r:#}");
+    let scenario = &r["scenarios"][0];
+    assert_eq!(scenario["scenario"], "kill-parent", "{r:#}");
+    assert!(scenario["runs"][0]["error"].is_null(), "{r:#}");
+    let ratio = num(&scenario["runs"][0]["measures"][0], "value");
+    // The survivors cannot finish before a swarm that lost nobody started; a ratio near 0 or
+    // in the hundreds means the timing is broken.
+    assert!(ratio > 0.2 && ratio < 100.0, "{r:#}");
+    let target = &scenario["targets"][0];
+    assert_eq!(num(target, "limit"), 1.5, "{r:#}");
+    assert_eq!(num(target, "median"), ratio, "{r:#}");
+    assert_eq!(target["met"].as_bool(), Some(ratio <= 1.5), "{r:#}");
+    assert_eq!(r["all_met"], target["met"], "{r:#}");
+}

@@ -15,127 +15,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_common::Digest;
+use shoal_testkit::scenarios::registry_faults::{
+    registry_faults, FaultyRegistry, RegistryFaultsOpts, TOOLS,
+};
 use shoal_testkit::Trigger;
 use support::*;
 
-/// The pull, once, through a fresh peer whose registry is `registry` behind two fault proxies
-/// under `faults` (503s, resets). Returns the requests the registry side saw, and how many of
-/// them were faulted.
-async fn pull(
-    registry: &Registry,
-    faults: Option<(FaultPlan, FaultPlan)>,
-    image: &(Vec<u8>, Vec<(Digest, Vec<u8>)>),
-    get_blob: &(Digest, Vec<u8>),
-    what: &str,
-) -> (u64, u64) {
-    let (first, second) = faults.unwrap_or((FaultPlan::none(), FaultPlan::none()));
-    let resets = FaultProxy::start(&registry.addr, second);
-    let busy = FaultProxy::start(&resets.addr, first);
-    let host = busy.addr.clone();
-    let peer = Peer::start(
-        &format!("peer-{what}"),
-        PeerOpts::embedded().arg("--insecure-registry").arg(&host),
-    )
-    .await;
-    let base = format!("{}/v2/app", peer.mirror_url());
-    let ns = format!("ns={host}");
-
-    let (manifest, blobs) = image;
-    fetch(
-        &format!("{base}/manifests/t?{ns}"),
-        None,
-        Some(MANIFEST_ACCEPT),
-    )
-    .await
-    .assert_bytes(manifest, &format!("{what}: manifest"));
-    for (d, data) in blobs {
-        let url = format!("{base}/blobs/{d}?{ns}");
-        let head = http().head(&url).send().await.expect("HEAD blob");
-        assert_eq!(head.status().as_u16(), 200, "{what}: HEAD {d}");
-        let length = head
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        assert_eq!(
-            length,
-            Some(data.len().to_string()),
-            "{what}: HEAD {d} length"
-        );
-        fetch(&url, None, None)
-            .await
-            .assert_bytes(data, &format!("{what}: blob {d}"));
-    }
-
-    let (digest, data) = get_blob;
-    let out = tempfile::tempdir().unwrap();
-    let file = out.path().join("blob");
-    let url = format!("{}/v2/app/blobs/{digest}", busy.url());
-    get(&peer, &url, Some(digest), &file)
-        .await
-        .assert_success(&format!("{what}: shoal-peer get"));
-    assert!(
-        std::fs::read(&file).unwrap() == *data,
-        "{what}: shoal-peer get wrote other bytes"
-    );
-    eprintln!(
-        "{what}: {} registry requests, {} answered 503, {} reset",
-        busy.requests(),
-        busy.faulted(),
-        resets.faulted()
-    );
-    (busy.requests(), busy.faulted() + resets.faulted())
-}
-
+/// The mirror pull and the get are [`registry_faults`], the same `shoal-bench faults`
+/// measures: 5 % 503s and 5 % resets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pull_through_503s_and_resets() {
-    if !tools_present(&["/usr/bin/umoci", "/usr/bin/skopeo"]) {
+    if !tools_present(TOOLS) {
         eprintln!("skipping: umoci or skopeo is not installed");
         return;
     }
     with_timeout(Duration::from_secs(300), async {
-        let registry = Registry::start(RegistryAuth::Open);
-        let dir = tempfile::tempdir().unwrap();
-        let layers = [
-            random_blob(400, 5 << 20),
-            random_blob(401, 3 << 20),
-            random_blob(402, 700 << 10),
-        ];
-        let image = build_image(
-            dir.path(),
-            &[
-                ("one.bin", &layers[0]),
-                ("two.bin", &layers[1]),
-                ("three.bin", &layers[2]),
-            ],
-        );
-        push_image(&image, &format!("{}/app:t", registry.addr), None);
-        let m = fetch(
-            &format!("{}/v2/app/manifests/t", registry.url()),
-            None,
-            Some(MANIFEST_ACCEPT),
-        )
-        .await;
-        assert_eq!(m.status, 200, "manifest straight from the registry");
-        let manifest = m.body.unwrap();
-        let mut blobs = vec![];
-        for d in manifest_blobs(&manifest) {
-            let b = fetch(&format!("{}/v2/app/blobs/{d}", registry.url()), None, None).await;
-            assert_eq!(b.status, 200);
-            blobs.push((d, b.body.unwrap()));
-        }
-        let image = (manifest, blobs);
-        let extra = random_blob(403, 6 << 20);
-        let get_blob = (registry.push("app", &extra).await, extra);
-
-        let (clean, _) = pull(&registry, None, &image, &get_blob, "clean").await;
-        let share = |seed| Trigger::Share { ratio: 0.05, seed };
-        let faults = (
-            FaultPlan::new(Fault::Status(503), share(21)),
-            FaultPlan::new(Fault::Reset, share(2100)),
-        );
-        let (faulty, faulted) = pull(&registry, Some(faults), &image, &get_blob, "faulty").await;
+        let outcome = registry_faults(&RegistryFaultsOpts::default()).await;
+        let (clean, faulty) = (outcome.clean.total(), outcome.faulty.total());
+        let faulted = outcome.faulty.faulted;
         assert!(
             faulted >= 3,
             "only {faulted} requests faulted: the test proves little"
@@ -165,15 +62,9 @@ async fn containerd_pull(
     dir: &Path,
     what: &str,
 ) -> (u64, u64) {
-    let (first, second) = faults.unwrap_or((FaultPlan::none(), FaultPlan::none()));
-    let resets = FaultProxy::start(&registry.addr, second);
-    let busy = FaultProxy::start(&resets.addr, first);
+    let FaultyRegistry { busy, resets, peer } =
+        FaultyRegistry::start(&shoal_testkit::default_bin_dir(), registry, faults, what).await;
     let host = busy.addr.clone();
-    let peer = Peer::start(
-        &format!("peer-{what}"),
-        PeerOpts::embedded().arg("--insecure-registry").arg(&host),
-    )
-    .await;
     // The mirror only: `server` is a port nobody listens on.
     let certs = dir.join(format!("certs-{what}"));
     std::fs::create_dir_all(certs.join(&host)).unwrap();

@@ -278,15 +278,20 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
-/// A binary of the workspace (`target/<profile>/NAME`), found from the running test
-/// executable (`target/<profile>/deps/…`). Panics with what to do when it is not built:
-/// cargo builds only the binaries of the crate under test.
-pub fn workspace_bin(name: &str) -> PathBuf {
+/// The directory of the workspace's binaries the running executable was built with:
+/// `target/<profile>` for a test (`target/<profile>/deps/…`) or for `shoal-bench` itself.
+pub fn default_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe.parent().expect("the test executable has a directory");
+    let mut dir = exe.parent().expect("the executable has a directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("target/<profile>");
     }
+    dir.to_owned()
+}
+
+/// The binary `name` in `dir`. Panics with what to do when it is not built: cargo builds only
+/// the binaries of the crate under test.
+pub fn bin_in(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -295,6 +300,12 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A binary of the workspace (`target/<profile>/NAME`), found from the running test
+/// executable (`target/<profile>/deps/…`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    bin_in(&default_bin_dir(), name)
 }
 
 /// `http://HOST:PORT/PATH` split into (`HOST:PORT`, `/PATH`).

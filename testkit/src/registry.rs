@@ -105,7 +105,7 @@ impl Registry {
 
     /// A registry in a temp dir of its own.
     pub fn start(auth: RegistryAuth) -> Registry {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = crate::scratch::tempdir();
         let mut registry = Self::start_in(dir.path(), auth);
         registry._dir = Some(dir);
         registry

@@ -1,24 +1,32 @@
 //! Shared helpers for the peer's end-to-end tests, on top of `shoal-testkit` (ports, child
-//! processes, the registry, proxies, metrics and blobs, re-exported here): binaries, timeouts
-//! and files here; [`registry`] (the registry behind a byte-counting proxy, and pushing to it),
-//! [`process`] (supernode and peer processes), [`get`] (`shoal-peer get`), [`image`]
-//! (umoci/skopeo images, OCI client requests), [`containerd`] (a real containerd), [`ranged`]
-//! (ranged blob requests through a mirror), [`swarm`] (timed swarms for fault tests, measured
-//! against a fault-free run) and [`token`] (a bearer-token issuer for a real registry).
+//! processes, the registry, proxies, metrics and blobs, and Shoal's own daemons, re-exported
+//! here so that every test file names them the same): from the test kit, `origin` (the
+//! registry behind a byte-counting proxy, and pushing to it), `shoal` (supernode and peer
+//! processes), `get` (`shoal-peer get`), `swarm` (timed swarms for fault tests, measured
+//! against a fault-free run) and bounded waits, shared with `shoal-bench faults`; here,
+//! binaries and files, [`image`] (the kit's umoci/skopeo images plus Basic auth),
+//! [`containerd`] (a real containerd), [`ranged`] (ranged blob requests through a mirror) and
+//! [`token`] (a bearer-token issuer for a real registry).
 //!
 //! Every process a test starts is killed when its handle drops (also on panic, after its log
 //! tail is printed), and every file lives in a temp dir owned by the test.
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
+pub use shoal_testkit::get::*;
+#[allow(unused_imports)]
+pub use shoal_testkit::origin::*;
+#[allow(unused_imports)]
+pub use shoal_testkit::shoal::*;
+#[allow(unused_imports)]
+pub use shoal_testkit::swarm::*;
+#[allow(unused_imports)]
 pub use shoal_testkit::{
-    assert_file_digest, free_port, hermetic_env, metric_value, random_blob, sha256_file, Daemon,
-    Fault, FaultPlan, FaultProxy, Registry, RegistryAuth, Tmpfs,
+    assert_file_digest, free_port, hermetic_env, http, metric_value, random_blob, sha256_file,
+    wait_for, with_timeout, Daemon, Fault, FaultPlan, FaultProxy, Registry, RegistryAuth, Tmpfs,
 };
 
 pub const MIB: u64 = 1 << 20;
@@ -27,31 +35,17 @@ pub const MIB: u64 = 1 << 20;
 /// 404's headers, far less than one piece (1 MiB).
 pub const HEADERS_ONLY: u64 = 16 * 1024;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
 mod containerd;
-mod get;
 mod image;
-mod process;
 mod ranged;
-mod registry;
-mod swarm;
 mod token;
 // Each test file uses a different subset.
 #[allow(unused_imports)]
 pub use containerd::*;
 #[allow(unused_imports)]
-pub use get::*;
-#[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]
-pub use process::*;
-#[allow(unused_imports)]
 pub use ranged::*;
-#[allow(unused_imports)]
-pub use registry::*;
-#[allow(unused_imports)]
-pub use swarm::*;
 #[allow(unused_imports)]
 pub use token::*;
 
@@ -84,43 +78,6 @@ pub fn supernode_bin() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Runs `fut`, panicking if it takes longer than `limit` (a hang fails the test instead of
-/// blocking CI).
-pub async fn with_timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("test did not finish within {limit:?}"),
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, panicking with `what` after `limit`.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// An HTTP client that never uses a proxy from the environment.
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("reqwest client")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use shoal_common::Digest;
 use tokio::task::JoinHandle;
 
-use super::{free_port, get_raw, FaultPlan, FaultProxy, GetOutput, Peer, PeerOpts, Supernode};
+use crate::get::{get_with, GetOutput};
+use crate::shoal::{Peer, PeerOpts, Supernode};
+use crate::{free_port, scratch, FaultPlan, FaultProxy};
 
 /// One `shoal-peer get` running in the background, with the time it ended at.
 pub struct TimedGet {
@@ -40,14 +42,15 @@ pub fn spawn_timed_gets(
         .enumerate()
         .map(|(i, p)| {
             let path = dir.join(format!("blob{i}"));
-            let (mirror, url, digest, out) = (
+            let (bin, mirror, url, digest, out) = (
+                p.bin.clone(),
                 p.mirror_url(),
                 url.to_string(),
                 digest.to_string(),
                 path.clone(),
             );
             let handle = tokio::spawn(async move {
-                let output = get_raw(&mirror, &url, Some(&digest), &out).await;
+                let output = get_with(&bin, &mirror, &url, Some(&digest), &out).await;
                 (output, started.elapsed())
             });
             TimedGet { path, handle }
@@ -77,7 +80,7 @@ pub async fn finish_each(gets: Vec<TimedGet>, digest: &Digest, what: &str) -> Ve
         ended.push((path, took));
     }
     for (path, _) in &ended {
-        super::assert_file_digest(path, digest);
+        crate::assert_file_digest(path, digest);
     }
     ended.into_iter().map(|(_, t)| t).collect()
 }
@@ -99,7 +102,18 @@ pub async fn fault_free_swarm(
     url: &str,
     digest: &Digest,
 ) -> Vec<Duration> {
-    let supernode = Supernode::start().await;
+    fault_free_swarm_from(&crate::default_bin_dir(), n, args, url, digest).await
+}
+
+/// [`fault_free_swarm`] with the binaries in `bin_dir`.
+pub async fn fault_free_swarm_from(
+    bin_dir: &Path,
+    n: usize,
+    args: &[&str],
+    url: &str,
+    digest: &Digest,
+) -> Vec<Duration> {
+    let supernode = Supernode::start_from(bin_dir).await;
     let mut peers = Vec::new();
     for i in 0..n {
         let mut opts = PeerOpts::with_supernode(&supernode);
@@ -108,7 +122,7 @@ pub async fn fault_free_swarm(
         }
         peers.push(Peer::start(&format!("clean{i}"), opts).await);
     }
-    let out = tempfile::tempdir().expect("tempdir");
+    let out = scratch::tempdir();
     let gets = spawn_timed_gets(&peers, url, digest, out.path(), Instant::now());
     let ended = finish_each(gets, digest, "fault-free swarm").await;
     eprintln!(
@@ -121,9 +135,14 @@ pub async fn fault_free_swarm(
     ended
 }
 
+/// `faulted` as a multiple of `fault_free` (a fault-free time under 1 ms counts as 1 ms).
+pub fn time_ratio(faulted: Duration, fault_free: Duration) -> f64 {
+    faulted.as_secs_f64() / fault_free.as_secs_f64().max(0.001)
+}
+
 /// Prints and checks a faulted time against the fault-free one: at most `bound` times it.
 pub fn assert_within(what: &str, faulted: Duration, fault_free: Duration, bound: f64) {
-    let ratio = faulted.as_secs_f64() / fault_free.as_secs_f64().max(0.001);
+    let ratio = time_ratio(faulted, fault_free);
     eprintln!(
         "{what}: {:.2} s against {:.2} s fault-free: {ratio:.2} × (bound {bound} ×)",
         faulted.as_secs_f64(),

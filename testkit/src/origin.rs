@@ -1,10 +1,9 @@
-//! The origin of the end-to-end tests: Debian's `docker-registry` (from the test kit) behind
+//! The origin of the end-to-end tests and of `shoal-bench faults`: Debian's `docker-registry` (from the test kit) behind
 //! a [`CountingProxy`] that counts the registry's egress, and pushing blobs to it.
 
 use shoal_common::Digest;
-use shoal_testkit::{CountingProxy, Registry, RegistryAuth};
 
-use super::http;
+use crate::{http, CountingProxy, Registry, RegistryAuth};
 
 /// Pushing blobs to a [`Registry`] the way a client would (monolithic upload).
 #[allow(async_fn_in_trait)] // test support: never used across threads by name

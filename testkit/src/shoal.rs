@@ -1,17 +1,27 @@
-//! The supernode and peer daemons, on the test kit's kill-on-drop [`Daemon`].
+//! Shoal's own daemons, `shoal-supernode` and `shoal-peer run`, on the kill-on-drop
+//! [`Daemon`]: the handles the peer's end-to-end tests and `shoal-bench faults` share. Both
+//! take the binaries from a directory: by default [`default_bin_dir`] (next to the running
+//! test or benchmark executable), or one given explicitly (`shoal-bench --bin-dir`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, http, metric_value, peer_bin, supernode_bin, Daemon, READY_TIMEOUT};
+use crate::processes::{bin_in, default_bin_dir};
+use crate::{free_port, http, metric_value, scratch, Daemon};
+
+/// How long a daemon may take to answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Supernode
 
 pub struct Supernode {
     pub port: u16,
+    /// Where its binary came from; its peers ([`PeerOpts::with_supernode`]) use the same.
+    pub bin_dir: PathBuf,
     daemon: Daemon,
     _dir: TempDir,
 }
@@ -23,17 +33,22 @@ impl Supernode {
 
     /// Starts a supernode with extra command-line arguments.
     pub async fn start_with(args: &[&str]) -> Supernode {
-        Self::spawn(free_port(), args).await
+        Self::spawn(&default_bin_dir(), free_port(), args).await
     }
 
     /// Starts a supernode on a given port (to replace one that was stopped).
     pub async fn start_on(port: u16) -> Supernode {
-        Self::spawn(port, &[]).await
+        Self::spawn(&default_bin_dir(), port, &[]).await
     }
 
-    async fn spawn(port: u16, args: &[&str]) -> Supernode {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(supernode_bin());
+    /// Starts `shoal-supernode` from `bin_dir` on a free port.
+    pub async fn start_from(bin_dir: &Path) -> Supernode {
+        Self::spawn(bin_dir, free_port(), &[]).await
+    }
+
+    async fn spawn(bin_dir: &Path, port: u16, args: &[&str]) -> Supernode {
+        let dir = scratch::tempdir();
+        let mut cmd = Command::new(bin_in(bin_dir, "shoal-supernode"));
         cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
         cmd.args(args);
         let mut daemon = Daemon::spawn("supernode", cmd, dir.path());
@@ -41,6 +56,7 @@ impl Supernode {
         daemon.wait_http_async(&url, &[200], READY_TIMEOUT).await;
         Supernode {
             port,
+            bin_dir: bin_dir.to_owned(),
             daemon,
             _dir: dir,
         }
@@ -122,6 +138,8 @@ pub struct PeerOpts {
     pub extra: Vec<String>,
     /// The data directory (default: `data` in the peer's temp dir), e.g. a small tmpfs.
     pub data_dir: Option<PathBuf>,
+    /// Where `shoal-peer` is (also for the `shoal-peer get` clients of this peer).
+    pub bin_dir: PathBuf,
 }
 
 impl PeerOpts {
@@ -135,6 +153,7 @@ impl PeerOpts {
             advertise_port: None,
             extra: vec![],
             data_dir: None,
+            bin_dir: sn.bin_dir.clone(),
         }
     }
 
@@ -148,7 +167,14 @@ impl PeerOpts {
             advertise_port: None,
             extra: vec![],
             data_dir: None,
+            bin_dir: default_bin_dir(),
         }
+    }
+
+    /// Takes `shoal-peer` from `dir`.
+    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dir = dir.into();
+        self
     }
 
     pub fn cache_size(mut self, size: impl Into<String>) -> Self {
@@ -189,6 +215,8 @@ pub struct Peer {
     pub p2p_port: u16,
     pub metrics_port: u16,
     pub data_dir: PathBuf,
+    /// The `shoal-peer` binary it runs.
+    pub bin: PathBuf,
     args: Vec<String>,
     daemon: Daemon,
     dir: TempDir,
@@ -197,7 +225,8 @@ pub struct Peer {
 impl Peer {
     /// Starts the peer and waits for its `/readyz`.
     pub async fn start(name: &str, opts: PeerOpts) -> Peer {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = scratch::tempdir();
+        let bin = bin_in(&opts.bin_dir, "shoal-peer");
         let data_dir = opts
             .data_dir
             .clone()
@@ -229,13 +258,14 @@ impl Peer {
             args.extend(["--peer-id".into(), id.clone()]);
         }
         args.extend(opts.extra.iter().cloned());
-        let daemon = Self::spawn(name, &args, dir.path());
+        let daemon = Self::spawn(&bin, name, &args, dir.path());
         let mut peer = Peer {
             name: name.to_string(),
             mirror_port,
             p2p_port,
             metrics_port,
             data_dir,
+            bin,
             args,
             daemon,
             dir,
@@ -244,8 +274,8 @@ impl Peer {
         peer
     }
 
-    fn spawn(name: &str, args: &[String], log_dir: &Path) -> Daemon {
-        let mut cmd = Command::new(peer_bin());
+    fn spawn(bin: &Path, name: &str, args: &[String], log_dir: &Path) -> Daemon {
+        let mut cmd = Command::new(bin);
         cmd.args(args);
         Daemon::spawn(name, cmd, log_dir)
     }
@@ -265,7 +295,7 @@ impl Peer {
     /// Starts the peer again with the same arguments, data dir and ports, and waits until ready.
     pub async fn restart(&mut self) {
         self.daemon.kill();
-        self.daemon = Self::spawn(&self.name, &self.args, self.dir.path());
+        self.daemon = Self::spawn(&self.bin, &self.name, &self.args, self.dir.path());
         self.wait_ready().await;
     }
 
@@ -280,7 +310,7 @@ impl Peer {
 
     pub async fn is_ready(&self) -> bool {
         let url = format!("{}/readyz", self.metrics_url());
-        tokio::task::spawn_blocking(move || shoal_testkit::http_status(&url))
+        tokio::task::spawn_blocking(move || crate::http_status(&url))
             .await
             .ok()
             .flatten()

@@ -1,4 +1,5 @@
-//! Running `shoal-peer get` as a child process.
+//! Running `shoal-peer get` as a child process, always within a time limit: the client of
+//! the end-to-end tests and of `shoal-bench faults`.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -6,7 +7,11 @@ use std::time::Duration;
 
 use shoal_common::Digest;
 
-use super::{hermetic_env, peer_bin, Peer};
+use crate::shoal::Peer;
+use crate::{hermetic_env, workspace_bin};
+
+/// The longest a `shoal-peer get` may run before it is killed and the caller panics.
+const GET_TIMEOUT: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------------
 // `shoal-peer get`
@@ -48,14 +53,15 @@ impl GetOutput {
     }
 }
 
-/// The `shoal-peer get URL -o OUT [--digest D] --peer MIRROR` command, killed if dropped.
+/// The `BIN get URL -o OUT [--digest D] --peer MIRROR` command, killed if dropped.
 pub fn get_command(
+    bin: &Path,
     mirror_url: &str,
     url: &str,
     digest: Option<&str>,
     out: &Path,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(peer_bin());
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.arg("get").arg(url).arg("-o").arg(out);
     if let Some(d) = digest {
         cmd.arg("--digest").arg(d);
@@ -77,27 +83,40 @@ pub fn spawn_get(
     digest: Option<&Digest>,
     out: &Path,
 ) -> tokio::task::JoinHandle<GetOutput> {
-    let (mirror, url, digest, out) = (
+    let (bin, mirror, url, digest, out) = (
+        peer.bin.clone(),
         peer.mirror_url(),
         url.to_string(),
         digest.map(|d| d.to_string()),
         out.to_path_buf(),
     );
-    tokio::spawn(async move { get_raw(&mirror, &url, digest.as_deref(), &out).await })
+    tokio::spawn(async move { get_with(&bin, &mirror, &url, digest.as_deref(), &out).await })
 }
 
-/// Runs `shoal-peer get` through `peer` (at most 5 minutes).
+/// Runs `shoal-peer get` through `peer` (at most 5 minutes), with `peer`'s binary.
 pub async fn get(peer: &Peer, url: &str, digest: Option<&Digest>, out: &Path) -> GetOutput {
     let digest = digest.map(|d| d.to_string());
-    get_raw(&peer.mirror_url(), url, digest.as_deref(), out).await
+    get_with(&peer.bin, &peer.mirror_url(), url, digest.as_deref(), out).await
 }
 
-/// Runs `shoal-peer get` with a raw digest string and peer URL (at most 5 minutes).
+/// Runs the workspace's `shoal-peer get` with a raw digest string and peer URL (at most 5
+/// minutes).
 pub async fn get_raw(mirror_url: &str, url: &str, digest: Option<&str>, out: &Path) -> GetOutput {
-    let child = get_command(mirror_url, url, digest, out)
+    get_with(&workspace_bin("shoal-peer"), mirror_url, url, digest, out).await
+}
+
+/// Runs `BIN get` with a raw digest string and peer URL (at most 5 minutes).
+pub async fn get_with(
+    bin: &Path,
+    mirror_url: &str,
+    url: &str,
+    digest: Option<&str>,
+    out: &Path,
+) -> GetOutput {
+    let child = get_command(bin, mirror_url, url, digest, out)
         .spawn()
         .expect("spawn shoal-peer get");
-    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+    let output = tokio::time::timeout(GET_TIMEOUT, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("shoal-peer get {url} did not finish within 5 minutes"))
         .expect("wait for shoal-peer get");
