@@ -379,6 +379,10 @@ pub struct FaultsArgs {
     /// Size of the overload scenario's blob in MiB.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub overload_size_mib: u64,
+    /// 1 MiB layers added to the registry scenario's 3-layer image, so that its 10 % fault
+    /// share is measured on enough requests (~25 with none, ~85 with 20).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=200))]
+    pub registry_extra_layers: u32,
 }
 
 impl FaultsArgs {

@@ -162,6 +162,7 @@ async fn run_one(
     let registry = RegistryFaultsOpts {
         bin_dir: bin_dir.to_owned(),
         seed,
+        extra_layers: args.registry_extra_layers as usize,
         ..RegistryFaultsOpts::default()
     };
     let mut task = tokio::spawn(async move {

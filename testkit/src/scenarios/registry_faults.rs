@@ -27,6 +27,10 @@ pub struct RegistryFaultsOpts {
     pub share: f64,
     /// Added to the fault proxies' seeds (each benchmark run may fault other requests).
     pub seed: u64,
+    /// Layers of the pulled image beyond the first three (1 MiB each): a 10 % fault share
+    /// of the CI image's ~25 requests is two or three faults, too few for a ratio; the
+    /// benchmark adds layers until the share is measured on enough requests.
+    pub extra_layers: usize,
 }
 
 impl Default for RegistryFaultsOpts {
@@ -36,6 +40,7 @@ impl Default for RegistryFaultsOpts {
             bin_dir: default_bin_dir(),
             share: 0.05,
             seed: 0,
+            extra_layers: 0,
         }
     }
 }
@@ -75,7 +80,7 @@ struct Image {
 pub async fn registry_faults(opts: &RegistryFaultsOpts) -> RegistryFaultsOutcome {
     let registry = Registry::start(RegistryAuth::Open);
     let dir = scratch::tempdir();
-    let image = push_test_image(&registry, dir.path()).await;
+    let image = push_test_image(&registry, dir.path(), opts.extra_layers).await;
 
     let clean = pull(opts, &registry, None, &image, "clean").await;
     let share = |seed| Trigger::Share {
@@ -90,22 +95,23 @@ pub async fn registry_faults(opts: &RegistryFaultsOpts) -> RegistryFaultsOutcome
     RegistryFaultsOutcome { clean, faulty }
 }
 
-/// A three-layer image built with umoci and pushed with skopeo as `app:t`, read back straight
-/// from the registry, plus a blob pushed alone for `shoal-peer get`.
-async fn push_test_image(registry: &Registry, dir: &Path) -> Image {
-    let layers = [
-        random_blob(400, 5 << 20),
-        random_blob(401, 3 << 20),
-        random_blob(402, 700 << 10),
+/// An image of three layers (5 MiB, 3 MiB, 700 KiB) and `extra` more (1 MiB each), built
+/// with umoci and pushed with skopeo as `app:t`, read back straight from the registry, plus a
+/// blob pushed alone for `shoal-peer get`.
+async fn push_test_image(registry: &Registry, dir: &Path, extra: usize) -> Image {
+    let mut files = vec![
+        ("one.bin".to_owned(), random_blob(400, 5 << 20)),
+        ("two.bin".to_owned(), random_blob(401, 3 << 20)),
+        ("three.bin".to_owned(), random_blob(402, 700 << 10)),
     ];
-    let image = build_image(
-        dir,
-        &[
-            ("one.bin", &layers[0]),
-            ("two.bin", &layers[1]),
-            ("three.bin", &layers[2]),
-        ],
-    );
+    files.extend((0..extra).map(|i| {
+        (
+            format!("extra{i}.bin"),
+            random_blob(500 + i as u64, 1 << 20),
+        )
+    }));
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
+    let image = build_image(dir, &files);
     push_image(&image, &format!("{}/app:t", registry.addr), None);
     let m = fetch(
         &format!("{}/v2/app/manifests/t", registry.url()),
