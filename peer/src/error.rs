@@ -85,8 +85,8 @@ pub enum Error {
         message: String,
         /// How to report it to the supernode.
         reason: shoal_common::api::FailReason,
-        /// Its host refused the connection (nothing listens there): reported as such.
-        refused: bool,
+        /// What this download makes of it, beyond the reason.
+        fault: ParentFault,
     },
 
     #[error("task {task} piece {piece}: expected {expected}, got {actual}")]
@@ -124,6 +124,22 @@ pub enum Error {
 
     #[error("shutting down")]
     Cancelled,
+}
+
+/// How a parent failed, where the download treats cases of one reported reason differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentFault {
+    Other,
+    /// Its host refused the connection (nothing listens there): reported as such, and the
+    /// supernode takes the parent out at once.
+    Refused,
+    /// It went silent while relaying a piece still arriving from its own source. Reported
+    /// as an interruption (the source may be the origin, stalling for everyone, so the
+    /// supernode does not count it against the parent), but this download stops asking the
+    /// parent for a short while: a parent whose source stalls cuts its readers off itself
+    /// within its own stall timeout, so a relay silent for twice that is most likely the
+    /// parent's own doing. Pieces only avoided parents hold come from the origin meanwhile.
+    RelayStalled,
 }
 
 impl Error {

@@ -73,7 +73,7 @@ pub async fn get(opts: GetOptions) -> Result<GetSummary> {
         peer: opts.peer.to_string(),
         message,
         reason: shoal_common::api::FailReason::Unreachable,
-        refused: false,
+        fault: crate::error::ParentFault::Other,
     };
     let resp = reqwest::Client::new()
         .get(api)

@@ -13,6 +13,9 @@ use tokio::sync::watch;
 /// How long a parent that stalled is not asked again by this download; as long as the
 /// supernode keeps a parent reported by several children out of scheduling.
 pub(super) const STALLED_FOR: Duration = Duration::from_secs(30);
+/// How long a parent whose relay went silent is not asked again: briefly, since the silence
+/// may be the origin's ([`crate::error::ParentFault::RelayStalled`]).
+pub(super) const RELAY_STALLED_FOR: Duration = Duration::from_secs(5);
 
 pub(crate) struct Avoid {
     map: Mutex<HashMap<PeerId, Option<Instant>>>,

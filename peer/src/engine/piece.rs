@@ -9,11 +9,11 @@ use std::time::Instant;
 use shoal_common::api::{Assignment, FailReason, PeerId, PieceDone, PieceFailed};
 use shoal_common::Digest;
 
-use super::avoid::{Avoid, STALLED_FOR};
+use super::avoid::{Avoid, RELAY_STALLED_FOR, STALLED_FOR};
 use super::demand::Demand;
 use super::reporter::{ReportItem, Reporter};
 use super::EngineShared;
-use crate::error::{Error, Result};
+use crate::error::{Error, ParentFault, Result};
 use crate::metrics::{FetchedFrom, PeerMetrics};
 use crate::source::{HttpFetcher, Origin, ParentPeer, PieceSource};
 
@@ -41,26 +41,33 @@ const SPARSE_ROOM: u64 = 4 << 20;
 
 impl PieceContext {
     fn fail(&self, piece: u32, parent: Option<PeerId>, reason: FailReason) {
-        self.report_failure(piece, parent, reason, false);
+        self.report_failure(piece, parent, reason, ParentFault::Other);
     }
 
-    /// Reports a failed fetch; `refused`: the parent's host refused the connection.
+    /// Reports a failed fetch to the supernode, and counts it. A relay that went silent is
+    /// reported as an interruption (the silence may be its source's) but counted here as
+    /// the timeout it was.
     fn report_failure(
         &self,
         piece: u32,
         parent: Option<PeerId>,
         reason: FailReason,
-        refused: bool,
+        fault: ParentFault,
     ) {
         let source = if parent.is_some() {
             FetchedFrom::Peer
         } else {
             FetchedFrom::Origin
         };
-        let reason_label = serde_json::to_value(reason)
+        let counted = match fault {
+            ParentFault::RelayStalled => FailReason::Timeout,
+            _ => reason,
+        };
+        let reason_label = serde_json::to_value(counted)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        let refused = fault == ParentFault::Refused;
         self.metrics
             .piece_failures
             .with_label_values(&[source.label(), &reason_label])
@@ -288,7 +295,7 @@ impl PieceContext {
                                 peer: peer.clone(),
                                 message,
                                 reason: FailReason::Corrupt,
-                                refused: false,
+                                fault: ParentFault::Other,
                             }
                         }
                         None => Error::Origin {
@@ -370,7 +377,7 @@ impl PieceContext {
                     peer: parent.peer_id.clone(),
                     message: "given up: another fetch from this parent failed".into(),
                     reason: FailReason::Abandoned,
-                    refused: false,
+                    fault: ParentFault::Other,
                 }),
             };
             match fetched {
@@ -398,15 +405,13 @@ impl PieceContext {
                         peer: parent.peer_id.clone(),
                         message: format!("piece {} did not match its digest", a.piece),
                         reason: FailReason::Corrupt,
-                        refused: false,
+                        fault: ParentFault::Other,
                     });
                 }
                 Err(e) => {
-                    let (reason, refused) = match &e {
-                        Error::Parent {
-                            reason, refused, ..
-                        } => (*reason, *refused),
-                        _ => (FailReason::Unreachable, false),
+                    let (reason, fault) = match &e {
+                        Error::Parent { reason, fault, .. } => (*reason, *fault),
+                        _ => (FailReason::Unreachable, ParentFault::Other),
                     };
                     match reason {
                         FailReason::Unreachable => self.avoid.always(&parent.peer_id),
@@ -415,10 +420,13 @@ impl PieceContext {
                         FailReason::Timeout if a.sha256.is_some() => {
                             self.avoid.for_a_while(&parent.peer_id, STALLED_FOR)
                         }
+                        _ if fault == ParentFault::RelayStalled => {
+                            self.avoid.for_a_while(&parent.peer_id, RELAY_STALLED_FOR)
+                        }
                         _ => {}
                     }
                     tracing::debug!(task = %self.file.id(), piece = a.piece, error = %e, "parent failed");
-                    self.report_failure(a.piece, Some(parent.peer_id.clone()), reason, refused);
+                    self.report_failure(a.piece, Some(parent.peer_id.clone()), reason, fault);
                     last_err = Some(e);
                 }
             }

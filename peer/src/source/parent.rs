@@ -11,7 +11,7 @@ use shoal_common::TaskId;
 
 use super::http::{FetchFailure, HttpFetcher};
 use super::PieceSource;
-use crate::error::{Error, Result};
+use crate::error::{Error, ParentFault, Result};
 use crate::storage::RelayWriter;
 
 /// The piece server path for a task's bytes (shared with the server side).
@@ -85,7 +85,13 @@ impl PieceSource for ParentPeer<'_> {
                         peer: self.peer_id.clone(),
                         message: f.to_string(),
                         reason,
-                        refused: matches!(f, FetchFailure::Connect { refused: true, .. }),
+                        fault: match f {
+                            FetchFailure::Connect { refused: true, .. } => ParentFault::Refused,
+                            FetchFailure::Stalled { relayed: true, .. } => {
+                                ParentFault::RelayStalled
+                            }
+                            _ => ParentFault::Other,
+                        },
                     }
                 })
         })

@@ -230,7 +230,11 @@ pub(crate) fn schedule(
             continue;
         }
         let ps = &task.pieces[p as usize];
-        if ps.holders.is_empty() {
+        // Held only by parents this peer gave up on (they stalled or went away, and the
+        // supernode has not taken them out yet): as good as held by no one, for this peer.
+        // The origin lease is exclusive, so one copy comes from the origin and others fetch
+        // it from this peer.
+        if ps.holders.iter().all(|h| avoid.contains(h)) {
             let leased = ps.lease.is_some_and(|l| l.expires > now);
             if !leased {
                 if from_origin.len() < cap {

@@ -460,6 +460,44 @@ async fn avoided_parents_are_not_offered() {
 }
 
 #[tokio::test]
+async fn pieces_held_only_by_avoided_parents_come_from_the_origin() {
+    let s = state(SupernodeConfig::default());
+    // "a" alone holds pieces 0 and 1 (say it stalled); "b" holds piece 2.
+    join(&s, "a", &[0, 1]);
+    join(&s, "b", &[2]);
+    join(&s, "c", &[]);
+    let r = sched_avoid(&s, "c", 8, &["a"]).await;
+    let leased: Vec<u32> = r
+        .assignments
+        .iter()
+        .filter(|a| a.origin)
+        .map(|a| a.piece)
+        .collect();
+    assert!(
+        leased.contains(&0) && leased.contains(&1),
+        "pieces only an avoided parent holds go to the origin: {:?}",
+        r.assignments
+    );
+    assert!(
+        r.assignments
+            .iter()
+            .all(|a| a.parents.iter().all(|p| p.peer_id != "a")),
+        "the avoided parent offered: {:?}",
+        r.assignments
+    );
+    // Without "a" avoided, its pieces are fetched from it, not the origin.
+    let r = sched(&s, "b", 8).await;
+    assert!(
+        r.assignments
+            .iter()
+            .filter(|a| a.piece < 2)
+            .all(|a| !a.origin),
+        "{:?}",
+        r.assignments
+    );
+}
+
+#[tokio::test]
 async fn same_zone_preferred() {
     let s = state(SupernodeConfig::default());
     let all: Vec<u32> = (0..PIECES).collect();
