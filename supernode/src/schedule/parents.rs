@@ -122,8 +122,20 @@ pub(super) fn assign_from_peers(
         return None;
     }
     let first = first.slot;
+    // Fallbacks are whole holders, or relays of the origin's bytes, never relays of another
+    // peer's: a relay is checked for a cycle as the first parent only (the one recorded), and
+    // two peers each falling back to the other's relay once their first parent failed waited
+    // on each other until their stall timeouts (seen in fault-free swarms: a 1.5 s tail).
+    let from_peer = |s: Slot| {
+        task.member(s)
+            .and_then(|m| m.inflight.get(&piece))
+            .is_some_and(|e| e.parent.is_some())
+    };
     let parents: Vec<Parent> = candidates
         .iter()
+        .enumerate()
+        .filter(|(i, c)| *i == 0 || !c.relay || !from_peer(c.slot))
+        .map(|(_, c)| c)
         .filter_map(|c| {
             task.member(c.slot).map(|m| Parent {
                 peer_id: m.id.to_string(),

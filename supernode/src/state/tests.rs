@@ -532,6 +532,32 @@ async fn blacklisted_peers_are_not_offered_as_relays() {
 }
 
 #[tokio::test]
+async fn relays_are_offered_first_never_as_fallbacks() {
+    let s = state(SupernodeConfig {
+        max_origin_peers_per_task: 1,
+        ..Default::default()
+    });
+    for id in ["o", "b", "d", "c"] {
+        join(&s, id, &[]);
+    }
+    // Nobody holds anything: "o" fetches piece 0 from the origin and relays it; "b" relays
+    // it from "o", and "d" from "b" (the least loaded), so both relays have one upload.
+    assert_eq!(origin_pieces(&sched(&s, "o", 1).await), vec![0]);
+    assert_eq!(parent_ids(&sched(&s, "b", 1).await, 0), vec!["o"]);
+    assert_eq!(parent_ids(&sched(&s, "d", 1).await, 0)[0], "b");
+    // "c" may get piece 0 from "b" (relaying another peer's copy) as its first parent, never
+    // as a fallback: should the first fail, falling back to a relay of a peer's copy could
+    // close a cycle. "o" (relaying the origin's bytes) may be either.
+    let c = sched(&s, "c", 1).await;
+    let parents = parent_ids(&c, 0);
+    assert!(!parents.is_empty(), "{c:?}");
+    assert!(
+        parents.iter().skip(1).all(|p| *p != "b"),
+        "a peer's relay as a fallback: {parents:?}"
+    );
+}
+
+#[tokio::test]
 async fn corrupt_parents_are_blacklisted() {
     let s = state(SupernodeConfig::default());
     join(&s, "bad", &[0, 1, 2, 3, 4, 5, 6, 7]);
