@@ -38,7 +38,7 @@ pub enum Command {
     /// resetting on 10 % of requests, 1,000 concurrent clients of one cold blob. The same
     /// measurements as the peer's CI tests (shoal-testkit's scenarios). Needs
     /// docker-registry; the registry scenario also umoci and skopeo.
-    Faults(FaultsArgs),
+    Faults(crate::faults::FaultsArgs),
     /// lazyfs mount benchmark: a ≥ 1 GiB image behind a rate-shaped link (mount to first
     /// read vs containerd pull + unpack, a cold startup set, warm reads vs squashfuse and
     /// native, mount time of a 100 k-file image). Needs root, /dev/fuse, docker-registry,
@@ -303,95 +303,6 @@ pub struct MemoryArgs {
 impl MemoryArgs {
     pub fn blob_count(&self) -> u32 {
         self.blobs.unwrap_or(self.downloads)
-    }
-}
-
-/// A scenario of `shoal-bench faults`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultScenario {
-    /// The busiest parent of a swarm is SIGKILLed mid-download.
-    KillParent,
-    /// A parent stops answering (new requests hang; bodies stall mid-way), connections open.
-    StallParent,
-    /// The registry answers 503 on 5 % and resets on another 5 % of requests.
-    Registry,
-    /// 1,000 concurrent clients of one cold blob through one peer.
-    Overload,
-}
-
-impl FaultScenario {
-    pub const ALL: [FaultScenario; 4] = [
-        FaultScenario::KillParent,
-        FaultScenario::StallParent,
-        FaultScenario::Registry,
-        FaultScenario::Overload,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultScenario::KillParent => "kill-parent",
-            FaultScenario::StallParent => "stall-parent",
-            FaultScenario::Registry => "registry",
-            FaultScenario::Overload => "overload",
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct FaultsArgs {
-    /// Runs of every scenario (each with its own fault-free baseline).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub runs: u32,
-    /// Scenario to run (repeatable) [default: all of them].
-    #[arg(long = "scenario", value_enum, value_name = "NAME")]
-    pub scenarios: Vec<FaultScenario>,
-    /// Print one JSON object on stdout instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Directory with shoal-peer and shoal-supernode [default: the one holding shoal-bench].
-    #[arg(long, value_name = "DIR")]
-    pub bin_dir: Option<PathBuf>,
-    /// Where registry storage, the daemons' data and logs and the downloaded copies go
-    /// [default: the system temp dir]; removed after use unless --keep-logs.
-    #[arg(long, value_name = "DIR")]
-    pub work_dir: Option<PathBuf>,
-    /// Keep every process's log (and data) in DIR (created) instead of deleting them; takes
-    /// the place of --work-dir.
-    #[arg(long, value_name = "DIR")]
-    pub keep_logs: Option<PathBuf>,
-    /// Give up on one run of one scenario after this many seconds (it is then reported as
-    /// failed and its processes are killed).
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
-    pub timeout: u64,
-    /// Peers of the kill and stall swarms.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
-    pub peers: u32,
-    /// Size of the swarms' blob in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=4096))]
-    pub swarm_size_mib: u64,
-    /// `--download-rate` of every swarm peer (slow enough that a fault lands mid-download).
-    #[arg(long, default_value = "20MiB")]
-    pub rate: String,
-    /// Concurrent clients of the overload scenario.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub clients: u32,
-    /// Size of the overload scenario's blob in MiB.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub overload_size_mib: u64,
-    /// 1 MiB layers added to the registry scenario's 3-layer image, so that its 10 % fault
-    /// share is measured on enough requests (~25 with none, ~85 with 20).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=200))]
-    pub registry_extra_layers: u32,
-}
-
-impl FaultsArgs {
-    /// The scenarios asked for, in the canonical order, each once.
-    pub fn scenarios(&self) -> Vec<FaultScenario> {
-        FaultScenario::ALL
-            .into_iter()
-            .filter(|s| self.scenarios.is_empty() || self.scenarios.contains(s))
-            .collect()
     }
 }
 
