@@ -255,31 +255,22 @@ impl Client {
 
     /// One exchange, asked again while the policy allows on retryable statuses and errors.
     async fn retrying(&self, req: &Request<'_>, auth: Option<&HeaderValue>) -> Result<Response> {
-        let started = Instant::now();
-        let mut retry = 0;
-        loop {
-            retry += 1;
-            let outcome = self.once(req, auth).await;
-            let wait = match &outcome {
-                Ok(r) if retryable_status(r.status().as_u16()) => {
-                    self.retry.delay(retry, started, retry_after(r.headers()))
-                }
-                Err(e) if e.retryable() => self.retry.delay(retry, started, None),
-                _ => None,
-            };
-            let Some(wait) = wait else {
-                return outcome;
-            };
-            match &outcome {
-                Ok(r) => {
-                    tracing::debug!(url = req.url, status = %r.status(), ?wait, "registry busy; asking again")
-                }
-                Err(e) => {
-                    tracing::debug!(url = req.url, error = %e, ?wait, "registry unreachable; asking again")
-                }
-            }
-            tokio::time::sleep(wait).await;
-        }
+        self.retry
+            .run(
+                || self.once(req, auth),
+                |outcome| match outcome {
+                    Ok(r) if retryable_status(r.status().as_u16()) => {
+                        tracing::debug!(url = req.url, status = %r.status(), "registry busy");
+                        Some(retry_after(r.headers()))
+                    }
+                    Err(e) if e.retryable() => {
+                        tracing::debug!(url = req.url, error = %e, "registry unreachable");
+                        Some(None)
+                    }
+                    _ => None,
+                },
+            )
+            .await
     }
 
     async fn once(&self, req: &Request<'_>, auth: Option<&HeaderValue>) -> Result<Response> {

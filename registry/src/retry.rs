@@ -45,6 +45,33 @@ impl RetryPolicy {
         }
     }
 
+    /// `attempt` made once, and again while the policy allows: `retry_in` tells of an outcome
+    /// whether it is worth asking again (`None`: final) and, if so, how long the server asked
+    /// us to wait (`Some(None)`: it did not say). The last outcome is returned as it is.
+    pub async fn run<T, F, Fut>(
+        &self,
+        mut attempt: F,
+        retry_in: impl Fn(&T) -> Option<Option<Duration>>,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let started = Instant::now();
+        let mut retry = 0;
+        loop {
+            retry += 1;
+            let outcome = attempt().await;
+            let Some(wish) = retry_in(&outcome) else {
+                return outcome;
+            };
+            let Some(wait) = self.delay(retry, started, wish) else {
+                return outcome;
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// The delay before retry number `retry` (1 for the first), or `None` when the attempts
     /// or the budget (counted from `started`) are used up. `retry_after` is the server's own
     /// wish, taken as is when it fits the budget.

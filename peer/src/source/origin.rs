@@ -104,26 +104,21 @@ impl Origin {
     /// asked again under the registry client's [`RetryPolicy`] on 5xx, 429 and transport
     /// errors, as every other upstream request is.
     pub async fn probe_length(&self) -> Result<u64> {
-        let policy = RetryPolicy::default();
-        let started = std::time::Instant::now();
-        let mut retry = 0;
-        loop {
-            retry += 1;
-            let e = match self.probe_once().await {
-                Ok(length) => return Ok(length),
-                Err(e) if !e.is_retryable() => return Err(e),
-                Err(e) => e,
-            };
-            let wait = match &e {
-                Error::Origin { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let Some(delay) = policy.delay(retry, started, wait) else {
-                return Err(e);
-            };
-            tracing::debug!(url = %self.url, error = %e, ?delay, "blob length: asking again");
-            tokio::time::sleep(delay).await;
-        }
+        RetryPolicy::default()
+            .run(
+                || self.probe_once(),
+                |outcome| match outcome {
+                    Err(e) if e.is_retryable() => {
+                        tracing::debug!(url = %self.url, error = %e, "blob length: asking again");
+                        Some(match e {
+                            Error::Origin { retry_after, .. } => *retry_after,
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                },
+            )
+            .await
     }
 
     async fn probe_once(&self) -> Result<u64> {
