@@ -33,16 +33,22 @@ async fn pull_through_503s_and_resets() {
         let outcome = registry_faults(&RegistryFaultsOpts::default()).await;
         let (clean, faulty) = (outcome.clean.total(), outcome.faulty.total());
         let faulted = outcome.faulty.faulted;
-        assert!(
-            faulted >= 3,
-            "only {faulted} requests faulted: the test proves little"
-        );
-        assert!(
-            faulty as f64 <= clean as f64 * 1.3 + 8.0,
-            "{faulty} registry requests with faults against {clean} without"
-        );
+        assert_retries_bounded(clean, faulty, faulted, 3);
     })
     .await
+}
+
+/// Enough requests were faulted to prove something, and the faulty round asked the registry
+/// not much more often than the clean one: each fault cost a retry, not a restarted download.
+fn assert_retries_bounded(clean: u64, faulty: u64, faulted: u64, least_faulted: u64) {
+    assert!(
+        faulted >= least_faulted,
+        "only {faulted} requests faulted: the test proves little"
+    );
+    assert!(
+        faulty as f64 <= clean as f64 * 1.3 + 8.0,
+        "{faulty} registry requests with faults against {clean} without"
+    );
 }
 
 const CONTAINERD_TOOLS: &[&str] = &[
@@ -151,14 +157,7 @@ async fn containerd_pulls_through_503s_and_resets() {
         );
         let (faulty, faulted) =
             containerd_pull(&registry, Some(faults), &files, dir.path(), "faulty").await;
-        assert!(
-            faulted >= 2,
-            "only {faulted} requests faulted: the test proves little"
-        );
-        assert!(
-            faulty as f64 <= clean as f64 * 1.3 + 8.0,
-            "{faulty} registry requests with faults against {clean} without"
-        );
+        assert_retries_bounded(clean, faulty, faulted, 2);
     })
     .await
 }

@@ -298,12 +298,7 @@ impl PieceContext {
                                 fault: ParentFault::Other,
                             }
                         }
-                        None => Error::Origin {
-                            url: self.origin.url().to_string(),
-                            message,
-                            status: None,
-                            retry_after: None,
-                        },
+                        None => self.origin.err(message, None),
                     })
                 }
                 Err(e) => {
@@ -443,12 +438,10 @@ impl PieceContext {
                     }
                     relay.fail();
                     self.fail(a.piece, None, FailReason::Corrupt);
-                    return Err(Error::Origin {
-                        url: self.origin.url().to_string(),
-                        message: format!("piece {} differs from the digest on record", a.piece),
-                        status: None,
-                        retry_after: None,
-                    });
+                    return Err(self.origin.err(
+                        format!("piece {} differs from the digest on record", a.piece),
+                        None,
+                    ));
                 }
                 Err(e) => {
                     self.fail(a.piece, None, FailReason::Unreachable);

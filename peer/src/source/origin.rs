@@ -81,7 +81,8 @@ impl Origin {
         self
     }
 
-    fn err(&self, message: String, status: Option<u16>) -> Error {
+    /// An error about this origin (`status`, when it answered).
+    pub(crate) fn err(&self, message: String, status: Option<u16>) -> Error {
         Error::Origin {
             url: self.url.to_string(),
             message,
