@@ -20,11 +20,7 @@ const MAX_RELAY_HOPS: usize = 8;
 fn relays_from(task: &Task, relay: Slot, requester: Slot, piece: u32) -> bool {
     let mut at = relay;
     for _ in 0..MAX_RELAY_HOPS {
-        let Some(parent) = task
-            .member(at)
-            .and_then(|m| m.inflight.get(&piece))
-            .and_then(|e| e.parent)
-        else {
+        let Some(parent) = relay_source(task, at, piece) else {
             return false;
         };
         if parent.slot == requester {
@@ -34,6 +30,14 @@ fn relays_from(task: &Task, relay: Slot, requester: Slot, piece: u32) -> bool {
     }
     // A chain this long is worth avoiding anyway.
     true
+}
+
+/// The peer `member`'s copy of `piece` is arriving from, if it is fetching it from a peer
+/// (`None`: from the origin, or not fetching it).
+fn relay_source(task: &Task, member: Slot, piece: u32) -> Option<ParentRef> {
+    task.member(member)
+        .and_then(|m| m.inflight.get(&piece))
+        .and_then(|e| e.parent)
 }
 
 /// Picks parents for one piece and records the assignment; `None` when no usable parent has
@@ -126,15 +130,10 @@ pub(super) fn assign_from_peers(
     // peer's: a relay is checked for a cycle as the first parent only (the one recorded), and
     // two peers each falling back to the other's relay once their first parent failed waited
     // on each other until their stall timeouts (seen in fault-free swarms: a 1.5 s tail).
-    let from_peer = |s: Slot| {
-        task.member(s)
-            .and_then(|m| m.inflight.get(&piece))
-            .is_some_and(|e| e.parent.is_some())
-    };
     let parents: Vec<Parent> = candidates
         .iter()
         .enumerate()
-        .filter(|(i, c)| *i == 0 || !c.relay || !from_peer(c.slot))
+        .filter(|(i, c)| *i == 0 || !c.relay || relay_source(task, c.slot, piece).is_none())
         .map(|(_, c)| c)
         .filter_map(|c| {
             task.member(c.slot).map(|m| Parent {
